@@ -1,0 +1,230 @@
+"""Block-sparse attention at the real video shapes: jenga's Triton kernel vs FlexAttention vs dense SDPA.
+
+Run on a CUDA GPU::
+
+    python benchmarks/attention.py                       # all shapes, densities 1.0 / 0.25 / 0.10
+    python benchmarks/attention.py --shapes wan1.3b --sweep  # also time every kernel config explicitly
+
+Effective TFLOP/s = 4 * B * H * N^2 * D * density / time, with the density of the lists actually used.
+Each figure is the median of ``triton.testing.do_bench`` after warm-up, on random (never zero) inputs.
+Writes ``benchmarks/results/attention-<card>.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import triton
+
+from jenga import block_adjacency, curve_permutation, dense_to_lists, select_blocks
+from jenga.kernels.flex import block_sparse_attention_flex, flex_block_mask
+from jenga.kernels.triton_block_sparse import _configs, block_sparse_attention_triton
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    heads: int
+    grid: tuple[int, int, int]
+    text_tokens: int = 0
+    valid_text: int = 0
+
+    @property
+    def video_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def tokens(self) -> int:
+        return self.video_tokens + self.text_tokens
+
+
+SHAPES = {
+    "wan1.3b": Shape("wan1.3b", 12, (21, 30, 52)),
+    "wan14b": Shape("wan14b", 40, (21, 45, 80)),
+    "hunyuan": Shape("hunyuan", 24, (33, 45, 80), text_tokens=256, valid_text=200),
+}
+BLOCK = 128
+
+
+def bench(fn, budget_ms: float) -> float:
+    """Median milliseconds of ``fn`` after warm-up."""
+    fn()
+    torch.cuda.synchronize()
+    return triton.testing.do_bench(fn, warmup=max(25, budget_ms / 4), rep=budget_ms, return_mode="median")
+
+
+def random_lists(batch, heads, qb, kb, density, device, generator):
+    """Exactly round(density * kb) random key blocks per query block (at least one)."""
+    keep = max(1, round(density * kb))
+    scores = torch.rand(batch, heads, qb, kb, device=device, generator=generator)
+    top = scores.topk(keep, dim=-1).indices
+    mask = torch.zeros(batch, heads, qb, kb, dtype=torch.bool, device=device).scatter_(-1, top, True)
+    return dense_to_lists(mask)
+
+
+def smooth_field(shape: Shape, dim: int, heads: int, device, generator) -> torch.Tensor:
+    """Low-frequency random features over the video grid plus noise: attention with real locality.
+
+    Returns ``[1, N_video, heads, dim]`` in row-major token order.
+    """
+    t, h, w = shape.grid
+    coarse = torch.randn(1, heads * dim, max(2, t // 4), max(2, h // 6), max(2, w // 6), device=device,
+                         generator=generator)
+    fine = torch.nn.functional.interpolate(coarse, size=(t, h, w), mode="trilinear", align_corners=False)
+    fine = fine + 0.3 * torch.randn(fine.shape, device=device, generator=generator)
+    return fine.view(heads, dim, -1).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def card_name() -> str:
+    return torch.cuda.get_device_name().replace(" ", "-")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: float, log) -> list[dict]:
+    device = torch.device("cuda")
+    gen = torch.Generator(device=device).manual_seed(0)
+    dtype = torch.bfloat16
+    n, heads = shape.tokens, shape.heads
+    q, k, v = (torch.randn(1, n, heads, head_dim, device=device, dtype=dtype, generator=gen) for _ in range(3))
+    key_lengths = None
+    if shape.text_tokens:
+        key_lengths = torch.tensor([shape.video_tokens + shape.valid_text], device=device, dtype=torch.int32)
+    qb = kb = math.ceil(n / BLOCK)
+    flops_dense = 4 * heads * n * n * head_dim
+    rows = []
+
+    def record(kind, lists_kind, density, ms, **extra):
+        row = dict(shape=shape.name, head_dim=head_dim, heads=heads, tokens=n, kernel=kind, lists=lists_kind,
+                   density=round(density, 4), ms=round(ms, 4),
+                   tflops=round(flops_dense * density / ms / 1e9, 1), **extra)
+        rows.append(row)
+        log(f"{shape.name:8s} d={head_dim:3d} {lists_kind:9s} density={density:.3f} {kind:14s} "
+            f"{ms:9.3f} ms {row['tflops']:6.1f} TFLOP/s")
+        return row
+
+    # -- dense baselines (unmasked, full length)
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dense = {}
+    for name, backend in (("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa-flash", SDPBackend.FLASH_ATTENTION)):
+        try:
+            with sdpa_kernel(backend):
+                ms = bench(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt), budget_ms)
+            dense[name] = ms
+            record(name, "dense", 1.0, ms)
+        except RuntimeError as err:  # a backend absent on this card/build
+            log(f"{name} unavailable: {err}")
+
+    # -- lists: random, and from the real selector on smooth inputs
+    perm, inverse = curve_permutation(shape.grid, "zorder", device=device)
+    adjacency = block_adjacency(shape.grid, BLOCK, "zorder", device=device)
+    smooth_q = smooth_field(shape, head_dim, heads, device, gen).to(dtype)
+    smooth_k = (smooth_q.float() + 0.5 * torch.randn(smooth_q.shape, device=device, generator=gen)).to(dtype)
+    if shape.text_tokens:
+        text = torch.randn(1, shape.text_tokens, heads, head_dim, device=device, dtype=dtype, generator=gen)
+        smooth_q, smooth_k = torch.cat([smooth_q, text], 1), torch.cat([smooth_k, text], 1)
+    sel_q = torch.cat([smooth_q[:, perm], smooth_q[:, shape.video_tokens:]], 1)
+    sel_k = torch.cat([smooth_k[:, perm], smooth_k[:, shape.video_tokens:]], 1)
+
+    for density in densities:
+        cases = [("random", random_lists(1, heads, qb, kb, density, device, gen))]
+        if density < 1.0:
+            def select(drop=1.0 - density):
+                return select_blocks(sel_q, sel_k, drop_rate=drop, cdf_threshold=0.0, block_size=BLOCK,
+                                     num_video_tokens=shape.video_tokens, adjacency=adjacency)
+            lists = select()
+            cases.append(("selector", (lists.kv_index, lists.kv_count)))
+        for lists_kind, (kv_index, kv_count) in cases:
+            real_density = kv_count.float().sum().item() / (heads * qb * kb)
+
+            def ours(kv_index=kv_index, kv_count=kv_count):
+                return block_sparse_attention_triton(q, k, v, kv_index, kv_count, BLOCK, key_lengths, n, 0.0, False)
+
+            ms_ours = bench(ours, budget_ms)
+            block_mask = flex_block_mask(kv_index, kv_count, 1, heads, n, n, BLOCK, key_lengths)
+
+            def flex(kv_index=kv_index, kv_count=kv_count, block_mask=block_mask):
+                return block_sparse_attention_flex(q, k, v, kv_index, kv_count, BLOCK, key_lengths, n, 0.0, False,
+                                                   block_mask=block_mask)
+
+            ms_flex = bench(flex, budget_ms)
+            record("flex", lists_kind, real_density, ms_flex)
+            extra = dict(vs_flex=round(ms_flex / ms_ours, 3))
+            if "sdpa-cudnn" in dense:
+                extra["vs_cudnn_per_block"] = round(dense["sdpa-cudnn"] * real_density / ms_ours, 3)
+            if lists_kind == "selector":
+                ms_sel = bench(select, budget_ms / 2)
+
+                def permute():
+                    gathered = [t[:, perm] for t in (q, k, v)]
+                    return gathered[0][:, inverse]
+
+                ms_perm = bench(permute, budget_ms / 2)
+                extra.update(selector_ms=round(ms_sel, 4), permute_ms=round(ms_perm, 4),
+                             overhead_share=round((ms_sel + ms_perm) / ms_ours, 4))
+            record("jenga-triton", lists_kind, real_density, ms_ours, **extra)
+
+            if sweep and lists_kind == "random":
+                for cfg in _configs():
+                    c = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                    try:
+                        ms = bench(lambda c=c, kv_index=kv_index, kv_count=kv_count: block_sparse_attention_triton(
+                            q, k, v, kv_index, kv_count, BLOCK, key_lengths, n, 0.0, False, config=c), budget_ms)
+                    except Exception as err:  # noqa: BLE001 - a config that does not fit this card
+                        log(f"  config {c} failed: {type(err).__name__}: {str(err)[:120]}")
+                        continue
+                    record("cfg " + "/".join(str(x) for x in c.values()), lists_kind, real_density, ms, config=c)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--densities", nargs="+", type=float, default=[1.0, 0.25, 0.10])
+    parser.add_argument("--head-dims", nargs="+", type=int, default=[128])
+    parser.add_argument("--sweep", action="store_true", help="also time each kernel config explicitly")
+    parser.add_argument("--budget-ms", type=float, default=400.0, help="timing budget per measurement")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/attention.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+
+    def log(msg):
+        print(msg, flush=True)
+
+    card = card_name()
+    log(f"card: {card}, torch {torch.__version__}, triton {triton.__version__}, commit {git_commit()}")
+    rows = []
+    started = time.time()
+    for head_dim in args.head_dims:
+        for name in args.shapes:
+            rows += run_shape(SHAPES[name], head_dim, args.densities, args.sweep, args.budget_ms, log)
+    out = args.out or Path(__file__).parent / "results" / f"attention-{card}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(card=card, torch=torch.__version__, triton=triton.__version__, commit=git_commit(),
+                date=time.strftime("%Y-%m-%d"), python=platform.python_version(), seconds=round(time.time() - started),
+                shapes={k: asdict(v) for k, v in SHAPES.items()})
+    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    log(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

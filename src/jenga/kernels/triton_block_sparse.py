@@ -1,0 +1,261 @@
+"""Triton forward kernel for block-sparse attention over FlexAttention-style block lists.
+
+One program computes one ``BLOCK_M`` tile of queries (inside one query block) for one (batch, head).
+It walks only the key blocks listed for its query block (``kv_index[b, h, qb, :kv_count[b, h, qb]]``),
+keeping an online softmax in float32 with ``exp2``. Listed blocks are ascending, so at most the last
+block that starts before the key limit (``min(Nk, key_lengths[b])``) is partial: every other block runs
+the unmasked loop, that one alone the masked path.
+
+Layout: q/k/v/out are ``[B, N, H, D]`` (diffusers' layout, any strides with a unit last stride);
+LSE is ``float32[B, H, Nq]`` in natural-log units.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _configs() -> list[triton.Config]:
+    shapes = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (64, 128, 4, 3),
+              (128, 128, 8, 3), (128, 64, 8, 4)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Query tiles must sit inside one query block and key sub-tiles inside one key block."""
+    kv_block = kwargs.get("KV_BLOCK", named_args.get("KV_BLOCK"))
+    head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+    kept = []
+    for cfg in configs:
+        m, n = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+        if kv_block % m or kv_block % n:
+            continue
+        if head_dim > 128 and m * n > 128 * 64:  # register pressure at head dim 256
+            continue
+        kept.append(cfg)
+    return kept or [triton.Config({"BLOCK_M": min(64, kv_block), "BLOCK_N": min(64, kv_block)},
+                                  num_warps=4, num_stages=2)]
+
+
+@triton.jit
+def _attend_tile(
+    acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_n, offs_d, key_limit,
+    qk_scale, bias_start, bias_log2,
+    MASKED: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):
+    """One ``BLOCK_N`` tile of keys folded into the running softmax state."""
+    k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None]
+    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+    if MASKED:
+        valid = offs_n < key_limit
+        k = tl.load(k_ptrs, mask=valid[None, :], other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+    if UPCAST:
+        k = k.to(tl.float32)
+    if IEEE:
+        qk = tl.dot(q, k, input_precision="ieee")
+    else:
+        qk = tl.dot(q, k)
+    qk = qk * qk_scale
+    if HAS_BIAS:
+        qk += tl.where(offs_n >= bias_start, bias_log2, 0.0)[None, :]
+    if MASKED:
+        qk = tl.where(valid[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no valid key yet: no NaN
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_ref = m_new
+    p = tl.math.exp2(qk - m_ref[:, None])
+    alpha = tl.math.exp2(m_i - m_ref)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if MASKED:
+        v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
+    else:
+        v = tl.load(v_ptrs)
+    if UPCAST:
+        v = v.to(tl.float32)
+    if IEEE:
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _block_sparse_fwd(
+    Q, K, V, Out, Lse, KvIndex, KvCount, KeyLengths,
+    stride_qb, stride_qn, stride_qh,
+    stride_kb, stride_kn, stride_kh,
+    stride_vb, stride_vn, stride_vh,
+    stride_ob, stride_on, stride_oh,
+    stride_lb, stride_lh,
+    stride_ib, stride_ih, stride_iq,
+    stride_cb, stride_ch,
+    num_heads, seq_q, seq_k, qk_scale, bias_start, bias_log2, len_bucket,
+    HEAD_DIM: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_KEY_LENGTHS: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+    WRITE_LSE: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+
+    # -- this program's query tile, inside query block `qb`
+    q_start = pid_m * BLOCK_M
+    qb = q_start // KV_BLOCK
+    offs_m = q_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_ptrs = Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None].to(tl.int64) * stride_qn + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=offs_m[:, None] < seq_q, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    k_base = K + b64 * stride_kb + h64 * stride_kh
+    v_base = V + b64 * stride_vb + h64 * stride_vh
+    idx_base = KvIndex + b64 * stride_ib + h64 * stride_ih + qb * stride_iq
+    count = tl.load(KvCount + b64 * stride_cb + h64 * stride_ch + qb)
+
+    # -- key limit and the number of listed blocks that start before it (a prefix: lists ascend)
+    key_limit = seq_k
+    n_valid = count
+    if HAS_KEY_LENGTHS:
+        key_limit = tl.minimum(seq_k, tl.load(KeyLengths + b))
+        limit_blocks = tl.cdiv(key_limit, KV_BLOCK)  # blocks that start before the limit
+        n_valid = 0
+        for c in range(0, count, 256):
+            offs_c = c + tl.arange(0, 256)
+            ids = tl.load(idx_base + offs_c, mask=offs_c < count, other=0x3FFFFFFF)
+            n_valid += tl.sum((ids < limit_blocks).to(tl.int32))
+    if EVEN_K:
+        n_full = n_valid
+    else:
+        n_full = tl.maximum(n_valid - 1, 0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    arange_n = tl.arange(0, BLOCK_N)
+
+    # -- full blocks: one flat loop over (listed block, key sub-tile) so Triton can pipeline it
+    SUB: tl.constexpr = KV_BLOCK // BLOCK_N
+    for it in range(0, n_full * SUB):
+        kb = tl.load(idx_base + it // SUB)
+        offs_n = kb * KV_BLOCK + (it % SUB) * BLOCK_N + arange_n
+        acc, l_i, m_i = _attend_tile(
+            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_n, offs_d, key_limit,
+            qk_scale, bias_start, bias_log2, False, HAS_BIAS, UPCAST, IEEE,
+        )
+
+    # -- the one block that may straddle the key limit
+    if not EVEN_K:
+        if n_valid > 0:
+            kb = tl.load(idx_base + n_valid - 1)
+            for sub in tl.static_range(SUB):
+                offs_n = kb * KV_BLOCK + sub * BLOCK_N + arange_n
+                acc, l_i, m_i = _attend_tile(
+                    acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_n, offs_d, key_limit,
+                    qk_scale, bias_start, bias_log2, True, HAS_BIAS, UPCAST, IEEE,
+                )
+
+    # -- epilogue: rows that saw no valid key get 0 and LSE = -inf
+    has_key = l_i > 0.0
+    out = acc / tl.where(has_key, l_i, 1.0)[:, None]
+    o_ptrs = Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None].to(tl.int64) * stride_on + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=offs_m[:, None] < seq_q)
+    if WRITE_LSE:
+        lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453,
+                       float("-inf"))
+        tl.store(Lse + b64 * stride_lb + h64 * stride_lh + offs_m, lse, mask=offs_m < seq_q)
+
+
+# Tuned per head dim, block size and length bucket -- never per list contents, so one tuning serves
+# every step. The interpreter cannot benchmark, so it calls the plain kernel with one small tile.
+_block_sparse_fwd_tuned = triton.autotune(
+    configs=_configs(), key=["HEAD_DIM", "KV_BLOCK", "len_bucket", "IEEE"],
+    prune_configs_by={"early_config_prune": _prune_configs},
+)(_block_sparse_fwd)
+
+
+def block_sparse_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_index: torch.Tensor,
+    kv_count: torch.Tensor,
+    block_size: int,
+    key_lengths: torch.Tensor | None,
+    bias_start: int,
+    bias_value: float,
+    return_lse: bool,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+    config: dict[str, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the kernel on validated inputs; returns ``(out, lse)`` (lse empty unless asked).
+
+    ``out`` / ``lse`` may be given as preallocated buffers (tests poison them to catch unwritten elements).
+    ``config`` (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``) bypasses the autotuner (benchmarks).
+    """
+    batch, seq_q, heads, head_dim = q.shape
+    seq_k = k.shape[1]
+    if out is None:
+        out = torch.empty_like(q)
+    if lse is None:
+        lse = torch.empty((batch, heads, seq_q if return_lse else 0), device=q.device, dtype=torch.float32)
+    kv_index = kv_index.expand(batch, heads, -1, -1)
+    kv_count = kv_count.expand(batch, heads, -1)
+    has_key_lengths = key_lengths is not None
+    key_lengths_arg = key_lengths if has_key_lengths else kv_count  # any int32 tensor, never read
+    has_bias = bias_value != 0.0 and bias_start < seq_k
+    upcast = interpreting() and q.dtype in (torch.bfloat16, torch.float16)
+
+    def grid(meta):
+        return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
+
+    if config is not None:
+        kernel, tiles = _block_sparse_fwd, dict(config)
+    elif interpreting():
+        tile = min(32, block_size)
+        kernel, tiles = _block_sparse_fwd, {"BLOCK_M": tile, "BLOCK_N": tile}
+    else:
+        kernel, tiles = _block_sparse_fwd_tuned, {}
+    kernel[grid](
+        q, k, v, out, lse, kv_index, kv_count, key_lengths_arg,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        kv_index.stride(0), kv_index.stride(1), kv_index.stride(2),
+        kv_count.stride(0), kv_count.stride(1),
+        heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim), bias_start, bias_value * _LOG2E,
+        _length_bucket(seq_k),
+        HEAD_DIM=head_dim, KV_BLOCK=block_size,
+        HAS_KEY_LENGTHS=has_key_lengths, EVEN_K=(not has_key_lengths and seq_k % block_size == 0),
+        HAS_BIAS=has_bias, WRITE_LSE=return_lse, UPCAST=upcast, IEEE=q.dtype == torch.float32, **tiles,
+    )
+    return out, lse
+
+
+def _length_bucket(n: int) -> int:
+    """Autotune key for the sequence length: powers of two, so close lengths share a tuning."""
+    return 1 << max(0, (n - 1).bit_length())

@@ -1,0 +1,87 @@
+"""GPU checks of the Triton kernel at the real video shapes (skipped without CUDA).
+
+Run on a GPU machine: ``python -m pytest tests/gpu -q``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+from jenga import block_sparse_attention, dense_to_lists  # noqa: E402
+
+
+def _sdpa(q, k, v):
+    out = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))
+    return out.transpose(1, 2)
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _full_lists(seq_q, seq_k, block=128):
+    return dense_to_lists(torch.ones(1, 1, math.ceil(seq_q / block), math.ceil(seq_k / block), dtype=torch.bool,
+                                     device="cuda"))
+
+
+@pytest.mark.parametrize("name, heads, video, text, valid_text", [
+    ("wan1.3b-480p", 12, 32_760, 0, 0),
+    ("hunyuan-720p", 24, 118_800, 256, 200),
+])
+def test_all_blocks_equal_sdpa_at_real_shapes(name, heads, video, text, valid_text):
+    """Drop rate 0 (every block listed) equals dense SDPA; padded text keys are masked by length."""
+    torch.manual_seed(torch.seed() % 2**31)
+    n = video + text
+    q, k, v = (torch.randn(1, n, heads, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    kv_index, kv_count = _full_lists(n, n)
+    key_lengths = None
+    limit = n
+    if text:
+        limit = video + valid_text
+        key_lengths = torch.tensor([limit], device="cuda")
+    out = block_sparse_attention(q, k, v, kv_index, kv_count, key_lengths=key_lengths, backend="triton")
+    ref = _sdpa(q, k[:, :limit], v[:, :limit])  # masking keys past the limit == dropping them
+    assert torch.isfinite(out).all()
+    err = _rel(out, ref)
+    print(f"{name}: relative L2 error vs SDPA {err:.2e}")
+    assert err < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_sparse_matches_flex_and_float64_rows(dtype, head_dim):
+    """Random sparse lists, partial last block, two batch entries with different key lengths."""
+    torch.manual_seed(torch.seed() % 2**31)
+    batch, heads, n, block = 2, 4, 5_000, 128
+    q, k, v = (torch.randn(batch, n, heads, head_dim, device="cuda", dtype=dtype) for _ in range(3))
+    nb = math.ceil(n / block)
+    mask = torch.rand(batch, heads, nb, nb, device="cuda") < 0.3
+    mask[..., -1] = True
+    kv_index, kv_count = dense_to_lists(mask)
+    key_lengths = torch.tensor([n, n - 700], device="cuda")
+    out = block_sparse_attention(q, k, v, kv_index, kv_count, key_lengths=key_lengths, backend="triton")
+    flex = block_sparse_attention(q, k, v, kv_index, kv_count, key_lengths=key_lengths, backend="flex")
+    ref = block_sparse_attention(q[:, :640].double().cpu(), k.double().cpu(), v.double().cpu(),
+                                 kv_index[:, :, :5].cpu(), kv_count[:, :, :5].cpu(),
+                                 key_lengths=key_lengths.cpu(), backend="torch")
+    tol = {torch.float32: 1e-3, torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
+    assert torch.isfinite(out).all()
+    assert _rel(out[:, :640].cpu(), ref) < tol
+    assert _rel(out, flex) < tol
+
+
+def test_custom_op_under_compile_fullgraph():
+    q, k, v = (torch.randn(1, 1000, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    kv_index, kv_count = _full_lists(1000, 1000)
+
+    def attend(q, k, v):
+        return block_sparse_attention(q, k, v, kv_index, kv_count, backend="triton", check_indices=False) + 1
+
+    compiled = torch.compile(attend, fullgraph=True)
+    assert _rel(compiled(q, k, v), attend(q, k, v)) < 1e-3
