@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -89,6 +90,8 @@ def card_name() -> str:
 
 
 def git_commit() -> str:
+    if os.environ.get("JENGA_COMMIT"):  # the GPU machine gets a copy of the tree without .git
+        return os.environ["JENGA_COMMIT"]
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
     except (OSError, subprocess.CalledProcessError):
@@ -182,14 +185,19 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
 
             if sweep and lists_kind == "random":
                 for cfg in _configs():
-                    c = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-                    try:
-                        ms = bench(lambda c=c, kv_index=kv_index, kv_count=kv_count: block_sparse_attention_triton(
-                            q, k, v, kv_index, kv_count, BLOCK, key_lengths, n, 0.0, False, config=c), budget_ms)
-                    except Exception as err:  # noqa: BLE001 - a config that does not fit this card
-                        log(f"  config {c} failed: {type(err).__name__}: {str(err)[:120]}")
-                        continue
-                    record("cfg " + "/".join(str(x) for x in c.values()), lists_kind, real_density, ms, config=c)
+                    for use_tma in (False, True):
+                        c = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+                        def variant(c=c, use_tma=use_tma, kv_index=kv_index, kv_count=kv_count):
+                            return block_sparse_attention_triton(q, k, v, kv_index, kv_count, BLOCK, key_lengths, n,
+                                                                 0.0, False, config=c, use_tma=use_tma)
+                        try:
+                            ms = bench(variant, budget_ms)
+                        except Exception as err:  # noqa: BLE001 - a config that does not fit this card
+                            log(f"  config {c} tma={use_tma} failed: {type(err).__name__}: {str(err)[:160]}")
+                            continue
+                        label = "/".join(str(x) for x in c.values()) + ("/tma" if use_tma else "/ptr")
+                        record(f"cfg {label}", lists_kind, real_density, ms, config=c, use_tma=use_tma)
     return rows
 
 

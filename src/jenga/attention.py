@@ -143,8 +143,9 @@ def _check_inputs(q, k, v, kv_index, kv_count, block_size, key_lengths, key_bias
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             raise ValueError(f"{name} must be [batch, tokens, heads, head_dim] (4-D), got shape {tuple(t.shape)}")
-        if t.dtype not in SUPPORTED_DTYPES and not (t.dtype == torch.float64 and q.device.type == "cpu"):
-            raise TypeError(f"{name} has dtype {t.dtype}; supported: float16, bfloat16, float32")
+        if t.dtype not in SUPPORTED_DTYPES and t.dtype != torch.float64:
+            raise TypeError(f"{name} has dtype {t.dtype}; supported: float16, bfloat16, float32 "
+                            "(float64 with backend='torch')")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
@@ -194,7 +195,8 @@ def _check_triton(q: torch.Tensor) -> None:
         raise ValueError(f"the triton backend supports head dims {TRITON_HEAD_DIMS}, got {head_dim}; "
                          "use backend='torch' or 'flex' for other sizes")
     if q.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"the triton backend supports float16, bfloat16, float32; got {q.dtype}")
+        raise TypeError(f"the triton backend supports float16, bfloat16, float32; got {q.dtype} "
+                        "(use backend='torch' for float64)")
     if not triton_available():
         raise ValueError("the triton backend needs a CUDA device (or TRITON_INTERPRET=1 for CPU tensors); "
                          "use backend='torch' here")

@@ -29,8 +29,8 @@ def interpreting() -> bool:
 
 
 def _configs() -> list[triton.Config]:
-    shapes = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (64, 128, 4, 3),
-              (128, 128, 8, 3), (128, 64, 8, 4)]
+    shapes = [(128, 64, 4, 3), (128, 64, 4, 2), (128, 64, 4, 4), (128, 128, 8, 2), (128, 128, 8, 3),
+              (128, 64, 8, 3), (64, 64, 4, 3)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
@@ -51,45 +51,63 @@ def _prune_configs(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _attend_tile(
-    acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_n, offs_d, key_limit,
-    qk_scale, bias_start, bias_log2,
-    MASKED: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+def _load_kv_tile(
+    k_base, v_base, k_desc, v_desc, b, h, n0, stride_kn, stride_vn, offs_d, key_limit,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
-    """One ``BLOCK_N`` tile of keys folded into the running softmax state."""
-    k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None]
-    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
-    if MASKED:
-        valid = offs_n < key_limit
-        k = tl.load(k_ptrs, mask=valid[None, :], other=0.0)
+    """Keys (transposed, ``[D, BLOCK_N]``) and values (``[BLOCK_N, D]``) of keys ``n0 .. n0+BLOCK_N``.
+
+    TMA loads zero-fill rows past ``Nk``; rows between the key limit and ``Nk`` are masked by the caller.
+    """
+    if USE_TMA:
+        k = tl.trans(k_desc.load([b, n0, h, 0]).reshape(BLOCK_N, HEAD_DIM))
+        v = v_desc.load([b, n0, h, 0]).reshape(BLOCK_N, HEAD_DIM)
     else:
-        k = tl.load(k_ptrs)
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None]
+        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+        if MASKED:
+            valid = offs_n < key_limit
+            k = tl.load(k_ptrs, mask=valid[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
     if UPCAST:
         k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    return k, v
+
+
+@triton.jit
+def _attend_tile(
+    acc, l_i, m_i, q, k, v, n0, key_limit, qk_scale, bias_start, bias_log2,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
+):
+    """One ``BLOCK_N`` tile of keys folded into the running softmax state (log2 domain)."""
     if IEEE:
         qk = tl.dot(q, k, input_precision="ieee")
     else:
         qk = tl.dot(q, k)
-    qk = qk * qk_scale
-    if HAS_BIAS:
-        qk += tl.where(offs_n >= bias_start, bias_log2, 0.0)[None, :]
-    if MASKED:
-        qk = tl.where(valid[None, :], qk, float("-inf"))
+    if MASKED or HAS_BIAS:
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        qk = qk * qk_scale
+        if HAS_BIAS:
+            qk += tl.where(offs_n >= bias_start, bias_log2, 0.0)[None, :]
+        if MASKED:
+            qk = tl.where((offs_n < key_limit)[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no valid key yet: no NaN
+        p = tl.math.exp2(qk - m_ref[:, None])
     else:
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # scale folded into one fused multiply-add per logit
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_ref = m_new
-    p = tl.math.exp2(qk - m_ref[:, None])
+        p = tl.math.exp2(qk * qk_scale - m_ref[:, None])
     alpha = tl.math.exp2(m_i - m_ref)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    if MASKED:
-        v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
-    else:
-        v = tl.load(v_ptrs)
-    if UPCAST:
-        v = v.to(tl.float32)
     if IEEE:
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
     else:
@@ -107,10 +125,10 @@ def _block_sparse_fwd(
     stride_lb, stride_lh,
     stride_ib, stride_ih, stride_iq,
     stride_cb, stride_ch,
-    num_heads, seq_q, seq_k, qk_scale, bias_start, bias_log2, len_bucket,
+    batch, num_heads, seq_q, seq_k, qk_scale, bias_start, bias_log2, len_bucket,
     HEAD_DIM: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_KEY_LENGTHS: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-    WRITE_LSE: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    HAS_KEY_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_LSE: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -124,63 +142,71 @@ def _block_sparse_fwd(
     qb = q_start // KV_BLOCK
     offs_m = q_start + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_ptrs = Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None].to(tl.int64) * stride_qn + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=offs_m[:, None] < seq_q, other=0.0)
+    q_rows = offs_m[:, None].to(tl.int64) * stride_qn
+    q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + q_rows + offs_d[None, :], mask=offs_m[:, None] < seq_q,
+                other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
 
     k_base = K + b64 * stride_kb + h64 * stride_kh
     v_base = V + b64 * stride_vb + h64 * stride_vh
+    k_desc = None
+    v_desc = None
+    if USE_TMA:
+        k_desc = tl.make_tensor_descriptor(K, shape=[batch, seq_k, num_heads, HEAD_DIM],
+                                           strides=[stride_kb, stride_kn, stride_kh, 1],
+                                           block_shape=[1, BLOCK_N, 1, HEAD_DIM])
+        v_desc = tl.make_tensor_descriptor(V, shape=[batch, seq_k, num_heads, HEAD_DIM],
+                                           strides=[stride_vb, stride_vn, stride_vh, 1],
+                                           block_shape=[1, BLOCK_N, 1, HEAD_DIM])
     idx_base = KvIndex + b64 * stride_ib + h64 * stride_ih + qb * stride_iq
     count = tl.load(KvCount + b64 * stride_cb + h64 * stride_ch + qb)
 
-    # -- key limit and the number of listed blocks that start before it (a prefix: lists ascend)
+    # -- key limit; listed blocks that start before it form a prefix (lists ascend)
     key_limit = seq_k
     n_valid = count
     if HAS_KEY_LENGTHS:
         key_limit = tl.minimum(seq_k, tl.load(KeyLengths + b))
-        limit_blocks = tl.cdiv(key_limit, KV_BLOCK)  # blocks that start before the limit
+        limit_blocks = tl.cdiv(key_limit, KV_BLOCK)
         n_valid = 0
         for c in range(0, count, 256):
             offs_c = c + tl.arange(0, 256)
             ids = tl.load(idx_base + offs_c, mask=offs_c < count, other=0x3FFFFFFF)
             n_valid += tl.sum((ids < limit_blocks).to(tl.int32))
-    if EVEN_K:
-        n_full = n_valid
-    else:
-        n_full = tl.maximum(n_valid - 1, 0)
+    # at most the last of them straddles the limit: it alone takes the masked path
+    last_kb = tl.load(idx_base + tl.maximum(n_valid - 1, 0))
+    straddles = (n_valid > 0) & ((last_kb + 1) * KV_BLOCK > key_limit)
+    n_full = n_valid - straddles.to(tl.int32)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    arange_n = tl.arange(0, BLOCK_N)
 
     # -- full blocks: one flat loop over (listed block, key sub-tile) so Triton can pipeline it
     SUB: tl.constexpr = KV_BLOCK // BLOCK_N
     for it in range(0, n_full * SUB):
         kb = tl.load(idx_base + it // SUB)
-        offs_n = kb * KV_BLOCK + (it % SUB) * BLOCK_N + arange_n
-        acc, l_i, m_i = _attend_tile(
-            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_n, offs_d, key_limit,
-            qk_scale, bias_start, bias_log2, False, HAS_BIAS, UPCAST, IEEE,
-        )
+        n0 = kb * KV_BLOCK + (it % SUB) * BLOCK_N
+        k, v = _load_kv_tile(k_base, v_base, k_desc, v_desc, b, h, n0, stride_kn, stride_vn, offs_d, key_limit,
+                             BLOCK_N, HEAD_DIM, False, USE_TMA, UPCAST)
+        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, k, v, n0, key_limit, qk_scale, bias_start, bias_log2,
+                                     BLOCK_N, False, HAS_BIAS, IEEE)
 
     # -- the one block that may straddle the key limit
-    if not EVEN_K:
-        if n_valid > 0:
-            kb = tl.load(idx_base + n_valid - 1)
-            for sub in tl.static_range(SUB):
-                offs_n = kb * KV_BLOCK + sub * BLOCK_N + arange_n
-                acc, l_i, m_i = _attend_tile(
-                    acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_n, offs_d, key_limit,
-                    qk_scale, bias_start, bias_log2, True, HAS_BIAS, UPCAST, IEEE,
-                )
+    if straddles:
+        for sub in tl.static_range(SUB):
+            n0 = last_kb * KV_BLOCK + sub * BLOCK_N
+            k, v = _load_kv_tile(k_base, v_base, k_desc, v_desc, b, h, n0, stride_kn, stride_vn, offs_d,
+                                 key_limit, BLOCK_N, HEAD_DIM, True, USE_TMA, UPCAST)
+            acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, k, v, n0, key_limit, qk_scale, bias_start, bias_log2,
+                                         BLOCK_N, True, HAS_BIAS, IEEE)
 
     # -- epilogue: rows that saw no valid key get 0 and LSE = -inf
     has_key = l_i > 0.0
     out = acc / tl.where(has_key, l_i, 1.0)[:, None]
-    o_ptrs = Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None].to(tl.int64) * stride_on + offs_d[None, :]
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=offs_m[:, None] < seq_q)
+    o_rows = offs_m[:, None].to(tl.int64) * stride_on
+    tl.store(Out + b64 * stride_ob + h64 * stride_oh + o_rows + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=offs_m[:, None] < seq_q)
     if WRITE_LSE:
         lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453,
                        float("-inf"))
@@ -190,7 +216,7 @@ def _block_sparse_fwd(
 # Tuned per head dim, block size and length bucket -- never per list contents, so one tuning serves
 # every step. The interpreter cannot benchmark, so it calls the plain kernel with one small tile.
 _block_sparse_fwd_tuned = triton.autotune(
-    configs=_configs(), key=["HEAD_DIM", "KV_BLOCK", "len_bucket", "IEEE"],
+    configs=_configs(), key=["HEAD_DIM", "KV_BLOCK", "len_bucket", "IEEE", "USE_TMA"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_block_sparse_fwd)
 
@@ -209,11 +235,14 @@ def block_sparse_attention_triton(
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
     config: dict[str, int] | None = None,
+    use_tma: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel on validated inputs; returns ``(out, lse)`` (lse empty unless asked).
 
     ``out`` / ``lse`` may be given as preallocated buffers (tests poison them to catch unwritten elements).
     ``config`` (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``) bypasses the autotuner (benchmarks).
+    ``use_tma`` loads keys and values through tensor descriptors (default: on Hopper and newer when the
+    layout allows it).
     """
     batch, seq_q, heads, head_dim = q.shape
     seq_k = k.shape[1]
@@ -227,6 +256,10 @@ def block_sparse_attention_triton(
     key_lengths_arg = key_lengths if has_key_lengths else kv_count  # any int32 tensor, never read
     has_bias = bias_value != 0.0 and bias_start < seq_k
     upcast = interpreting() and q.dtype in (torch.bfloat16, torch.float16)
+    if use_tma is None:
+        use_tma = _tma_default(k, v)
+    if use_tma:
+        _ensure_descriptor_allocator()
 
     def grid(meta):
         return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
@@ -247,13 +280,40 @@ def block_sparse_attention_triton(
         lse.stride(0), lse.stride(1),
         kv_index.stride(0), kv_index.stride(1), kv_index.stride(2),
         kv_count.stride(0), kv_count.stride(1),
-        heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim), bias_start, bias_value * _LOG2E,
+        batch, heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim), bias_start, bias_value * _LOG2E,
         _length_bucket(seq_k),
         HEAD_DIM=head_dim, KV_BLOCK=block_size,
-        HAS_KEY_LENGTHS=has_key_lengths, EVEN_K=(not has_key_lengths and seq_k % block_size == 0),
-        HAS_BIAS=has_bias, WRITE_LSE=return_lse, UPCAST=upcast, IEEE=q.dtype == torch.float32, **tiles,
+        HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=return_lse, UPCAST=upcast,
+        IEEE=q.dtype == torch.float32, USE_TMA=use_tma, **tiles,
     )
     return out, lse
+
+
+def _tma_default(k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Tensor descriptors need Hopper (sm_90) or newer, 16-byte aligned bases and non-unit strides."""
+    if not k.is_cuda or torch.cuda.get_device_capability(k.device)[0] < 9:
+        return False
+    return all(_tma_compatible(t) for t in (k, v))
+
+
+def _tma_compatible(t: torch.Tensor) -> bool:
+    size = t.element_size()
+    return t.data_ptr() % 16 == 0 and all((s * size) % 16 == 0 for s in t.stride()[:3])
+
+
+_allocator_set = False
+
+
+def _ensure_descriptor_allocator() -> None:
+    """Device-side tensor descriptors need a little global scratch memory, taken from torch's allocator."""
+    global _allocator_set
+    if not _allocator_set:
+        def alloc(size: int, alignment: int, stream):
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            return torch.empty(size, dtype=torch.int8, device=device)
+
+        triton.set_allocator(alloc)
+        _allocator_set = True
 
 
 def _length_bucket(n: int) -> int:
