@@ -38,12 +38,15 @@ def _prune_configs(configs, named_args, **kwargs):
     """Query tiles must sit inside one query block and key sub-tiles inside one key block."""
     kv_block = kwargs.get("KV_BLOCK", named_args.get("KV_BLOCK"))
     head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+    ieee = kwargs.get("IEEE", named_args.get("IEEE"))
     kept = []
     for cfg in configs:
         m, n = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
         if kv_block % m or kv_block % n:
             continue
         if head_dim > 128 and m * n > 128 * 64:  # register pressure at head dim 256
+            continue
+        if ieee and m * n > 64 * 64:  # exact float32 dots run on FMA units: small tiles, quick compiles
             continue
         kept.append(cfg)
     return kept or [triton.Config({"BLOCK_M": min(64, kv_block), "BLOCK_N": min(64, kv_block)},
