@@ -97,14 +97,22 @@ def test_cached_same_object() -> None:
 
 def test_locality() -> None:
     # Bounding-box volume is at least block_size (128) per block; raster blocks are dense 1 x 3 x 52
-    # slabs (volume ~160) except where they cross a frame, so ~0.5 x raster is near the floor.
+    # slabs (volume ~160) except where they cross a frame, so ~0.5 x raster is near the floor here.
     grid = (21, 30, 52)
     raster = block_bounding_volume(grid, 128, "raster")
-    zorder = block_bounding_volume(grid, 128, "zorder")
-    hilbert = block_bounding_volume(grid, 128, "hilbert")
-    assert hilbert < 0.6 * raster
-    assert zorder < 0.9 * raster
-    assert hilbert < zorder
+    assert block_bounding_volume(grid, 128, "zorder") < 0.6 * raster
+    assert block_bounding_volume(grid, 128, "hilbert") < 0.6 * raster
+    for grid in ((21, 45, 80), (33, 45, 80)):  # Wan 14B and HunyuanVideo at 720p
+        raster = block_bounding_volume(grid, 128, "raster")
+        assert block_bounding_volume(grid, 128, "zorder") < 0.5 * raster
+        assert block_bounding_volume(grid, 128, "hilbert") < 0.6 * raster
+
+
+@pytest.mark.parametrize(("block_size", "tile"), [(128, (4, 4, 8)), (64, (4, 4, 4)), (256, (4, 8, 8))])
+def test_zorder_blocks_are_tiles_on_aligned_grids(block_size: int, tile: tuple[int, int, int]) -> None:
+    """On a grid that is a whole number of tiles, every block is exactly one tile-shaped box."""
+    grid = (tile[0] * 2, tile[1] * 3, tile[2] * 2)
+    assert block_bounding_volume(grid, block_size, "zorder") == pytest.approx(block_size)
 
 
 def test_bounding_volume_small() -> None:
@@ -114,7 +122,7 @@ def test_bounding_volume_small() -> None:
 
 def _adjacency_reference(grid: tuple[int, int, int], block_size: int, curve: str) -> np.ndarray:
     """Plain numpy: for each of the 26 offsets, mark the block pair of every in-grid neighbour pair."""
-    _, inverse = curve_permutation(grid, curve)
+    _, inverse = curve_permutation(grid, curve, block_size=block_size)
     block = (inverse.numpy() // block_size).reshape(grid)
     kb = -(-math.prod(grid) // block_size)
     ref = np.eye(kb, dtype=bool)
