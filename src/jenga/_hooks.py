@@ -1,0 +1,191 @@
+"""The four per-forward hooks of a patch (diffusers ``ModelHook``s on submodules, one name each).
+
+Order inside one transformer forward (both families):
+
+1. ``LAYOUT_HOOK`` on the RoPE module (the first module the forward runs): reads the latent shape,
+   starts the forward plan (grid, carved layout, block tables) and gathers the RoPE tables into carved
+   order.
+2. ``CLOCK_HOOK`` on the time embedding: reads the step (cache context, scheduler, or timestep count per
+   CFG branch) and decides whether this forward carves; reorders per-token modulation (Wan 2.2 TI2V).
+3. ``ENTER_HOOK`` where the row-major hidden states appear (Wan: input of ``blocks[0]``; HunyuanVideo:
+   output of ``x_embedder``): one gather into carved order.
+4. ``EXIT_HOOK`` on the output norm: one gather back to row-major before unpatchify; ends the plan.
+
+The transformer's own ``forward`` is never wrapped, so ``enable_model_cpu_offload`` (which wraps it) and
+unpatching do not fight over it. Nothing here touches weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import StateManager
+
+from ._state import BranchClock, CarvingRuntime
+
+LAYOUT_HOOK = "jenga_layout"
+CLOCK_HOOK = "jenga_clock"
+ENTER_HOOK = "jenga_enter"
+EXIT_HOOK = "jenga_exit"
+HOOK_NAMES = (LAYOUT_HOOK, CLOCK_HOOK, ENTER_HOOK, EXIT_HOOK)
+
+logger = logging.getLogger("jenga")
+
+
+def _first_tensor_arg(args: tuple, kwargs: dict, name: str) -> torch.Tensor:
+    return args[0] if args else kwargs[name]
+
+
+def _replace_first_arg(args: tuple, kwargs: dict, name: str, value: Any) -> tuple[tuple, dict]:
+    if args:
+        return (value, *args[1:]), kwargs
+    return args, {**kwargs, name: value}
+
+
+class JengaHook(ModelHook):
+    """Base of the four hooks: remembers the forward wrapper it installed (see :func:`unregister`)."""
+
+    installed_forward: Any = None
+
+
+class LayoutHook(JengaHook):
+    """RoPE module: start the forward plan from the latent, reorder the RoPE tables."""
+
+    def __init__(self, runtime: CarvingRuntime, adapter: Any) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.adapter = adapter
+
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        self.runtime.begin_forward(_first_tensor_arg(args, kwargs, "hidden_states"))
+        return args, kwargs
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        layout = self.runtime.plan.layout
+        if layout is None:
+            return output
+        return self.adapter.reorder_rope(output, lambda x, dim: x.index_select(dim, layout.perm))
+
+    def __repr__(self) -> str:
+        return f"LayoutHook(curve={self.runtime.config.curve!r}, block_size={self.runtime.config.block_size})"
+
+
+class ClockHook(JengaHook):
+    """Time embedding: the step of this forward, per CFG branch; per-token modulation into carved order."""
+
+    _is_stateful = True
+
+    def __init__(self, runtime: CarvingRuntime, adapter: Any) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.adapter = adapter
+        # diffusers' cache_context(name, ...) sets the branch on every StateManager of a stateful hook
+        self.state_manager = StateManager(BranchClock)
+        self.default_clock = BranchClock()
+
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        self._tick(_first_tensor_arg(args, kwargs, "timestep"))
+        return args, kwargs
+
+    @torch.compiler.disable
+    def _tick(self, timestep: torch.Tensor | None) -> None:
+        try:
+            context = self.state_manager.context
+        except ValueError:  # no cache_context around this call (custom loops, HunyuanVideo pipelines)
+            context = None
+        clock = self.state_manager.get_state() if context is not None else self.default_clock
+        self.runtime.set_step(context, timestep, clock)
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        layout = self.runtime.plan.layout
+        if layout is None:
+            return output
+        return self.adapter.reorder_time(output, lambda x, dim: x.index_select(dim, layout.perm))
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state_manager.reset()
+        self.default_clock = BranchClock()
+        self.runtime.reset()
+        return module
+
+    def __repr__(self) -> str:
+        return "ClockHook()"
+
+
+class EnterHook(JengaHook):
+    """Row-major hidden states into carved order, once per forward."""
+
+    def __init__(self, runtime: CarvingRuntime, on: str) -> None:
+        super().__init__()
+        if on not in ("input", "output"):
+            raise ValueError(f"EnterHook on must be 'input' or 'output', got {on!r}")
+        self.runtime = runtime
+        self.on = on
+
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        layout = self.runtime.plan.layout
+        if self.on == "output" or layout is None:
+            return args, kwargs
+        hidden = _first_tensor_arg(args, kwargs, "hidden_states")
+        return _replace_first_arg(args, kwargs, "hidden_states", hidden.index_select(1, layout.perm))
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        layout = self.runtime.plan.layout
+        if self.on == "input" or layout is None:
+            return output
+        return output.index_select(1, layout.perm)
+
+    def __repr__(self) -> str:
+        return f"EnterHook(on={self.on!r})"
+
+
+class ExitHook(JengaHook):
+    """Back to row-major before the output norm (and unpatchify); the forward plan ends here."""
+
+    def __init__(self, runtime: CarvingRuntime, arg_name: str) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.arg_name = arg_name
+
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        layout = self.runtime.plan.layout
+        self.runtime.end_forward()
+        if layout is None:
+            return args, kwargs
+        hidden = _first_tensor_arg(args, kwargs, self.arg_name)
+        return _replace_first_arg(args, kwargs, self.arg_name, hidden.index_select(1, layout.inverse))
+
+    def __repr__(self) -> str:
+        return "ExitHook()"
+
+
+def register(module: torch.nn.Module, hook: JengaHook, name: str) -> tuple[bool, bool]:
+    """Register ``hook`` as ``name``; returns what :func:`unregister` needs to restore the module exactly."""
+    had_registry = "_diffusers_hook" in module.__dict__
+    had_forward = "forward" in module.__dict__
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+    hook.installed_forward = module.__dict__["forward"]  # to notice a wrapper added on top of ours later
+    return had_registry, had_forward
+
+
+def unregister(module: torch.nn.Module, name: str, had_registry: bool, had_forward: bool) -> None:
+    """Remove hook ``name``; drop the registry and the instance ``forward`` if they were ours alone."""
+    registry = module.__dict__.get("_diffusers_hook")
+    if registry is None or name not in registry.hooks:
+        return
+    hook = registry.hooks[name]
+    if registry._hook_order[-1] == name and module.__dict__.get("forward") is not hook.installed_forward:
+        logger.warning(
+            "jenga: %s.forward was wrapped again after patching (e.g. enable_sequential_cpu_offload); "
+            "removing hook %s drops that wrapper too: enable it again after unpatch", type(module).__name__, name
+        )
+    registry.remove_hook(name, recurse=False)
+    if registry.hooks:
+        return
+    if not had_forward:
+        module.__dict__.pop("forward", None)
+    if not had_registry:
+        del module.__dict__["_diffusers_hook"]

@@ -1,0 +1,50 @@
+"""Model-family adapters, looked up by transformer class.
+
+A new family is one :class:`~jenga.adapters.base.ModelAdapter` subclass registered here; the patch
+itself never branches on the model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import AttentionSite, HookSites, ModelAdapter, carve_attention
+from .hunyuan import HunyuanVideoAdapter
+from .wan import WanAdapter
+
+__all__ = [
+    "AttentionSite",
+    "HookSites",
+    "ModelAdapter",
+    "adapter_for",
+    "carve_attention",
+    "register_adapter",
+    "supported_transformers",
+]
+
+_REGISTRY: dict[type, ModelAdapter] = {}
+
+
+def register_adapter(adapter: ModelAdapter) -> ModelAdapter:
+    """Register ``adapter`` for its exact ``transformer_class`` (subclasses are other models)."""
+    _REGISTRY[adapter.transformer_class] = adapter
+    return adapter
+
+
+def supported_transformers() -> tuple[str, ...]:
+    return tuple(sorted(cls.__name__ for cls in _REGISTRY))
+
+
+def adapter_for(transformer: torch.nn.Module) -> ModelAdapter:
+    """The adapter of ``transformer``'s class, or ``TypeError`` naming the supported classes."""
+    adapter = _REGISTRY.get(type(transformer))
+    if adapter is None:
+        raise TypeError(
+            f"jenga cannot patch {type(transformer).__name__}; supported transformers: "
+            f"{', '.join(supported_transformers())}"
+        )
+    return adapter
+
+
+register_adapter(WanAdapter())
+register_adapter(HunyuanVideoAdapter())

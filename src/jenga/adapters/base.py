@@ -1,0 +1,145 @@
+"""What a model-family adapter tells the patch, and the carving call every sparse processor shares.
+
+An adapter holds the per-model facts: which attention modules go sparse and their layer ids, where the
+token order is applied (RoPE module, time embedding, first block or patch embedder, output norm), the
+patch size, and how to recognise image conditioning. The hooks and processors do the work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._state import LayerStats
+from ..attention import block_sparse_attention
+from ..blocks import BlockLists, dense_to_lists
+from ..selection import select_blocks
+
+__all__ = ["AttentionSite", "HookSites", "ModelAdapter", "carve_attention"]
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """One attention module that gets a carving processor."""
+
+    layer: int
+    path: str
+    module: torch.nn.Module
+
+
+@dataclass(frozen=True)
+class HookSites:
+    """Submodules the per-forward hooks attach to (never the transformer itself, which offloading wraps).
+
+    ``rope`` runs first in every forward and sees the latent; ``clock`` sees the timestep; ``enter``
+    yields (``enter_on="output"``) or takes (``"input"``) the row-major hidden states; ``exit`` takes them
+    after the last block as its first argument (named ``exit_arg`` in its signature).
+    """
+
+    rope: torch.nn.Module
+    clock: torch.nn.Module
+    enter: torch.nn.Module
+    enter_on: str
+    exit: torch.nn.Module
+    exit_arg: str
+
+
+class ModelAdapter:
+    """Per-model-family facts; one instance per supported transformer class (see ``jenga.adapters``)."""
+
+    name: str = ""
+    transformer_class: type = object
+    image_to_video_pipelines: tuple[str, ...] = ()
+
+    def preset_model(self, transformer: torch.nn.Module) -> str:
+        """The preset family (``JengaConfig.preset(model=...)``) matching this checkpoint."""
+        raise NotImplementedError
+
+    def patch_size(self, transformer: torch.nn.Module) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def attention_sites(self, transformer: torch.nn.Module) -> list[AttentionSite]:
+        raise NotImplementedError
+
+    def num_layers(self, transformer: torch.nn.Module) -> int:
+        return len(self.attention_sites(transformer))
+
+    def hook_sites(self, transformer: torch.nn.Module) -> HookSites:
+        raise NotImplementedError
+
+    def make_processor(self, stock: Any, site: AttentionSite, runtime: Any, dense: bool) -> Any:
+        raise NotImplementedError
+
+    def image_conditioned(self, transformer: torch.nn.Module) -> bool:
+        """Whether a bare transformer is an image-to-video checkpoint (for ``first_frame=None``)."""
+        return False
+
+    def needs_first_frame_prefix(self, transformer: torch.nn.Module) -> bool:
+        """Whether the model indexes the first frame as a token prefix (so the order must keep it)."""
+        return False
+
+    def reorder_rope(self, output: Any, reorder) -> Any:
+        """Apply ``reorder(tensor, dim)`` to the token dimension of the RoPE module's output."""
+        raise NotImplementedError
+
+    def reorder_time(self, output: Any, reorder) -> Any:
+        """Per-token outputs of the time embedding (Wan 2.2 TI2V) follow the order; default: none."""
+        return output
+
+
+def carve_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    runtime: Any,
+    *,
+    layer: int,
+    key_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Block selection from post-RoPE ``q, k`` ``[B, N, H, D]`` (carved video tokens, then any text
+    tokens) and block-sparse attention over the kept blocks. Torch ops only: no host synchronisation,
+    no graph break."""
+    plan, cfg = runtime.plan, runtime.config
+    num_video = plan.num_tokens
+    seq = q.shape[1]
+    block = cfg.block_size
+    if cfg.condition or seq == num_video:
+        lists = select_blocks(
+            q, k, drop_rate=plan.drop_rate, cdf_threshold=cfg.cdf_threshold, block_size=block,
+            num_video_tokens=num_video if seq > num_video else None,
+            adjacency=plan.adjacency, always_keep=plan.always_keep,
+        )
+    else:
+        lists = _select_without_condition(q, k, plan, cfg.cdf_threshold, block)
+    if cfg.collect_stats:
+        runtime.stats.append(LayerStats(plan.step, layer, plan.branch, lists.kv_count.detach(),
+                                        lists.num_key_blocks, math.ceil(num_video / block)))
+    return block_sparse_attention(
+        q, k, v, lists.kv_index, lists.kv_count, block_size=block, key_lengths=key_lengths,
+        backend=plan.backend, check_indices=False,
+    )
+
+
+def _select_without_condition(q, k, plan, cdf_threshold: float, block: int) -> BlockLists:
+    """Ablation ``condition=False``: text key blocks compete on importance like video blocks instead
+    of being always kept; text query blocks still attend densely."""
+    num_video = plan.num_tokens
+    num_blocks = math.ceil(q.shape[1] / block)
+    video_blocks = math.ceil(num_video / block)
+    pad = num_blocks - video_blocks
+    adjacency = plan.adjacency
+    if adjacency is not None:
+        adjacency = torch.nn.functional.pad(adjacency, (0, pad, 0, pad)) | torch.eye(
+            num_blocks, dtype=torch.bool, device=q.device)
+    always_keep = plan.always_keep
+    if always_keep is not None:
+        always_keep = torch.nn.functional.pad(always_keep, (0, pad))
+    lists = select_blocks(q, k, drop_rate=plan.drop_rate, cdf_threshold=cdf_threshold, block_size=block,
+                          adjacency=adjacency, always_keep=always_keep)
+    keep = lists.to_dense()
+    text_rows = torch.arange(num_blocks, device=q.device) >= num_video // block
+    keep = keep | text_rows.view(1, 1, -1, 1)
+    return BlockLists(*dense_to_lists(keep), num_key_blocks=num_blocks)

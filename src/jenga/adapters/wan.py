@@ -1,0 +1,138 @@
+"""Wan (2.1 and 2.2, T2V / I2V / TI2V, 1.3B to A14B): only the self-attention ``attn1`` carves.
+
+Facts (diffusers 0.42 ``transformer_wan.py``): the forward runs ``rope(latent)`` first, returning
+``(cos, sin)`` of ``[1, N, 1, D]``; it flattens the patch embedding to row-major ``(T', H', W')`` tokens;
+``condition_embedder`` returns ``(temb, timestep_proj, text, image)`` where Wan 2.2 TI2V's per-token
+``timestep_proj`` is ``[B, N, 6 * dim]`` (``temb`` ``[B, N, dim]`` is only used after the blocks, in
+row-major order); ``blocks[0]`` takes the hidden states; ``norm_out`` follows the last block.
+``attn2`` (text and image cross-attention) keeps the stock processor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import WanTransformer3DModel
+
+from .base import AttentionSite, HookSites, ModelAdapter, carve_attention
+
+__all__ = ["WanAdapter", "WanCarvingProcessor"]
+
+# Wan 1.3B has 1536 channels, TI2V-5B 3072, the 14B models 5120: the last use the 14B presets.
+_SMALL_MODEL_DIM = 3072
+
+
+def _rotate_pairs(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Wan's interleaved RoPE, op for op as the stock processor applies it (identical rounding)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class WanCarvingProcessor:
+    """``attn1`` processor: block-sparse self-attention when the forward carves, else the stock processor.
+
+    Projections are read from ``attn`` at call time (LoRA layers loaded later are used); the attention
+    backend settings are forwarded to the stock processor it falls back to.
+    """
+
+    def __init__(self, stock: Any, layer: int, runtime: Any, dense: bool) -> None:
+        self.stock = stock
+        self.layer = layer
+        self.runtime = runtime
+        self.dense = dense
+
+    @property
+    def _attention_backend(self):
+        return self.stock._attention_backend
+
+    @_attention_backend.setter
+    def _attention_backend(self, value) -> None:
+        self.stock._attention_backend = value
+
+    @property
+    def _parallel_config(self):
+        return self.stock._parallel_config
+
+    @_parallel_config.setter
+    def _parallel_config(self, value) -> None:
+        self.stock._parallel_config = value
+
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if (
+            self.dense
+            or encoder_hidden_states is not None
+            or attention_mask is not None
+            or not self.runtime.plan.carves(hidden_states.shape[1])
+        ):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+
+        if getattr(attn, "fused_projections", False):
+            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query = _rotate_pairs(query, *rotary_emb)
+            key = _rotate_pairs(key, *rotary_emb)
+
+        out = carve_attention(query, key, value, self.runtime, layer=self.layer)
+        out = out.flatten(2, 3).type_as(query)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+    def __repr__(self) -> str:
+        mode = "dense" if self.dense else "carving"
+        return f"WanCarvingProcessor(layer={self.layer}, {mode}, stock={type(self.stock).__name__})"
+
+
+class WanAdapter(ModelAdapter):
+    name = "wan"
+    transformer_class = WanTransformer3DModel
+    image_to_video_pipelines = ("WanImageToVideoPipeline",)
+
+    def preset_model(self, transformer: torch.nn.Module) -> str:
+        cfg = transformer.config
+        return "wan" if cfg.num_attention_heads * cfg.attention_head_dim <= _SMALL_MODEL_DIM else "wan-14b"
+
+    def patch_size(self, transformer: torch.nn.Module) -> tuple[int, int, int]:
+        pt, ph, pw = transformer.config.patch_size
+        return int(pt), int(ph), int(pw)
+
+    def attention_sites(self, transformer: torch.nn.Module) -> list[AttentionSite]:
+        return [AttentionSite(i, f"blocks.{i}.attn1", block.attn1) for i, block in enumerate(transformer.blocks)]
+
+    def hook_sites(self, transformer: torch.nn.Module) -> HookSites:
+        return HookSites(rope=transformer.rope, clock=transformer.condition_embedder,
+                         enter=transformer.blocks[0], enter_on="input", exit=transformer.norm_out, exit_arg="inputs")
+
+    def make_processor(self, stock: Any, site: AttentionSite, runtime: Any, dense: bool) -> WanCarvingProcessor:
+        return WanCarvingProcessor(stock, site.layer, runtime, dense)
+
+    def image_conditioned(self, transformer: torch.nn.Module) -> bool:
+        cfg = transformer.config
+        return cfg.image_dim is not None or cfg.in_channels != cfg.out_channels
+
+    def reorder_rope(self, output: Any, reorder) -> Any:
+        cos, sin = output
+        return reorder(cos, 1), reorder(sin, 1)
+
+    def reorder_time(self, output: Any, reorder) -> Any:
+        temb, timestep_proj, text, image = output
+        if timestep_proj.ndim == 3:  # Wan 2.2 TI2V: one modulation per token
+            timestep_proj = reorder(timestep_proj, 1)
+        return temb, timestep_proj, text, image

@@ -1,0 +1,147 @@
+"""Token layouts: where each video token of a latent grid sits in the carved (block-sparse) sequence.
+
+Index contract (``dtype[shape]``) for a grid ``(T, H, W)``, ``N = T * H * W``, ``Vb = ceil(N / block_size)``:
+
+- ``perm: int64[N]`` -- row-major index of the i-th carved token: ``x_carved = x_rowmajor[:, perm]``.
+- ``inverse: int64[N]`` -- carved position of each row-major token: ``x_rowmajor = x_carved[:, inverse]``.
+- ``adjacency: bool[Vb, Vb]`` -- carved blocks i and j hold 3D neighbours (26-neighbourhood); symmetric,
+  True diagonal.
+- ``first_frame: bool[Vb]`` -- carved blocks that hold at least one token of latent frame 0.
+
+Two orders:
+
+- ``curve``: the whole grid along one space-filling curve (:func:`jenga.curves.curve_permutation`, whose
+  Z-order tiles are aligned with ``block_size``).
+- ``first-frame prefix``: frame 0 along the curve of its ``(1, H, W)`` plane, then frames ``1..T-1`` along
+  the curve of ``(T - 1, H, W)``. The first ``H * W`` carved tokens stay frame 0, which HunyuanVideo's
+  ``token_replace`` image conditioning relies on, and frame 0 fills only ``ceil(H * W / block_size)``
+  blocks: in a whole-grid Z-order a 128-token block spans 4 frames, so frame 0 touches about ``4 / T`` of
+  all blocks instead of ``1 / T``, and "always keep the first frame" would keep four times too much.
+
+Layouts are cached per (grid, block size, curve, order, device); treat their tensors as read-only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from .curves import block_adjacency, curve_permutation
+
+__all__ = ["TokenLayout", "token_layout"]
+
+Grid = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """The carved order of one latent grid and the block tables that go with it (module docstring)."""
+
+    grid: Grid
+    block_size: int
+    curve: str
+    first_frame_prefix: bool
+    perm: torch.Tensor
+    inverse: torch.Tensor
+    adjacency: torch.Tensor
+    first_frame: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def num_blocks(self) -> int:
+        return math.ceil(self.num_tokens / self.block_size)
+
+    def to_carved(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """Gather the token dimension ``dim`` of a row-major tensor into carved order."""
+        return x.index_select(dim, self.perm)
+
+    def to_rowmajor(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """Undo :meth:`to_carved`."""
+        return x.index_select(dim, self.inverse)
+
+    def __repr__(self) -> str:
+        order = "first-frame prefix + " if self.first_frame_prefix else ""
+        return (
+            f"TokenLayout(grid={self.grid}, order={order}{self.curve}, block_size={self.block_size}, "
+            f"blocks={self.num_blocks})"
+        )
+
+
+def token_layout(
+    grid: tuple[int, int, int],
+    *,
+    block_size: int,
+    curve: str = "zorder",
+    first_frame_prefix: bool = False,
+    device: torch.device | str | None = None,
+) -> TokenLayout:
+    """The cached :class:`TokenLayout` of ``grid`` on ``device`` (CPU when ``None``)."""
+    grid = tuple(int(s) for s in grid)
+    if len(grid) != 3 or min(grid) < 1:
+        raise ValueError(f"grid must be 3 positive ints (T, H, W), got {grid!r}")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    key = "cpu" if device is None else str(torch.device(device))
+    return _layout_on(grid, block_size, curve, bool(first_frame_prefix), key)
+
+
+@lru_cache(maxsize=32)
+def _layout_on(grid: Grid, block_size: int, curve: str, prefix: bool, device: str) -> TokenLayout:
+    """One copy per device so a forward never re-uploads the tables."""
+    perm, inverse, adjacency, first = _layout_cpu(grid, block_size, curve, prefix)
+    return TokenLayout(grid, block_size, curve, prefix, perm.to(device), inverse.to(device),
+                       adjacency.to(device), first.to(device))
+
+
+@lru_cache(maxsize=32)
+def _layout_cpu(grid: Grid, block_size: int, curve: str, prefix: bool):
+    t, h, w = grid
+    n = t * h * w
+    if prefix:
+        head, _ = curve_permutation((1, h, w), curve, block_size=block_size)
+        parts = [head]
+        if t > 1:
+            tail, _ = curve_permutation((t - 1, h, w), curve, block_size=block_size)
+            parts.append(tail + h * w)
+        perm = torch.cat(parts)
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(n, dtype=torch.int64)
+        adjacency = _adjacency_of_order(grid, inverse, block_size)
+    else:
+        perm, inverse = curve_permutation(grid, curve, block_size=block_size)
+        adjacency = block_adjacency(grid, block_size, curve)
+    num_blocks = math.ceil(n / block_size)
+    first = torch.zeros(num_blocks, dtype=torch.bool)
+    first[torch.unique(inverse[: h * w] // block_size)] = True
+    return perm, inverse, adjacency, first
+
+
+def _adjacency_of_order(grid: Grid, inverse: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``bool[Vb, Vb]`` block adjacency of any order given by ``inverse`` (same definition as
+    :func:`jenga.curves.block_adjacency`): shift the grid of block ids by each of the 13 half-space
+    neighbour offsets and mark every (block, neighbour block) pair, then symmetrise."""
+    num_blocks = math.ceil(inverse.numel() / block_size)
+    blocks = (inverse // block_size).view(grid)
+    pairs = []
+    for dt in (-1, 0, 1):
+        for dh in (-1, 0, 1):
+            for dw in (-1, 0, 1):
+                offset = (dt, dh, dw)
+                if next((x for x in offset if x != 0), 0) <= 0:
+                    continue  # the other half of the pairs comes from the transpose
+                src = blocks[tuple(slice(max(0, -d), s - max(0, d)) for d, s in zip(offset, grid, strict=True))]
+                dst = blocks[tuple(slice(max(0, d), s + min(0, d)) for d, s in zip(offset, grid, strict=True))]
+                pairs.append((src * num_blocks + dst).reshape(-1))
+    table = torch.zeros(num_blocks * num_blocks, dtype=torch.bool)
+    if pairs:
+        table[torch.cat(pairs)] = True
+    table = table.view(num_blocks, num_blocks)
+    table = table | table.T
+    table.fill_diagonal_(True)
+    return table
