@@ -9,32 +9,50 @@ For each (batch, head, video query block) the selector keeps the union of
    the blocks of the first latent frame.
 Query blocks that hold text tokens attend to everything. Everything runs on the device: no
 ``.item()``, no ``nonzero``, no host synchronisation; equal inputs give equal lists.
+
+Exact rules, shared by the torch reference and the fused Triton kernel (identical lists):
+- equal probabilities rank by block id (a stable descending sort), so exactly ``n`` blocks lead;
+- the mass ranked ahead of a block is summed in fixed point (units of ``2**-60``, truncated), which is
+  exact and independent of summation order; it is compared with ``p`` rounded to float32.
+Earlier versions summed the mass in float32 and left ties to the sort; they can differ by one block in
+rows where the mass ahead lies within float32 rounding of ``p``, or where probabilities tie at the cut-off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Literal
 
+import numpy as np
 import torch
 
 from .blocks import BlockLists, dense_to_lists
+
+SelectBackend = Literal["auto", "triton", "torch"]
+SELECT_BACKENDS = ("auto", "triton", "torch")
+# Probabilities are summed as integers in units of 2**-60: exact and order-free, so the Triton kernel and
+# the torch reference agree bit for bit (a softmax row sums to about 2**60, far below the int64 limit).
+MASS_SCALE = float(2**60)
 
 
 def pool_blocks(x: torch.Tensor, block_size: int, num_tokens: int) -> torch.Tensor:
     """Mean of ``x[:, :num_tokens]`` ``[B, N, H, D]`` over blocks -> float32 ``[B, H, nb, D]``.
 
-    The last block is averaged over its valid tokens only.
+    The last block is averaged over its valid tokens only. Reads ``x`` once, in its own dtype and strides:
+    one float32-accumulating mean over a view of the full blocks, one over the partial last block, written
+    straight into the result (no upcast copy, no padded copy). A Triton kernel for this measured no faster
+    on an H100 (both about 2 TB/s), so it stays plain torch, shared by both selector backends.
     """
     batch, _, heads, dim = x.shape
-    num_blocks = math.ceil(num_tokens / block_size)
-    pad = num_blocks * block_size - num_tokens
-    x = x[:, :num_tokens].float()
-    if pad:
-        x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad))
-    sums = x.view(batch, num_blocks, block_size, heads, dim).sum(2)
-    counts = torch.full((num_blocks,), float(block_size), device=x.device)
-    counts[-1] = block_size - pad
-    return (sums / counts.view(1, num_blocks, 1, 1)).transpose(1, 2)
+    full, rest = divmod(num_tokens, block_size)
+    pooled = torch.empty((batch, full + (rest > 0), heads, dim), device=x.device, dtype=torch.float32)
+    if full:
+        blocks = x[:, : full * block_size].unflatten(1, (full, block_size))
+        torch.mean(blocks, 2, dtype=torch.float32, out=pooled[:, :full])
+    if rest:
+        torch.mean(x[:, full * block_size : num_tokens], 1, keepdim=True, dtype=torch.float32, out=pooled[:, full:])
+    return pooled.transpose(1, 2)
 
 
 def select_blocks(
@@ -47,6 +65,7 @@ def select_blocks(
     num_video_tokens: int | None = None,
     adjacency: torch.Tensor | None = None,
     always_keep: torch.Tensor | None = None,
+    backend: SelectBackend = "auto",
 ) -> BlockLists:
     """Block lists for self-attention over ``[video tokens; optional text tokens]``.
 
@@ -58,6 +77,8 @@ def select_blocks(
         num_video_tokens: how many leading tokens are video (default: all).
         adjacency: optional ``bool[Vb, Vb]`` video-block adjacency (``Vb = ceil(Nv / block_size)``).
         always_keep: optional ``bool[Vb]``: video key blocks every query keeps (first frame in I2V).
+        backend: ``"triton"`` (one fused kernel ranks, merges and writes the lists), ``"torch"`` (the
+            reference) or ``"auto"`` (triton on CUDA, torch elsewhere). Both give identical lists.
 
     Returns:
         :class:`~jenga.blocks.BlockLists` with ``kv_index int32[B, H, Qb, Kb]``, ``kv_count int32[B, H, Qb]``.
@@ -70,20 +91,44 @@ def select_blocks(
     # a block that holds any text token is a "text block": always kept, and attends densely
     first_text_block = num_video // block_size if num_video < seq else num_blocks
     _check_tables(adjacency, always_keep, video_blocks, q.device)
+    use_triton = _resolve_backend(backend, q, num_blocks)
 
     if drop_rate <= 0.0:
-        keep = torch.ones(batch, heads, num_blocks, num_blocks, dtype=torch.bool, device=q.device)
-        return BlockLists(*dense_to_lists(keep), num_key_blocks=num_blocks)
+        return _all_blocks(batch, heads, num_blocks, q.device)
 
-    # -- importance: pooled scores over the video key blocks
+    # -- importance: pooled scores over the video key blocks (shared by both backends, bit for bit)
     q_pool = pool_blocks(q, block_size, num_video)
     k_pool = pool_blocks(k, block_size, num_video)
-    probs = torch.softmax(q_pool @ k_pool.transpose(-1, -2) / math.sqrt(dim), dim=-1)  # [B,H,Vb,Vb]
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the blocks ranked ahead
+    probs = torch.softmax(torch.matmul(q_pool, k_pool.transpose(-1, -2)).div_(math.sqrt(dim)), dim=-1)
     top_k = max(1, math.floor((1.0 - drop_rate) * video_blocks))
-    rank = torch.arange(video_blocks, device=q.device)
-    keep_sorted = (mass_before < cdf_threshold) | (rank < top_k)
+    mass_limit = _mass_limit(cdf_threshold)
+    if use_triton:
+        # under torch.compile the launch goes through a custom op, so the graph does not break
+        lists = _select_lists_op if torch.compiler.is_compiling() else _select_lists_triton
+        kv_index, kv_count = lists(probs, adjacency, always_keep, num_blocks, first_text_block, top_k, mass_limit)
+    else:
+        kv_index, kv_count = _select_lists_torch(probs, adjacency, always_keep, num_blocks, first_text_block,
+                                                 top_k, mass_limit)
+    return BlockLists(kv_index, kv_count, num_key_blocks=num_blocks)
+
+
+def _select_lists_torch(
+    probs: torch.Tensor,
+    adjacency: torch.Tensor | None,
+    always_keep: torch.Tensor | None,
+    num_blocks: int,
+    first_text_block: int,
+    top_k: int,
+    mass_limit: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference for the fused kernel: rank, union and assembly on the dense ``[B, H, Qb, Kb]`` mask."""
+    batch, heads, video_blocks, _ = probs.shape
+    # stable: equal probabilities rank by block id, the rule the kernel implements
+    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
+    fixed = (sorted_probs * MASS_SCALE).to(torch.int64)
+    mass_before = fixed.cumsum(-1) - fixed  # mass of the blocks ranked ahead, exact in fixed point
+    rank = torch.arange(video_blocks, device=probs.device)
+    keep_sorted = (mass_before < mass_limit) | (rank < top_k)
     keep_video = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
 
     if adjacency is not None:
@@ -92,9 +137,103 @@ def select_blocks(
         keep_video |= always_keep
 
     # -- assemble the full [Qb, Kb] mask: text keys kept, text queries dense
-    keep = torch.ones(batch, heads, num_blocks, num_blocks, dtype=torch.bool, device=q.device)
+    keep = torch.ones(batch, heads, num_blocks, num_blocks, dtype=torch.bool, device=probs.device)
     keep[:, :, :first_text_block, :first_text_block] = keep_video[:, :, :first_text_block, :first_text_block]
-    return BlockLists(*dense_to_lists(keep), num_key_blocks=num_blocks)
+    return dense_to_lists(keep)
+
+
+def _all_blocks(batch: int, heads: int, num_blocks: int, device: torch.device) -> BlockLists:
+    """Every block for every query block: what ``dense_to_lists`` gives for an all-True mask, built directly."""
+    ids = torch.arange(num_blocks, device=device, dtype=torch.int32)
+    kv_index = ids.expand(batch, heads, num_blocks, num_blocks).contiguous()
+    kv_count = torch.full((batch, heads, num_blocks), num_blocks, device=device, dtype=torch.int32)
+    return BlockLists(kv_index, kv_count, num_key_blocks=num_blocks)
+
+
+def _mass_limit(cdf_threshold: float) -> int:
+    """Fixed-point bound: integer mass ``m`` is below ``float32(p)`` iff ``m < ceil(float32(p) * MASS_SCALE)``.
+
+    ``p`` is rounded to float32 first, as the comparison with a float32 tensor did; the product is exact.
+    """
+    return math.ceil(float(np.float32(cdf_threshold)) * MASS_SCALE)
+
+
+_TRITON_IMPORTABLE: list[bool] = []  # filled on first use: importing triton costs time, so not at import
+
+
+def _triton_importable() -> bool:
+    """Whether the Triton kernel module loads here (CPU-only installs may lack triton)."""
+    if not _TRITON_IMPORTABLE:
+        try:
+            from .kernels import triton_select  # noqa: F401
+
+            _TRITON_IMPORTABLE.append(True)
+        except ImportError:
+            _TRITON_IMPORTABLE.append(False)
+    return _TRITON_IMPORTABLE[0]
+
+
+def _resolve_backend(backend: str, q: torch.Tensor, num_blocks: int) -> bool:
+    """True to run the Triton kernel; it needs a CUDA tensor, or Triton's CPU interpreter (tests)."""
+    if backend not in SELECT_BACKENDS:
+        accepted = ", ".join(repr(b) for b in SELECT_BACKENDS)
+        raise ValueError(f"unknown selector backend {backend!r}; accepted: {accepted}")
+    if backend == "torch":
+        return False
+    if not _triton_importable():
+        if backend == "triton":
+            raise ValueError("backend='triton' needs the triton package; use backend='torch'")
+        return False
+    from .kernels.triton_block_sparse import interpreting
+    from .kernels.triton_select import MAX_BLOCKS
+
+    if backend == "auto":
+        return q.is_cuda and num_blocks <= MAX_BLOCKS
+    if not (q.is_cuda or interpreting()):
+        raise ValueError(f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU), got q on "
+                         f"{q.device}; use backend='torch' or 'auto'")
+    if num_blocks > MAX_BLOCKS:
+        raise ValueError(f"backend='triton' handles up to {MAX_BLOCKS} blocks per row, got {num_blocks}; use "
+                         "backend='torch' or a larger block_size")
+    return True
+
+
+def _select_lists_triton(
+    probs: torch.Tensor,
+    adjacency: torch.Tensor | None,
+    always_keep: torch.Tensor | None,
+    num_blocks: int,
+    first_text_block: int,
+    top_k: int,
+    mass_limit: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel launch on the tensors' own GPU (Triton launches on the current device)."""
+    from .kernels.triton_select import select_lists_triton
+
+    with torch.cuda.device(probs.device) if probs.is_cuda else contextlib.nullcontext():
+        return select_lists_triton(probs, adjacency, always_keep, num_blocks, first_text_block, top_k, mass_limit,
+                                   MASS_SCALE)
+
+
+# Dynamo cannot trace the launcher; as a custom op with a fake (shape-only) implementation it stays in graph.
+@torch.library.custom_op("jenga::select_lists", mutates_args=())
+def _select_lists_op(
+    probs: torch.Tensor,
+    adjacency: torch.Tensor | None,
+    always_keep: torch.Tensor | None,
+    num_blocks: int,
+    first_text_block: int,
+    top_k: int,
+    mass_limit: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _select_lists_triton(probs, adjacency, always_keep, num_blocks, first_text_block, top_k, mass_limit)
+
+
+@_select_lists_op.register_fake
+def _(probs, adjacency, always_keep, num_blocks, first_text_block, top_k, mass_limit):
+    batch, heads = probs.shape[:2]
+    kv_index = probs.new_empty((batch, heads, num_blocks, num_blocks), dtype=torch.int32)
+    return kv_index, probs.new_empty((batch, heads, num_blocks), dtype=torch.int32)
 
 
 def _check_selection_args(q, k, drop_rate, cdf_threshold, block_size, num_video_tokens) -> None:

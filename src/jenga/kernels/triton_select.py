@@ -1,14 +1,18 @@
-"""Triton kernel that turns block probabilities into block lists in one pass (the selector's hot path).
+"""Triton kernel of the block selector's hot path: block probabilities -> block lists, in one pass.
 
-One program handles ``ROWS`` query block rows of one (batch, head). For a video query row it sorts the row's
-``Vb`` probabilities, finds how many lead the ranking (``n = max(top_k, n_cdf)``), keeps exactly those
-(ties at the cut-off go to the lower block id, as a stable descending sort orders them), adds the
-adjacency row, the always-kept blocks and every text key block, and writes the ascending kept ids
-with a cumulative sum as write positions. Text query rows are written dense. No host synchronisation.
+One program handles ``ROWS`` query-block rows of one (batch, head). For a video query row it finds the
+cut-off of the ranking by bisection on the probabilities' bit patterns (non-negative floats order like
+their bits): the smallest value whose first block, in the stable descending order (ties by block id), is
+still kept, i.e. fewer than ``top_k`` blocks rank ahead of it or their mass is below ``p``. Blocks above
+the cut-off are kept, and of those tied at it as many as the rule admits, lowest ids first: exactly
+``n = max(top_k, n_cdf)`` blocks, the set a stable descending sort keeps. Then it adds the adjacency row,
+the always-kept blocks and every text key block, and writes the ascending kept ids with a cumulative sum
+as write positions, 0 up to the capacity. Text query rows are written dense. Bisection needs only
+reductions (31 rounds) and measured twice as fast as ``tl.sort`` on an H100 at 1024 key blocks.
 
-The probability mass ahead of each block is summed in fixed point (``int64``, probabilities scaled
-by ``mass_scale``, a power of two, and truncated): integer sums do not depend on the order of the
-additions, so this kernel and the torch reference take the same decision on every row.
+Mass is summed in fixed point (probabilities times ``mass_scale``, a power of two, truncated to ``int64``):
+integer sums do not depend on the order of the additions, so the kernel and the torch reference take the
+same decision on every row.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import triton
 import triton.language as tl
 
 from .triton_block_sparse import interpreting
+
+MAX_BLOCKS = 4096  # a row of key blocks stays in the registers of at most 4 warps
 
 
 @triton.jit
@@ -29,25 +35,38 @@ def _select_rows(
 ):
     bh = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    offs = tl.arange(0, WIDTH)
-    cols = offs[None, :]
+    cols = tl.arange(0, WIDTH)[None, :]
     video_row = (rows < first_text_block)[:, None]
     video = video_row & (cols < video_blocks)
 
-    # -- rank the row's probabilities, descending; padding (-1) sinks below every probability
     p = tl.load(Probs + (bh * video_blocks + rows[:, None]) * video_blocks + cols, mask=video, other=-1.0)
-    ranked = tl.sort(p, descending=True)
-    fixed = tl.where(video, (ranked * MASS_SCALE).to(tl.int64), 0)
-    mass_before = tl.cumsum(fixed, 1) - fixed
-    lead = video & ((mass_before < mass_limit) | (cols < top_k))  # a prefix: mass_before never falls
-    n_keep = tl.sum(lead.to(tl.int32), 1)
-    cutoff = tl.min(tl.where(lead, ranked, float("inf")), 1)  # the n-th largest probability
+    bits = p.to(tl.int32, bitcast=True)  # padding (-1.0) has the sign bit: below every probability
+    fixed = tl.where(video, (p * MASS_SCALE).to(tl.int64), 0)
 
-    # -- back to block order: every block above the cut-off, then the lowest ids among the ties at it
-    above = p > cutoff[:, None]
-    tied = video & (p == cutoff[:, None])
-    spare = n_keep - tl.sum(above.to(tl.int32), 1)
-    keep = above | (tied & (tl.cumsum(tied.to(tl.int32), 1) <= spare[:, None]))
+    # -- bisection for the cut-off over [0, +inf bits]: "v passes" = the blocks above v are fewer than
+    #    top_k or hold less mass than the limit; harder as v falls, and the row maximum passes (top_k >= 1)
+    lo = tl.zeros([ROWS], dtype=tl.int32)
+    hi = tl.full([ROWS], 0x7F800000, dtype=tl.int32)
+    for _ in range(31):
+        mid = lo + (hi - lo) // 2
+        above = bits > mid[:, None]
+        passes = (tl.sum(above.to(tl.int32), 1) < top_k) | (tl.sum(tl.where(above, fixed, 0), 1) < mass_limit)
+        hi = tl.where(passes, mid, hi)
+        lo = tl.where(passes, lo, mid + 1)
+    cutoff = tl.min(tl.where(bits >= hi[:, None], bits, 0x7FFFFFFF), 1)  # smallest value present >= it
+
+    # -- keep all above the cut-off; of the m tied at it (ranks c + i, mass ahead M + i * f), those with
+    #    rank below top_k or mass ahead below the limit, lowest block ids first
+    above = bits > cutoff[:, None]
+    tied = bits == cutoff[:, None]
+    ranked_ahead = tl.sum(above.to(tl.int32), 1)
+    room = tl.maximum(mass_limit - tl.sum(tl.where(above, fixed, 0), 1), 0)
+    num_tied = tl.sum(tied.to(tl.int32), 1).to(tl.int64)
+    unit = tl.max(tl.where(tied, fixed, 0), 1)
+    by_mass = tl.where(unit > 0, (room + unit - 1) // tl.maximum(unit, 1), tl.where(room > 0, num_tied, 0))
+    take = tl.minimum(num_tied, tl.maximum(top_k - ranked_ahead, by_mass))  # int64: by_mass can be huge
+    keep = above | (tied & (tl.cumsum(tied.to(tl.int32), 1) <= take[:, None]))
+
     if HAS_ADJACENCY:
         keep = keep | (tl.load(Adjacency + rows[:, None] * video_blocks + cols, mask=video, other=0) != 0)
     if HAS_ALWAYS_KEEP:
@@ -79,10 +98,13 @@ def select_lists_triton(
     """``probs float32[B, H, Vb, Vb]`` (softmax over the video key blocks) -> ``(kv_index, kv_count)``.
 
     ``kv_index int32[B, H, Kb, Kb]`` and ``kv_count int32[B, H, Kb]`` with ``Kb = num_blocks``; every
-    element is written, so both start empty. A video key block is kept by the ranking when its rank is
-    below ``top_k`` or the fixed-point mass ranked strictly ahead of it is below ``mass_limit``.
+    element is written, so both start empty. A video key block is kept by the ranking when fewer than
+    ``top_k`` blocks rank ahead of it or their fixed-point mass is below ``mass_limit``.
     """
     batch, heads, video_blocks, _ = probs.shape
+    if num_blocks > MAX_BLOCKS:
+        raise ValueError(f"the triton selector handles up to {MAX_BLOCKS} blocks, got {num_blocks}; "
+                         "use backend='torch' or a larger block_size")
     probs = probs.contiguous()
     kv_index = torch.empty((batch, heads, num_blocks, num_blocks), device=probs.device, dtype=torch.int32)
     kv_count = torch.empty((batch, heads, num_blocks), device=probs.device, dtype=torch.int32)
@@ -101,7 +123,9 @@ def select_lists_triton(
 
 
 def _tile(width: int, num_blocks: int) -> tuple[int, int]:
-    """(rows per program, warps). The interpreter pays per program, so it takes many rows at once."""
+    """(rows per program, warps). One row per single-warp program measured fastest on an H100 at 256 and
+    1024 key blocks (reductions stay inside the warp); wider rows get a warp per 1024 entries so the
+    32 int64 entries per thread stay in registers. The interpreter pays per program: 16 rows at once."""
     if interpreting():
         return min(16, triton.next_power_of_2(num_blocks)), 1
-    return 1, max(1, min(8, width // 128))
+    return 1, max(1, width // 1024)
