@@ -15,52 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import triton
+from _common import BLOCK, SHAPES, Shape, bench, card_name, git_commit
 
 from jenga import block_adjacency, curve_permutation, dense_to_lists, select_blocks
 from jenga.kernels.flex import block_sparse_attention_flex, flex_block_mask
 from jenga.kernels.triton_block_sparse import _configs, block_sparse_attention_triton
-
-
-@dataclass(frozen=True)
-class Shape:
-    name: str
-    heads: int
-    grid: tuple[int, int, int]
-    text_tokens: int = 0
-    valid_text: int = 0
-
-    @property
-    def video_tokens(self) -> int:
-        return math.prod(self.grid)
-
-    @property
-    def tokens(self) -> int:
-        return self.video_tokens + self.text_tokens
-
-
-SHAPES = {
-    "wan1.3b": Shape("wan1.3b", 12, (21, 30, 52)),
-    "wan14b": Shape("wan14b", 40, (21, 45, 80)),
-    "hunyuan": Shape("hunyuan", 24, (33, 45, 80), text_tokens=256, valid_text=200),
-}
-BLOCK = 128
-
-
-def bench(fn, budget_ms: float) -> float:
-    """Median milliseconds of ``fn`` after warm-up."""
-    fn()
-    torch.cuda.synchronize()
-    return triton.testing.do_bench(fn, warmup=max(25, budget_ms / 4), rep=budget_ms, return_mode="median")
 
 
 def random_lists(batch, heads, qb, kb, density, device, generator):
@@ -83,19 +50,6 @@ def smooth_field(shape: Shape, dim: int, heads: int, device, generator) -> torch
     fine = torch.nn.functional.interpolate(coarse, size=(t, h, w), mode="trilinear", align_corners=False)
     fine = fine + 0.3 * torch.randn(fine.shape, device=device, generator=generator)
     return fine.view(heads, dim, -1).permute(2, 0, 1).unsqueeze(0).contiguous()
-
-
-def card_name() -> str:
-    return torch.cuda.get_device_name().replace(" ", "-")
-
-
-def git_commit() -> str:
-    if os.environ.get("JENGA_COMMIT"):  # the GPU machine gets a copy of the tree without .git
-        return os.environ["JENGA_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: float, log) -> list[dict]:

@@ -18,56 +18,15 @@ import argparse
 import json
 import math
 import platform
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from _common import BLOCK, SHAPES, Shape, bench, card_name, git_commit
 
-BLOCK = 128
 HEAD_DIM = 128
-
-
-@dataclass(frozen=True)
-class Shape:
-    name: str
-    heads: int
-    grid: tuple[int, int, int]
-    text_tokens: int = 0
-
-    @property
-    def video_tokens(self) -> int:
-        return math.prod(self.grid)
-
-    @property
-    def tokens(self) -> int:
-        return self.video_tokens + self.text_tokens
-
-
-SHAPES = {
-    "wan1.3b": Shape("wan1.3b", 12, (21, 30, 52)),
-    "hunyuan": Shape("hunyuan", 24, (33, 45, 80), text_tokens=256),
-    "wan14b": Shape("wan14b", 40, (21, 45, 80)),
-}
-
-
-def bench(fn, budget_ms: float) -> float:
-    """Median milliseconds of ``fn`` after warm-up."""
-    import triton
-
-    fn()
-    torch.cuda.synchronize()
-    return triton.testing.do_bench(fn, warmup=max(25.0, budget_ms / 4), rep=budget_ms, return_mode="median")
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_shape(shape: Shape, cases, attention: bool, budget_ms: float, log) -> tuple[list[dict], bool]:
@@ -160,7 +119,7 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
 
-    card = torch.cuda.get_device_name().replace(" ", "-")
+    card = card_name()
     log(f"card: {card}, torch {torch.__version__}, triton {triton.__version__}, commit {git_commit()}")
     cases = [(d, p) for d in args.drop_rates for p in args.cdf_thresholds]
     rows, identical, started = [], True, time.time()
