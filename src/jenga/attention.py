@@ -6,6 +6,7 @@ The Triton path is registered as the custom op ``jenga::block_sparse_attention``
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Literal
 
@@ -111,7 +112,7 @@ def _block_sparse_attention_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from .kernels.triton_block_sparse import block_sparse_attention_triton
 
-    with torch.cuda.device(q.device) if q.is_cuda else _null_context():
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         return block_sparse_attention_triton(
             q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse
         )
@@ -122,14 +123,6 @@ def _(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_val
     batch, seq_q, heads, _ = q.shape
     lse = q.new_empty((batch, heads, seq_q if return_lse else 0), dtype=torch.float32)
     return torch.empty_like(q), lse
-
-
-class _null_context:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ----------------------------------------------------------------------------------------------

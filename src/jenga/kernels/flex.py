@@ -87,10 +87,12 @@ def block_sparse_attention_flex(
     args = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     try:  # torch >= 2.9 names the LSE request AuxRequest; older releases take return_lse
         from torch.nn.attention.flex_attention import AuxRequest
-
+    except ImportError:
+        AuxRequest = None
+    if AuxRequest is not None:
         out, aux = attend(*args, score_mod=score_mod, block_mask=block_mask, return_aux=AuxRequest(lse=True))
         lse = aux.lse
-    except ImportError:
+    else:
         out, lse = attend(*args, score_mod=score_mod, block_mask=block_mask, return_lse=True)
     lse = lse.float() if return_lse else lse.new_empty((batch, heads, 0), dtype=torch.float32)
     return out.transpose(1, 2), lse
