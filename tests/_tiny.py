@@ -212,10 +212,11 @@ def run(pipe, inputs: dict) -> torch.Tensor:
 
 
 # patch settings: every block kept through the block-sparse path (must equal stock), and real carving
+# (no step skipping: the HunyuanVideo presets skip steps, which changes the output on its own)
 ALL_BLOCKS = dict(block_size=16, drop_rates=0.0, dense_threshold=None, dense_steps=0.0, min_video_blocks=1,
-                  backend="torch", collect_stats=True)
+                  backend="torch", collect_stats=True, skip_steps=())
 CARVING = dict(block_size=16, drop_rates=0.7, cdf_threshold=0.3, dense_steps=0.0, backend="torch",
-               collect_stats=True)
+               collect_stats=True, skip_steps=())
 
 
 def lora_state_dict(transformer, paths: list[str], rank: int = 2, seed: int = 5) -> dict[str, torch.Tensor]:

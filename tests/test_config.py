@@ -81,8 +81,14 @@ def test_reference_values():
     assert hunyuan.drop_rates == (0.7, 0.8) and hunyuan.cdf_threshold == 0.3
     assert [s.scale for s in hunyuan.stages] == [0.75, 1.0] and [s.shift for s in hunyuan.stages] == [7.0, 9.0]
     assert hunyuan.text_amplifier == 0.5
-    # 23 of 50 steps computed: 27 skipped, as fractions
+    # 23 of 50 steps computed: 27 skipped, as fractions (the named schedule gives the same)
     assert len(hunyuan.skip_steps) == 27 and 0.1 in hunyuan.skip_steps and 0.5 not in hunyuan.skip_steps
+    assert JengaConfig(stages=hunyuan.stages, skip_steps="hunyuan-23-of-50").skip_steps == hunyuan.skip_steps
+    # the first step of every stage is computed: step 15 (0.3) starts stage 1 of the 3-stage preset
+    three_skip = JengaConfig.preset("3stage", model="hunyuan")
+    assert len(three_skip.skip_steps) == 26 and 0.3 not in three_skip.skip_steps
+    with pytest.raises(ValueError, match="unknown skip_steps schedule"):
+        JengaConfig(skip_steps="teacache")
     three = JengaConfig.preset("3stage", model="hunyuan")
     assert [s.until for s in three.stages] == [0.3, 0.5, 1.0] and three.drop_rates == (0.75, 0.85, 0.85)
     flash = JengaConfig.preset("flash", model="hunyuan")

@@ -25,6 +25,7 @@ import torch
 from .attention import triton_available
 from .config import JengaConfig
 from .layout import TokenLayout, token_layout
+from .skipping import skipped_steps
 
 logger = logging.getLogger("jenga")
 
@@ -69,8 +70,11 @@ class ForwardPlan:
     sparse: bool = False
     drop_rate: float = 0.0
     step: int = 0
+    total: int = 0
     progress: float = 0.0
     branch: str | None = None
+    skip: bool = False
+    skip_key: Any = None
     adjacency: torch.Tensor | None = None
     always_keep: torch.Tensor | None = None
     backend: str = "torch"
@@ -115,6 +119,12 @@ class CarvingRuntime:
     scheduler: Any = None
     plan: ForwardPlan = field(default_factory=ForwardPlan)
     stats: list[LayerStats] = field(default_factory=list)
+    # set by the progressive driver around each stage call (jenga.progressive), else None / 0
+    window: tuple[int, int] | None = None  # (global index of the call's first step, steps of the whole run)
+    text_bias: float = 0.0  # added to the text-key logits (HunyuanVideo amplifier, low-resolution stages)
+    # step skipping (jenga.skipping): block-stack residual of the last computed step, per CFG branch
+    residuals: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
+    _ordinal: tuple[int, int] = field(default=(-1, 0), repr=False)
     _last_reason: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -152,11 +162,19 @@ class CarvingRuntime:
     @torch.compiler.disable
     def set_step(self, context: Any, timestep: torch.Tensor | None, branch_clock: BranchClock) -> None:
         """Read the step, pick the stage and decide whether this forward carves."""
-        step, progress = self._read_clock(context, timestep, branch_clock)
+        step, progress, total, stage_start = self._read_clock(context, timestep, branch_clock)
         cfg, plan = self.config, self.plan
         drop_rate = cfg.drop_rates[cfg.stage_at(progress)]
-        plan.step, plan.progress, plan.drop_rate = step, progress, drop_rate
+        plan.step, plan.total, plan.progress, plan.drop_rate = step, total, progress, drop_rate
         plan.branch = getattr(context, "name", None)
+        plan.skip = False
+        if cfg.skip_steps:
+            # without a branch name (custom loops), the k-th forward of a step is branch k
+            ordinal = self._ordinal[1] + 1 if self._ordinal[0] == step else 0
+            self._ordinal = (step, ordinal)
+            plan.skip_key = plan.branch if plan.branch is not None else ordinal
+            plan.skip = (not stage_start and total > 0 and plan.skip_key in self.residuals
+                         and step in skipped_steps(cfg, total))
         if plan.layout is None:
             plan.sparse = False
         elif progress < cfg.dense_steps - _EPS:
@@ -177,27 +195,43 @@ class CarvingRuntime:
         """Forget the last forward (in place: compiled processors keep reading the same plan object)."""
         for f in fields(ForwardPlan):
             setattr(self.plan, f.name, f.default)
+        self.residuals.clear()
+        self._ordinal = (-1, 0)
         self._last_reason = None
 
     # -- internals
 
     def _read_clock(self, context: Any, timestep: torch.Tensor | None, branch_clock: BranchClock):
+        """``(step, progress, total steps or 0 when unknown, whether the step starts a stage)``.
+
+        Inside a progressive run the call's local index is shifted by the driver's ``window``."""
+        index, total = self._local_clock(context)
+        if index is None:
+            if timestep is None:
+                return 0, 0.0, 0, True
+            t = float(timestep.detach().flatten().max())  # the one host read of the fallback clock
+            progress = min(max(1.0 - t / _NUM_TRAIN_TIMESTEPS, 0.0), 1.0)
+            step = branch_clock.tick(t)
+            return step, progress, 0, step == 0
+        if self.window is not None:
+            offset, total = self.window
+            step = offset + index
+            return step, min(step / total, 1.0), total, index == 0
+        return index, min(index / total, 1.0), total, index == 0 or index in self.config.switch_steps(total)
+
+    def _local_clock(self, context: Any) -> tuple[int | None, int]:
         step_index = getattr(context, "step_index", None)
         total = getattr(context, "num_inference_steps", None)
         if step_index is not None and total:
-            return step_index, step_index / total
+            return step_index, total
         scheduler = self._scheduler()
         timesteps = getattr(scheduler, "timesteps", None)
         if timesteps is not None and len(timesteps) > 0:
             index = getattr(scheduler, "step_index", None)
             if index is None:
                 index = getattr(scheduler, "begin_index", None) or 0
-            return index, min(index / len(timesteps), 1.0)
-        if timestep is None:
-            return 0, 0.0
-        t = float(timestep.detach().flatten().max())  # the one host read of the fallback clock
-        progress = min(max(1.0 - t / _NUM_TRAIN_TIMESTEPS, 0.0), 1.0)
-        return branch_clock.tick(t), progress
+            return index, len(timesteps)
+        return None, 0
 
     def pipeline_object(self) -> Any:
         """The patched pipeline, or None (a bare transformer, or a pipeline since deleted)."""

@@ -1,5 +1,5 @@
-"""``JengaConfig``: every knob of attention carving (and, as validated data, of the next features), plus
-the named presets of the reference implementation per model family.
+"""``JengaConfig``: every knob of attention carving, progressive resolution and step skipping, plus the
+named presets of the reference implementation per model family.
 
 The config holds data only. It is frozen and validated on construction: a bad value raises ``ValueError``
 naming the field, the value and what is accepted. ``patch(pipe)`` without a config picks the model
@@ -26,7 +26,9 @@ from typing import Any, NamedTuple
 from .attention import BACKENDS, SUPPORTED_BLOCK_SIZES
 from .curves import CURVES
 
-__all__ = ["MODELS", "PRESETS", "JengaConfig", "Stage"]
+__all__ = ["HUNYUAN_23_OF_50", "MODELS", "PRESETS", "SKIP_SCHEDULES", "UPSAMPLE_MODES", "JengaConfig", "Stage"]
+
+UPSAMPLE_MODES = ("trilinear", "area")
 
 
 class Stage(NamedTuple):
@@ -46,7 +48,7 @@ FULL_RESOLUTION = (Stage(1.0, 1.0, None),)
 
 @dataclass(frozen=True)
 class JengaConfig:
-    """Attention carving settings. Every field is validated on construction.
+    """Attention carving, progressive-resolution and step-skipping settings, validated on construction.
 
     Attributes:
         drop_rates: per stage, the share of video key blocks a query block may drop (``[0, 1)``); a single
@@ -55,9 +57,10 @@ class JengaConfig:
             Default ``0.9``.
         block_size: tokens per block, one of the kernel's sizes (16, 32, 64, 128, 256). Default 128.
         curve: token order, ``"zorder"`` (default), ``"hilbert"`` or ``"raster"``.
-        stages: progressive-resolution stages, ``(scale, until, shift)`` each, ``until`` strictly
-            increasing and ending at 1.0 with scale 1.0. Default: one full-resolution stage. The stage of
-            a step picks its drop rate; resizing is the next feature (validated here, not yet applied).
+        stages: progressive-resolution stages, ``(scale, until, shift)`` each: ``until`` strictly
+            increasing and ending at 1.0, ``scale`` never decreasing and ending at 1.0. Default: one
+            full-resolution stage. The stage of a step picks its drop rate; a change of scale or shift
+            between stages makes the patched pipeline run the stages in turn (:mod:`jenga.progressive`).
         dense_steps: share of the first steps kept dense (``[0, 1]``). Default 0.
         dense_layers: transformer layer ids that always run dense attention. Default none.
         dense_threshold: a drop rate at or below this runs the stock dense attention (``None``: never, so
@@ -67,9 +70,13 @@ class JengaConfig:
         condition: keep every text key block for every video query (joint attention). Default True.
         first_frame: image-to-video: keep the first latent frame's key blocks for every query.
             ``None`` (default) switches it on for image-to-video pipelines and image-conditioned transformers.
-        text_amplifier: ``rho`` of the low-resolution text-attention bias (next feature). Default 0.
-        skip_steps: fractions of the run whose steps reuse the previous residual (next feature), each in
-            ``(0, 1)``, strictly increasing. Default none.
+        text_amplifier: ``rho`` of the low-resolution text-attention bias (HunyuanVideo, stages below
+            full resolution): ``rho * ln(N_full / N_stage)`` is added to the text-key logits. Default 0.
+        skip_steps: fractions of the run whose steps reuse the previous computed step's residual, each in
+            ``(0, 1)``, strictly increasing, never the start of a stage (see :mod:`jenga.skipping` for how
+            fractions map to steps), or a named schedule (``"hunyuan-23-of-50"``, the reference HunyuanVideo
+            schedule). Default none.
+        upsample: latent interpolation at a stage switch, ``"trilinear"`` (default) or ``"area"``.
         backend: attention kernel, ``"auto"`` (Triton on CUDA, torch elsewhere), ``"triton"``, ``"torch"``
             or ``"flex"``.
         collect_stats: record every sparse layer's kept-block counts (see :func:`jenga.selection_stats`).
@@ -89,6 +96,7 @@ class JengaConfig:
     first_frame: bool | None = None
     text_amplifier: float = 0.0
     skip_steps: tuple[float, ...] = ()
+    upsample: str = "trilinear"
     backend: str = "auto"
     collect_stats: bool = False
 
@@ -116,7 +124,11 @@ class JengaConfig:
         if not _is_real(self.text_amplifier) or not 0.0 <= self.text_amplifier < math.inf:
             raise ValueError(f"text_amplifier (rho) must be a finite float >= 0, got {self.text_amplifier!r}")
         set_("text_amplifier", float(self.text_amplifier))
-        set_("skip_steps", _check_skip_steps(self.skip_steps))
+        if isinstance(self.skip_steps, str):
+            set_("skip_steps", _named_skip_schedule(self.skip_steps, stages))
+        set_("skip_steps", _check_skip_steps(self.skip_steps, stages))
+        if self.upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
@@ -128,6 +140,28 @@ class JengaConfig:
             if progress < stage.until - 1e-9:  # slack for progress computed from sigmas
                 return index
         return len(self.stages) - 1
+
+    def stage_steps(self, num_steps: int) -> list[tuple[int, int]]:
+        """Per stage, its steps ``[start, end)`` in a run of ``num_steps`` (consistent with :meth:`stage_at`;
+        a stage shorter than one step comes out empty)."""
+        spans, start = [], 0
+        for index, stage in enumerate(self.stages):
+            last = index == len(self.stages) - 1
+            end = num_steps if last else max(start, math.ceil((stage.until - 1e-9) * num_steps))
+            spans.append((start, end))
+            start = end
+        return spans
+
+    def switch_points(self) -> tuple[float, ...]:
+        """Stage ends where the next stage changes scale or shift (a resize or re-noise happens there);
+        stages that differ only in drop rate continue the same trajectory."""
+        return tuple(_switch_points(self.stages))
+
+    def switch_steps(self, num_steps: int) -> frozenset[int]:
+        """Steps of a ``num_steps`` run that start a new resolution or shift (always computed)."""
+        spans = self.stage_steps(num_steps)
+        pairs = zip(self.stages, self.stages[1:], spans[1:], strict=False)
+        return frozenset(span[0] for a, b, span in pairs if (a.scale, a.shift) != (b.scale, b.shift))
 
     def carves(self, drop_rate: float) -> bool:
         """Whether a stage with this drop rate runs block-sparse attention at all (``dense_threshold=None``:
@@ -211,9 +245,17 @@ def _check_stages(stages: object) -> tuple[Stage, ...]:
     ends = [s.until for s in out]
     if any(b <= a for a, b in zip(ends, ends[1:], strict=False)) or ends[-1] != 1.0:
         raise ValueError(f"stage ends must increase strictly and finish at 1.0, got {ends}")
+    scales = [s.scale for s in out]
+    if any(b < a for a, b in zip(scales, scales[1:], strict=False)):
+        raise ValueError(f"stage scales must not decrease (low resolution first), got {scales}")
     if out[-1].scale != 1.0:
         raise ValueError(f"the last stage must run at full resolution (scale 1.0), got {out[-1].scale}")
     return tuple(out)
+
+
+def _switch_points(stages: tuple[Stage, ...]) -> list[float]:
+    """Stage ends where scale or shift changes (see :meth:`JengaConfig.switch_points`)."""
+    return [a.until for a, b in zip(stages, stages[1:], strict=False) if (a.scale, a.shift) != (b.scale, b.shift)]
 
 
 def _check_drop_rates(drop_rates: object, num_stages: int) -> tuple[float, ...]:
@@ -234,7 +276,7 @@ def _check_layers(layers: object) -> tuple[int, ...]:
     return tuple(sorted({int(x) for x in layers}))
 
 
-def _check_skip_steps(skip: object) -> tuple[float, ...]:
+def _check_skip_steps(skip: object, stages: tuple[Stage, ...]) -> tuple[float, ...]:
     if not isinstance(skip, (tuple, list)) or not all(_is_real(x) and 0.0 < x < 1.0 for x in skip):
         raise ValueError(
             f"skip_steps must be fractions of the run in (0, 1) (the first step always runs), got {skip!r}"
@@ -242,26 +284,50 @@ def _check_skip_steps(skip: object) -> tuple[float, ...]:
     values = tuple(float(x) for x in skip)
     if any(b <= a for a, b in zip(values, values[1:], strict=False)):
         raise ValueError(f"skip_steps must increase strictly, got {values}")
+    starts = _switch_points(stages)
+    clash = [x for x in values if any(abs(x - start) < 1e-9 for start in starts)]
+    if clash:
+        raise ValueError(f"skip_steps {clash} fall on the first step of a stage (stage starts {starts}); the "
+                         "first step of every stage is always computed: remove them")
     return values
 
 
 # ----------------------------------------------------------------------------------------------------
 # presets (reference values, see shared/reference/algorithm.md)
 
-# HunyuanVideo computes 23 of 50 steps; the other 27 reuse the previous residual. Stored as fractions.
-_HUNYUAN_COMPUTED = {0, 1, 2, 3, 4, 7, 10, 13, 16, 19, 22, 25, 26, 29, 32, 35, 38, 41, 43, 45, 46, 47, 49}
-_HUNYUAN_SKIP = tuple(i / 50 for i in range(50) if i not in _HUNYUAN_COMPUTED)
+# The reference HunyuanVideo schedule: the steps it computes out of 50 (the other 27 reuse the previous
+# residual). Configs store it as fractions of the run (``i / 50``), so it scales to any step count.
+HUNYUAN_23_OF_50 = (0, 1, 2, 3, 4, 7, 10, 13, 16, 19, 22, 25, 26, 29, 32, 35, 38, 41, 43, 45, 46, 47, 49)
+
+
+# named step-skip schedules: ``skip_steps="hunyuan-23-of-50"`` (computed step ids out of the count)
+SKIP_SCHEDULES: dict[str, tuple[tuple[int, ...], int]] = {"hunyuan-23-of-50": (HUNYUAN_23_OF_50, 50)}
+
+
+def _named_skip_schedule(name: str, stages: tuple[Stage, ...]) -> tuple[float, ...]:
+    """A named schedule as skip fractions; the first step of every stage stays computed (so the 3-stage
+    HunyuanVideo preset computes step 15 too: 24 of 50)."""
+    if name not in SKIP_SCHEDULES:
+        raise ValueError(f"unknown skip_steps schedule {name!r}; accepted: {tuple(SKIP_SCHEDULES)} or fractions")
+    computed, total = SKIP_SCHEDULES[name]
+    starts = {round(until * total) for until in _switch_points(stages)}
+    return tuple(i / total for i in range(total) if i not in computed and i not in starts)
 
 
 def _hunyuan(drops, p, scales, ends, shifts) -> dict[str, Any]:
+    # every published HunyuanVideo speed-up skips steps: the presets carry the reference schedule (pass
+    # skip_steps=() to measure carving and resolution alone)
     stages = tuple(Stage(s, e, h) for s, e, h in zip(scales, ends, shifts, strict=True))
     return {"drop_rates": drops, "cdf_threshold": p, "stages": stages, "text_amplifier": 0.5,
-            "skip_steps": _HUNYUAN_SKIP}
+            "skip_steps": _named_skip_schedule("hunyuan-23-of-50", stages)}
 
 
-def _wan(drops, p, first_scale, shift) -> dict[str, Any]:
+def _wan(drops, p, first_scale) -> dict[str, Any]:
     # The Wan presets carry two drop rates without ProRes: read as two full-resolution halves of the run.
-    stages = (Stage(first_scale, 0.5, shift), Stage(1.0, 1.0, shift))
+    # The reference sampled Wan 1.3B at shift 8; the presets keep the pipeline's own scheduler shift (set
+    # ``flow_shift`` / ``shift`` on the scheduler, or a stage shift, to change it), so ``patch(pipe)``
+    # never changes the noise schedule of a single-resolution run.
+    stages = (Stage(first_scale, 0.5, None), Stage(1.0, 1.0, None))
     return {"drop_rates": drops, "cdf_threshold": p, "stages": stages, "dense_steps": 0.1}
 
 
@@ -273,12 +339,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "3stage": _hunyuan((0.75, 0.85, 0.85), 0.3, (0.5, 0.75, 1.0), (0.3, 0.5, 1.0), (7.0, 9.0, 11.0)),
     },
     "wan": {
-        "base": _wan((0.75, 0.85), 0.9, 1.0, 8.0),
-        "turbo": _wan((0.75, 0.85), 0.9, 0.75, 8.0),
+        "base": _wan((0.75, 0.85), 0.9, 1.0),
+        "turbo": _wan((0.75, 0.85), 0.9, 0.75),
     },
     "wan-14b": {
-        "base": _wan((0.7, 0.8), 0.8, 1.0, None),
-        "turbo": _wan((0.7, 0.8), 0.8, 0.75, None),
+        "base": _wan((0.7, 0.8), 0.8, 1.0),
+        "turbo": _wan((0.7, 0.8), 0.8, 0.75),
     },
 }
 MODELS = tuple(PRESETS)

@@ -5,7 +5,12 @@ What a patch attaches to each transformer (``pipe.transformer`` and, for Wan 2.2
 - a carving processor on every self-attention module (Wan ``attn1``; HunyuanVideo dual- and single-stream
   ``attn``), wrapping the stock processor it falls back to;
 - four named hooks on submodules (:mod:`jenga._hooks`) that apply the carved token order once per forward
-  and tell the processors the grid and the step.
+  and tell the processors the grid and the step;
+- with ``skip_steps``, a ``jenga_skip`` hook on every transformer block (:mod:`jenga.skipping`).
+
+A pipeline patched with stages that differ in scale or shift gets the stage driver
+(:mod:`jenga.progressive`): its class is swapped, for this instance only, for a subclass whose
+``__call__`` runs the stages in turn; ``unpatch`` puts the original class back.
 
 Nothing runs, moves or changes until the pipeline does: no weights touched, no device moves. ``unpatch``
 puts the original processor objects back, removes the hooks and every attribute the patch added.
@@ -31,7 +36,7 @@ from typing import Any
 
 import torch
 
-from . import _hooks
+from . import _hooks, progressive, skipping
 from ._state import CarvingRuntime, LayerStats
 from .adapters import ModelAdapter, adapter_for, supported_transformers
 from .config import JengaConfig
@@ -69,7 +74,8 @@ class PatchRecord:
         carving = sum(not getattr(module.processor, "dense", True) for module, _ in self.processors)
         return (
             f"JengaPatch(model={self.adapter.name}, carving_processors={carving}/{len(self.processors)}, "
-            f"hooks={[name for _, name, _, _ in self.hooks]}, first_frame={self.runtime.first_frame}, "
+            f"hooks={list(dict.fromkeys(name for _, name, _, _ in self.hooks))}, "
+            f"first_frame={self.runtime.first_frame}, "
             f"config={self.config})"
         )
 
@@ -115,6 +121,13 @@ def patch(
         for transformer, adapter in zip(transformers, adapters, strict=True):
             _install(transformer, adapter, cfg, pipeline, scheduler)
             done.append(transformer)
+        if pipeline is not None and progressive.needs_driver(cfg):
+            progressive.install_driver(pipeline)
+        elif pipeline is None and any(stage.scale < 1.0 for stage in cfg.stages):
+            logger.warning(
+                "jenga: a bare transformer does not resize: stages below full resolution only run inside a "
+                "patched pipeline's call (a custom loop can use jenga.progressive.plan_stages and renoise)"
+            )
     except Exception:
         for transformer in done:
             _uninstall(transformer)
@@ -246,6 +259,14 @@ def _install(transformer, adapter: ModelAdapter, cfg: JengaConfig, pipeline: Any
             carving = adapter.make_processor(stock, site, runtime, dense=site.layer in cfg.dense_layers)
             site.module.set_processor(carving)
             record.processors.append((site.module, stock))
+        if cfg.skip_steps:  # first: inside the token-order hooks, so residuals are in the blocks' order
+            blocks = adapter.block_stack(transformer)
+            skipping.check_no_block_cache(blocks)
+            for index, block in enumerate(blocks):
+                hook = skipping.BlockSkipHook(runtime, blocks, first=index == 0, last=index == len(blocks) - 1,
+                                              pair=adapter.blocks_return_pair)
+                had_registry, had_forward = _hooks.register(block, hook, skipping.SKIP_HOOK)
+                record.hooks.append((block, skipping.SKIP_HOOK, had_registry, had_forward))
         sites = adapter.hook_sites(transformer)
         for module, hook, name in (
             (sites.rope, _hooks.LayoutHook(runtime, adapter), _hooks.LAYOUT_HOOK),
@@ -266,6 +287,9 @@ def _uninstall(transformer: torch.nn.Module) -> None:
     record = transformer.__dict__.pop(_RECORD, None)
     if record is None:
         return
+    pipeline = record.runtime.pipeline_object()
+    if pipeline is not None:
+        progressive.remove_driver(pipeline)
     for module, stock in record.processors:
         module.set_processor(stock)
     for module, name, had_registry, had_forward in reversed(record.hooks):

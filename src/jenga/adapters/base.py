@@ -73,6 +73,13 @@ class ModelAdapter:
     def make_processor(self, stock: Any, site: AttentionSite, runtime: Any, dense: bool) -> Any:
         raise NotImplementedError
 
+    def block_stack(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
+        """The transformer blocks in the order the forward runs them (what step skipping bypasses)."""
+        raise NotImplementedError
+
+    # whether each block returns ``(hidden_states, encoder_hidden_states)`` instead of the hidden states
+    blocks_return_pair: bool = False
+
     def image_conditioned(self, transformer: torch.nn.Module) -> bool:
         """Whether a bare transformer is an image-to-video checkpoint (for ``first_frame=None``)."""
         return False
@@ -98,14 +105,27 @@ def carve_attention(
     *,
     layer: int,
     key_lengths: torch.Tensor | None = None,
+    dense: bool = False,
 ) -> torch.Tensor:
     """Block selection from post-RoPE ``q, k`` ``[B, N, H, D]`` (carved video tokens, then any text
     tokens) and block-sparse attention over the kept blocks. Torch ops only: no host synchronisation,
-    no graph break."""
+    no graph break.
+
+    With ``runtime.text_bias`` set (the text amplifier of a low-resolution stage) the text-key logits get
+    that bias; a ``dense`` layer or a forward that does not carve then keeps every block (dense attention
+    with the bias)."""
     plan, cfg = runtime.plan, runtime.config
     num_video = plan.num_tokens
     seq = q.shape[1]
     block = cfg.block_size
+    bias = runtime.text_bias
+    key_bias = (num_video, bias) if bias and seq > num_video else None
+    if dense or not plan.carves(num_video):
+        num_q, num_k = math.ceil(seq / block), math.ceil(k.shape[1] / block)
+        kv_index = torch.arange(num_k, dtype=torch.int32, device=q.device).expand(1, 1, num_q, num_k)
+        kv_count = torch.full((1, 1, num_q), num_k, dtype=torch.int32, device=q.device)
+        return block_sparse_attention(q, k, v, kv_index, kv_count, block_size=block, key_lengths=key_lengths,
+                                      key_bias=key_bias, backend=plan.backend, check_indices=False)
     if cfg.condition or seq == num_video:
         lists = select_blocks(
             q, k, drop_rate=plan.drop_rate, cdf_threshold=cfg.cdf_threshold, block_size=block,
@@ -118,7 +138,7 @@ def carve_attention(
         runtime.stats.append(LayerStats(plan.step, layer, plan.branch, lists.kv_count.detach(),
                                         lists.num_key_blocks, math.ceil(num_video / block)))
     return block_sparse_attention(
-        q, k, v, lists.kv_index, lists.kv_count, block_size=block, key_lengths=key_lengths,
+        q, k, v, lists.kv_index, lists.kv_count, block_size=block, key_lengths=key_lengths, key_bias=key_bias,
         backend=plan.backend, check_indices=False,
     )
 

@@ -61,11 +61,12 @@ class HunyuanVideoCarvingProcessor:
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        plan = self.runtime.plan
+        amplify = self.runtime.text_bias > 0 and plan.active and plan.num_tokens == hidden_states.shape[1]
         if (
-            self.dense
-            or encoder_hidden_states is None
+            encoder_hidden_states is None
             or (attention_mask is not None and attention_mask.dtype != torch.bool)
-            or not self.runtime.plan.carves(hidden_states.shape[1])
+            or not (amplify or (not self.dense and plan.carves(hidden_states.shape[1])))
         ):
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
@@ -106,7 +107,8 @@ class HunyuanVideoCarvingProcessor:
         key_lengths = None
         if attention_mask is not None:
             key_lengths = attention_mask.reshape(attention_mask.shape[0], -1).sum(-1)
-        out = carve_attention(query, key, value, self.runtime, layer=self.layer, key_lengths=key_lengths)
+        out = carve_attention(query, key, value, self.runtime, layer=self.layer, key_lengths=key_lengths,
+                              dense=self.dense)
         out = out.flatten(2, 3).to(query.dtype)
 
         video_out, text_out = out[:, :-num_text], out[:, -num_text:]
@@ -148,6 +150,11 @@ class HunyuanVideoAdapter(ModelAdapter):
 
     def make_processor(self, stock: Any, site: AttentionSite, runtime: Any, dense: bool):
         return HunyuanVideoCarvingProcessor(stock, site.layer, runtime, dense)
+
+    blocks_return_pair = True
+
+    def block_stack(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
+        return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
 
     def image_conditioned(self, transformer: torch.nn.Module) -> bool:
         return transformer.config.image_condition_type is not None

@@ -123,6 +123,9 @@ class WanAdapter(ModelAdapter):
     def make_processor(self, stock: Any, site: AttentionSite, runtime: Any, dense: bool) -> WanCarvingProcessor:
         return WanCarvingProcessor(stock, site.layer, runtime, dense)
 
+    def block_stack(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
+        return list(transformer.blocks)
+
     def image_conditioned(self, transformer: torch.nn.Module) -> bool:
         cfg = transformer.config
         return cfg.image_dim is not None or cfg.in_channels != cfg.out_channels

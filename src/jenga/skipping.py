@@ -1,0 +1,135 @@
+"""Step skipping: on a skipped step the block stack is not run; its output is the input plus the residual
+(output - input of the whole stack) of the previous computed step of the same CFG branch.
+
+Which steps are skipped (``JengaConfig.skip_steps``, fractions of the run): in a run of ``n`` steps, step
+``i`` is skipped when a fraction ``f`` lies closer to ``i / n`` than both half a step of the run and half the
+smallest spacing of the list (a tie skips nothing). With ``n = 50`` the HunyuanVideo schedule skips exactly
+the reference steps; with ``n = 25`` the even reference steps decide; a finer run skips each fraction's
+nearest step, a coarser one only the steps that fall inside a skipped region of the list (the HunyuanVideo
+schedule skips 27/50 steps, 15/25, 3/8, 27/100). Always computed: step 0, the first step of every stage
+(a "stage" being a run of config stages with the same scale and shift: stages that differ only in drop
+rate continue the same trajectory), and any step without a cached residual of its branch of the same
+shape (first forward of a transformer, new grid after a switch, Wan 2.2's second expert).
+
+Mechanics: one :class:`BlockSkipHook` (a diffusers ``ModelHook`` named :data:`SKIP_HOOK`) per block of
+the stack. The clock hook decides ``plan.skip`` before the blocks run (:meth:`CarvingRuntime.set_step`);
+the first block records its input on computed steps and the last block stores ``output - input`` under
+the branch key (the cache-context name, or the forward's ordinal within the step in custom loops). The
+cache lives on the runtime and is cleared with the pipeline's stateful hooks at the end of every call.
+
+Skip hooks sit inside jenga's token-order hooks (registered first), so residuals are in the same token
+order as the blocks see. diffusers' block caches (``apply_first_block_cache``, MagCache, SEA cache) also
+decide per block whether to run: combined with ``skip_steps`` they would fight over the same blocks, so
+that combination raises a ``RuntimeError``; without ``skip_steps`` they compose with carving as usual.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers.hooks import ModelHook
+
+if TYPE_CHECKING:
+    from ._state import CarvingRuntime
+    from .config import JengaConfig
+
+__all__ = ["SKIP_HOOK", "BlockSkipHook", "check_no_block_cache", "skipped_steps"]
+
+logger = logging.getLogger("jenga")
+
+SKIP_HOOK = "jenga_skip"
+# block-level hooks of diffusers' caches that decide on their own whether a block runs
+_CONFLICTING_HOOKS = ("fbc_leader_block_hook", "fbc_block_hook", "mag_cache_leader_block_hook",
+                      "mag_cache_block_hook", "sea_cache_leader_block", "sea_cache_block")
+_TIE = 1e-6
+
+
+@functools.lru_cache(maxsize=64)
+def skipped_steps(config: JengaConfig, num_steps: int) -> frozenset[int]:
+    """Steps of a ``num_steps`` run that reuse the residual (never step 0 nor the first step of a stage that
+    changes scale or shift)."""
+    starts = config.switch_steps(num_steps)
+    fractions = config.skip_steps
+    reach = 0.5 / num_steps  # half a step of this run
+    if len(fractions) > 1:  # and half the spacing of the list, so a coarse run does not skip everything
+        reach = min(reach, min(b - a for a, b in zip(fractions, fractions[1:], strict=False)) / 2)
+    out = set()
+    for fraction in fractions:
+        step = round(fraction * num_steps)
+        if abs(fraction - step / num_steps) < reach - _TIE and 0 < step < num_steps and step not in starts:
+            out.add(step)
+    return frozenset(out)
+
+
+def check_no_block_cache(blocks: list[torch.nn.Module]) -> None:
+    """``RuntimeError`` when a diffusers block cache is attached to the stack that ``skip_steps`` skips."""
+    for index, block in enumerate(blocks):
+        registry = block.__dict__.get("_diffusers_hook")
+        found = [name for name in _CONFLICTING_HOOKS if registry is not None and name in registry.hooks]
+        if found:
+            raise RuntimeError(
+                f"block {index} carries diffusers cache hooks {found}: they and jenga's skip_steps both decide "
+                "which steps run the block stack. Use one of them: patch with skip_steps=() to keep the diffusers "
+                "cache, or remove it (transformer.disable_cache()) to use skip_steps"
+            )
+
+
+class BlockSkipHook(ModelHook):
+    """One block of the stack: run it, or pass its input through (the last block adds the cached residual).
+
+    ``pair``: the block returns ``(hidden_states, encoder_hidden_states)`` (HunyuanVideo); only the video
+    hidden states carry a residual, the text states pass through unchanged on skipped steps (the forward
+    drops them after the stack).
+    """
+
+    def __init__(self, runtime: CarvingRuntime, blocks: list[torch.nn.Module], *, first: bool, last: bool,
+                 pair: bool) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.blocks = blocks
+        self.first = first
+        self.last = last
+        self.pair = pair
+        self.skipping = False  # this forward's decision, taken by the first block
+        self.stack_input: torch.Tensor | None = None
+        self.installed_forward: Any = None
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        state = self._shared()
+        if self.first:
+            plan = self.runtime.plan
+            cached = self.runtime.residuals.get(plan.skip_key) if plan.skip else None
+            state.skipping = cached is not None and cached.shape == hidden.shape
+            if plan.skip and not state.skipping:
+                logger.debug("jenga: step %d computed: no residual of this shape for branch %r", plan.step,
+                             plan.skip_key)
+            if not state.skipping:
+                check_no_block_cache(self.blocks)
+                state.stack_input = hidden
+        if state.skipping:
+            if self.last:
+                hidden = hidden + self.runtime.residuals[self.runtime.plan.skip_key]
+            if self.pair:
+                text = args[1] if len(args) > 1 else kwargs["encoder_hidden_states"]
+                return hidden, text
+            return hidden
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        if self.last and state.stack_input is not None:
+            out_hidden = output[0] if self.pair else output
+            self.runtime.residuals[self.runtime.plan.skip_key] = out_hidden - state.stack_input
+            state.stack_input = None
+        return output
+
+    def _shared(self) -> BlockSkipHook:
+        """The first block's hook holds the per-forward decision for the whole stack."""
+        if self.first:
+            return self
+        return self.blocks[0]._diffusers_hook.get_hook(SKIP_HOOK)
+
+    def __repr__(self) -> str:
+        role = "first+last" if self.first and self.last else "first" if self.first else "last" if self.last else "mid"
+        return f"BlockSkipHook({role})"
