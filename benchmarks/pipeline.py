@@ -1,0 +1,697 @@
+"""End-to-end pipeline benchmark: stock diffusers vs jenga on the full-size architectures (random bf16 weights).
+
+Run on a CUDA GPU (nothing is downloaded: transformers are built from their published configs, with random
+weights created directly on the GPU in bf16)::
+
+    python benchmarks/pipeline.py                                  # every model, every column
+    python benchmarks/pipeline.py --models wan1.3b --columns stock-cudnn jenga-full
+    python benchmarks/pipeline.py --tiny --out /tmp/p.json         # the same code path on a CPU, tiny configs
+
+Columns (all of one model in the same process, same inputs and seed):
+
+- ``stock-sdpa-default``: stock diffusers, PyTorch picks the SDPA backend;
+- ``stock-cudnn``: stock with cuDNN attention first in SDPA's priority list -- the baseline to beat;
+- ``jenga-carving``: attention carving only (the family's ``base`` preset, no stage resize, no skipping);
+- ``jenga-carving-prores``: carving + progressive resolution (``turbo`` preset, no skipping);
+- ``jenga-full``: the full preset with step skipping (HunyuanVideo ``flash``; Wan ``turbo`` plus the
+  HunyuanVideo 23-of-50 skip schedule, standing in for the TeaCache the reference used on Wan);
+- ``stock-cudnn-compile`` / ``jenga-full-compile``: the same with ``torch.compile(pipe.transformer)``.
+Every jenga column also runs with cuDNN first, so its dense steps and layers use the baseline's kernel.
+
+Timing modes (``--mode``), stated in the output:
+
+- ``composed`` (default): one pipeline run of the real schedule in which each distinct kind of transformer
+  call -- latent shape (stage) x dense/sparse x computed/skipped step -- is computed ``--warmup`` times
+  untimed, then ``--samples`` times timed; later calls of that kind return the last output again without
+  computing. Total = the run's wall time outside the transformer + for every call the median time of its kind.
+  Used where 50 real steps would not fit a GPU session (HunyuanVideo 720p: ~27 min dense).
+- ``full``: ``--warmup-runs`` untimed runs, then one timed run of every step; the wall time is the total.
+
+Whether a column's config took effect is checked, never assumed: carving by jenga's plan after each computed
+call, progressive resolution by the latent shapes the transformer saw, step skipping by jenga's plan and by
+the skipped kind's time. Peak GPU memory per column; VAE decode timed once per model (where it fits).
+Writes ``benchmarks/results/pipeline-<card>.json`` (merged with what is there: models and columns can be
+run in separate processes) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import card_name, git_commit
+
+import jenga
+
+# ----------------------------------------------------------------------------------------------------
+# models: published configs and sizes
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One architecture at one video size, with the inputs its pipeline gets."""
+
+    name: str
+    family: str  # "wan" or "hunyuan"
+    preset_model: str  # JengaConfig.preset's model family
+    config: dict[str, Any]
+    height: int
+    width: int
+    frames: int
+    text_tokens: int
+    valid_text: int
+    text_dim: int
+    guidance: float
+    flow_shift: float
+    branches: int  # transformer calls per step: 2 with classifier-free guidance (Wan), 1 (HunyuanVideo)
+    vae: dict[str, Any] = field(default_factory=dict)
+    pooled_dim: int = 0
+    block_size: int | None = None  # None: the preset's (128)
+
+    @property
+    def latent(self) -> tuple[int, int, int, int]:
+        """Latent channels, frames, height, width (both families: time / 4, space / 8)."""
+        return (16, (self.frames - 1) // 4 + 1, self.height // 8, self.width // 8)
+
+
+_WAN_COMMON = dict(patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,
+                   cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+
+MODELS = {
+    # Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json; UniPC flow shift 3.0 at 480p
+    "wan1.3b": ModelSpec("wan1.3b", "wan", "wan", {**_WAN_COMMON, "num_attention_heads": 12,
+                         "attention_head_dim": 128, "ffn_dim": 8960, "num_layers": 30},
+                         480, 832, 81, 512, 512, 4096, 5.0, 3.0, 2),
+    # Wan-AI/Wan2.1-T2V-14B-Diffusers; flow shift 5.0 at 720p
+    "wan14b": ModelSpec("wan14b", "wan", "wan-14b", {**_WAN_COMMON, "num_attention_heads": 40,
+                        "attention_head_dim": 128, "ffn_dim": 13824, "num_layers": 40},
+                        720, 1280, 81, 512, 512, 4096, 5.0, 5.0, 2),
+    # hunyuanvideo-community/HunyuanVideo: the class defaults are the published config; embedded guidance,
+    # one forward per step; 256 text tokens of which 200 valid (a typical prompt)
+    "hunyuan": ModelSpec("hunyuan", "hunyuan", "hunyuan", {}, 720, 1280, 129, 256, 200, 4096, 6.0, 7.0, 1,
+                         pooled_dim=768),
+}
+
+# the same families, tiny, for a CPU check of this script (--tiny): grids of 12-20 blocks of 16 tokens
+TINY_MODELS = {
+    "wan1.3b": dataclasses.replace(
+        MODELS["wan1.3b"], config={**_WAN_COMMON, "num_attention_heads": 2, "attention_head_dim": 32,
+                                   "ffn_dim": 64, "num_layers": 2, "text_dim": 32, "rope_max_seq_len": 32},
+        height=128, width=160, frames=9, text_tokens=12, valid_text=12, text_dim=32, block_size=16,
+        vae=dict(base_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1)),
+    "hunyuan": dataclasses.replace(
+        MODELS["hunyuan"], config=dict(in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=32,
+                                       num_layers=1, num_single_layers=1, num_refiner_layers=1, text_embed_dim=16,
+                                       pooled_projection_dim=8, rope_axes_dim=(8, 12, 12)),
+        height=128, width=128, frames=9, text_tokens=10, valid_text=7, text_dim=16, pooled_dim=8, block_size=16,
+        vae=dict(latent_channels=16, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+                 mid_block_add_attention=False)),
+}
+
+# speed-up targets vs stock-cudnn (H100), and the memory allowance over the dense peak
+TARGETS = {
+    "hunyuan": {"jenga-carving": 2.5, "jenga-full": 9.0},
+    "wan1.3b": {"jenga-full": 4.8},
+    "wan14b": {"jenga-full": 6.0},
+}
+MEMORY_ALLOWANCE = 1.10
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    jenga: str | None  # None (stock), "carving", "prores" or "full"
+    sdpa: str  # "default" or "cudnn"
+    compile: bool = False
+
+
+COLUMNS = {c.name: c for c in (
+    Column("stock-sdpa-default", None, "default"),
+    Column("stock-cudnn", None, "cudnn"),
+    Column("jenga-carving", "carving", "cudnn"),
+    Column("jenga-carving-prores", "prores", "cudnn"),
+    Column("jenga-full", "full", "cudnn"),
+    Column("stock-cudnn-compile", None, "cudnn", compile=True),
+    Column("jenga-full-compile", "full", "cudnn", compile=True),
+)}
+BASELINE, COMPILE_BASELINE = "stock-cudnn", "stock-cudnn-compile"
+
+
+def column_config(column: Column, spec: ModelSpec) -> tuple[jenga.JengaConfig | None, str]:
+    """The jenga config of a column and a one-line description of what it is."""
+    if column.jenga is None:
+        return None, "stock diffusers"
+    extra: dict[str, Any] = {}
+    if spec.block_size is not None:
+        extra["block_size"] = spec.block_size
+    preset = jenga.JengaConfig.preset
+    if column.jenga == "carving":
+        cfg = preset("base", model=spec.preset_model, **extra)
+        full_res = tuple(s._replace(scale=1.0) for s in cfg.stages)  # every base preset is full-res already
+        cfg = dataclasses.replace(cfg, stages=full_res, skip_steps=())
+        return cfg, "base preset: carving only (no resize, no skipping)"
+    if column.jenga == "prores":
+        return preset("turbo", model=spec.preset_model, skip_steps=(), **extra), \
+            "turbo preset without skipping: carving + progressive resolution"
+    if spec.family == "hunyuan":
+        return preset("flash", model=spec.preset_model, **extra), "flash preset: carving + resolution + skipping"
+    skip = preset("flash", model="hunyuan").skip_steps
+    return preset("turbo", model=spec.preset_model, skip_steps=skip, **extra), \
+        "turbo preset + the HunyuanVideo 23-of-50 skip schedule (the reference used TeaCache on Wan)"
+
+
+# ----------------------------------------------------------------------------------------------------
+# building the pipeline
+
+
+def build_transformer(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Random weights created in ``dtype`` on ``device`` (a 14B model in float32 would need 57 GB first);
+    the modules diffusers keeps in float32 when loading a checkpoint are made float32 again."""
+    from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
+
+    cls = WanTransformer3DModel if spec.family == "wan" else HunyuanVideoTransformer3DModel
+    model = random_model(cls, spec.config, device, dtype)
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, module in model.named_modules():
+        if keep & set(name.split(".")):
+            module.float()
+    return model.eval().requires_grad_(False)
+
+
+def random_model(cls: type, config: dict[str, Any], device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``cls(**config)`` with seeded random weights, allocated on ``device`` in ``dtype`` from the start."""
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return cls(**config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_pipeline(spec: ModelSpec, transformer: torch.nn.Module) -> Any:
+    """The family's pipeline around ``transformer``; no text encoder (random embeddings), no VAE (latent out)."""
+    if spec.family == "wan":
+        from diffusers import UniPCMultistepScheduler, WanPipeline
+
+        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                            num_train_timesteps=1000, flow_shift=spec.flow_shift)
+        return WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=transformer)
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+
+    return HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=None,
+                                scheduler=FlowMatchEulerDiscreteScheduler(shift=spec.flow_shift),
+                                text_encoder_2=None, tokenizer_2=None)
+
+
+def call_arguments(spec: ModelSpec, steps: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Random prompt embeddings of the real shapes (the same for every column), latent output."""
+    gen = torch.Generator().manual_seed(1)
+
+    def embeds(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(device, dtype)
+
+    kwargs: dict[str, Any] = dict(height=spec.height, width=spec.width, num_frames=spec.frames,
+                                  num_inference_steps=steps, output_type="latent", return_dict=False)
+    if spec.family == "wan":
+        kwargs.update(prompt_embeds=embeds(1, spec.text_tokens, spec.text_dim),
+                      negative_prompt_embeds=embeds(1, spec.text_tokens, spec.text_dim), guidance_scale=spec.guidance)
+    else:
+        mask = torch.zeros(1, spec.text_tokens, dtype=torch.int64, device=device)
+        mask[:, :spec.valid_text] = 1
+        kwargs.update(prompt_embeds=embeds(1, spec.text_tokens, spec.text_dim),
+                      pooled_prompt_embeds=embeds(1, spec.pooled_dim), prompt_attention_mask=mask,
+                      guidance_scale=spec.guidance)
+    return kwargs
+
+
+# ----------------------------------------------------------------------------------------------------
+# timing transformer calls
+
+
+@dataclass
+class Call:
+    """One transformer call of a run."""
+
+    index: int
+    step: int
+    kind: tuple
+    shape: tuple[int, ...]
+    computed: bool
+    seconds: float
+    sparse: bool | None = None
+    skip: bool | None = None
+
+
+class CallTimer:
+    """Wraps ``module.forward`` (the compiled wrapper's too): times each call; in composed mode returns the
+    last output of a kind again once that kind has its samples.
+
+    The kind of a call is known before it runs, from the schedule: step = call index // calls per step, then
+    the config's stage, dense-step range and skip set at that step, plus the latent shape.
+    """
+
+    def __init__(self, module: torch.nn.Module, cfg: jenga.JengaConfig | None, steps: int, branches: int,
+                 replay: bool, warmup: int, samples: int, sync: Callable[[], None], plan: Callable[[], Any]) -> None:
+        self.module, self.cfg, self.steps, self.branches = module, cfg, steps, branches
+        self.replay, self.warmup, self.samples, self.sync, self.plan = replay, warmup, samples, sync, plan
+        self.skipped = _skipped_steps(cfg, steps)
+        self.calls: list[Call] = []
+        self.outputs: dict[tuple, Any] = {}
+        self.computed: dict[tuple, int] = {}
+        self._saved = module.__dict__.get("forward")
+        self._inner = module.forward
+
+    def __enter__(self) -> CallTimer:
+        self.module.forward = self._forward
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is None:
+            del self.module.forward
+        else:
+            self.module.forward = self._saved
+
+    def kind_of(self, step: int, shape: tuple[int, ...]) -> tuple:
+        if self.cfg is None:
+            return (shape, "stock")
+        progress = step / self.steps
+        dense = progress < self.cfg.dense_steps - 1e-9 or not self.cfg.carves(
+            self.cfg.drop_rates[self.cfg.stage_at(progress)])
+        return (shape, f"stage{self.cfg.stage_at(progress)}", "dense" if dense else "sparse",
+                "skipped" if step in self.skipped else "computed")
+
+    def _forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        index = len(self.calls)
+        step = index // self.branches
+        shape = tuple(hidden_states.shape)
+        kind = self.kind_of(step, shape)
+        done = self.computed.get(kind, 0)
+        if self.replay and done >= self.warmup + self.samples and kind in self.outputs:
+            start = time.perf_counter()
+            out = _clone(self.outputs[kind])
+            self.calls.append(Call(index, step, kind, shape, False, time.perf_counter() - start))
+            return out
+        self.sync()
+        start = time.perf_counter()
+        out = self._inner(hidden_states, *args, **kwargs)
+        self.sync()
+        seconds = time.perf_counter() - start
+        plan = self.plan()
+        self.calls.append(Call(index, step, kind, shape, True, seconds, getattr(plan, "sparse", None),
+                               getattr(plan, "skip", None)))
+        self.computed[kind] = done + 1
+        if self.replay:
+            self.outputs[kind] = out
+        return out
+
+    def kind_medians(self) -> dict[tuple, float]:
+        """Median seconds per kind over its timed (post-warm-up) computed calls."""
+        timed: dict[tuple, list[float]] = {}
+        seen: dict[tuple, int] = {}
+        for call in self.calls:
+            if not call.computed:
+                continue
+            seen[call.kind] = seen.get(call.kind, 0) + 1
+            if seen[call.kind] > self.warmup or not self.replay:
+                timed.setdefault(call.kind, []).append(call.seconds)
+        for call in self.calls:  # a kind seen fewer times than its warm-up: its only (warm) figures
+            if call.computed and call.kind not in timed:
+                timed.setdefault(call.kind, []).append(call.seconds)
+        return {kind: statistics.median(times) for kind, times in timed.items()}
+
+
+def _clone(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, tuple):
+        return tuple(_clone(x) for x in out)
+    return out
+
+
+def _skipped_steps(cfg: jenga.JengaConfig | None, steps: int) -> frozenset[int]:
+    """The steps the config skips, by jenga's own rule when this jenga has step skipping."""
+    if cfg is None or not cfg.skip_steps:
+        return frozenset()
+    try:
+        from jenga.skipping import skipped_steps
+    except ImportError:  # a jenga before step skipping: nothing is skipped, and the output says so
+        return frozenset()
+    return skipped_steps(cfg, steps)
+
+
+def _plan_reader(transformer: torch.nn.Module) -> Callable[[], Any]:
+    """jenga's plan of the last forward (the patch record is jenga's internal state: read, never changed)."""
+    def read() -> Any:
+        record = transformer.__dict__.get("_jenga_patch")
+        return None if record is None else record.runtime.plan
+    return read
+
+
+# ----------------------------------------------------------------------------------------------------
+# one column
+
+
+@contextlib.contextmanager
+def sdpa_backend(kind: str) -> Iterator[None]:
+    """``cudnn``: cuDNN attention first, the others after it for the calls it cannot take (e.g. masks)."""
+    if kind == "default":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+             SDPBackend.MATH]
+    with sdpa_kernel(order, set_priority=True):
+        yield
+
+
+def run_column(pipe: Any, spec: ModelSpec, column: Column, args: argparse.Namespace, device: torch.device,
+               dtype: torch.dtype, log: Callable[[str], None]) -> dict[str, Any]:
+    cfg, description = column_config(column, spec)
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    transformer = pipe.transformer
+    call = call_arguments(spec, args.steps, device, dtype)
+    if cfg is not None:
+        jenga.patch(pipe, cfg)
+    if column.compile:
+        torch._dynamo.reset()
+        # dynamic=False: each stage's latent shape gets its own static graph, as a fixed-size run would
+        pipe.transformer = torch.compile(transformer, dynamic=False, backend=args.compile_backend)
+    replay = args.mode == "composed"
+    try:
+        with sdpa_backend(column.sdpa), torch.no_grad():
+            if not replay:
+                for _ in range(args.warmup_runs):
+                    pipe(**call, generator=torch.Generator().manual_seed(0))
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            timer = CallTimer(pipe.transformer, cfg, args.steps, spec.branches, replay, args.warmup, args.samples,
+                              sync, _plan_reader(transformer))
+            with timer:
+                sync()
+                start = time.perf_counter()
+                latents = pipe(**call, generator=torch.Generator().manual_seed(0))[0]
+                sync()
+                wall = time.perf_counter() - start
+    finally:
+        pipe.transformer = transformer
+        if cfg is not None:
+            jenga.unpatch(pipe)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+    result = summarise(timer, wall, spec, cfg, args.steps, replay)
+    result.update(description=description, sdpa=column.sdpa, compile=column.compile,
+                  config=None if cfg is None else cfg.to_dict(), peak_gib=None if peak is None else round(peak, 2),
+                  finite=bool(torch.isfinite(latents.float()).all()))
+    log(f"  {column.name:22s} {result['total_s']:9.2f} s  ({result['timing']}; {result['transformer_calls']} calls, "
+        f"{result['computed_calls']} computed){'' if peak is None else f'  peak {peak:.1f} GiB'}")
+    for note in result["effects"]["notes"]:
+        log(f"    {note}")
+    return result
+
+
+def summarise(timer: CallTimer, wall: float, spec: ModelSpec, cfg: jenga.JengaConfig | None, steps: int,
+              replay: bool) -> dict[str, Any]:
+    """Total time (measured or composed), per-kind times, and whether the config's features took effect."""
+    medians = timer.kind_medians()
+    computed_seconds = sum(c.seconds for c in timer.calls)  # computed calls + the (tiny) replay copies
+    if replay:
+        outside = wall - computed_seconds
+        total = outside + sum(medians[c.kind] for c in timer.calls)
+        timing = f"composed from per-kind medians over a {steps}-step schedule"
+    else:
+        outside, total, timing = wall - computed_seconds, wall, f"measured, every call of {steps} steps run"
+    kinds = []
+    for kind, median in medians.items():
+        calls = [c for c in timer.calls if c.kind == kind]
+        sparse = {c.sparse for c in calls if c.computed}
+        skip = {c.skip for c in calls if c.computed}
+        kinds.append(dict(kind=list(map(str, kind)), calls=len(calls), computed=sum(c.computed for c in calls),
+                          median_s=round(median, 4), jenga_sparse=sorted(map(str, sparse)),
+                          jenga_skip=sorted(map(str, skip))))
+    expected_calls = steps * spec.branches
+    effects = check_effects(timer, cfg, spec, medians)
+    if len(timer.calls) != expected_calls:
+        effects["notes"].append(f"WARNING: {len(timer.calls)} transformer calls, expected {expected_calls} "
+                                f"({spec.branches} per step): the step of each call is uncertain")
+    return dict(total_s=round(total, 3), timing=timing, wall_s=round(wall, 3), outside_transformer_s=round(outside, 3),
+                transformer_calls=len(timer.calls), computed_calls=sum(c.computed for c in timer.calls),
+                kinds=kinds, effects=effects)
+
+
+def check_effects(timer: CallTimer, cfg: jenga.JengaConfig | None, spec: ModelSpec,
+                  medians: dict[tuple, float]) -> dict[str, Any]:
+    """What really happened, from the calls: never report a column as something it is not."""
+    notes: list[str] = []
+    if cfg is None:
+        return dict(carving=None, prores=None, skipping=None, notes=notes)
+    calls = [c for c in timer.calls if c.computed]
+    carving = any(c.sparse for c in calls)
+    if not carving:
+        notes.append("carving did NOT take effect: no computed call ran block-sparse attention")
+    full_shape = max((c.shape for c in timer.calls), key=math.prod)
+    wants_prores = any(s.scale < 1.0 for s in cfg.stages)
+    smaller = sorted({c.shape for c in timer.calls if c.shape != full_shape})
+    prores = bool(smaller) if wants_prores else None
+    if wants_prores:
+        notes.append(f"progressive resolution {'took effect' if prores else 'did NOT take effect'}: latent shapes "
+                     f"{[list(s) for s in smaller + [full_shape]]} (config scales "
+                     f"{[s.scale for s in cfg.stages]})")
+    skipping = None
+    if cfg.skip_steps:
+        by_stage: dict[str, dict[str, list[float]]] = {}
+        for kind, median in medians.items():
+            if len(kind) == 4 and kind[2] == "sparse":
+                by_stage.setdefault(kind[1], {}).setdefault(kind[3], []).append(median)
+        ratios = [min(v["skipped"]) / min(v["computed"]) for v in by_stage.values()
+                  if "skipped" in v and "computed" in v]
+        flagged = any(c.skip for c in calls)
+        skipping = bool(timer.skipped) and flagged and bool(ratios) and max(ratios) < 0.5
+        notes.append(f"step skipping {'took effect' if skipping else 'did NOT take effect'}: "
+                     f"{len(timer.skipped)} steps in the config's skip set, jenga flagged skip on a call: {flagged}, "
+                     f"skipped/computed step time {[round(r, 3) for r in ratios]}")
+    return dict(carving=carving, prores=prores, skipping=skipping, notes=notes)
+
+
+# ----------------------------------------------------------------------------------------------------
+# VAE decode, once per model
+
+
+def time_vae_decode(spec: ModelSpec, device: torch.device, dtype: torch.dtype, tiny: bool) -> dict[str, Any]:
+    """One decode of a final-size latent with the family's VAE (random weights), after a one-frame warm-up.
+    Only the time is meaningful: the latent is noise and the pipeline's latent scaling is left out."""
+    from diffusers import AutoencoderKLHunyuanVideo, AutoencoderKLWan
+
+    cls = AutoencoderKLWan if spec.family == "wan" else AutoencoderKLHunyuanVideo
+    # Wan's pipelines load the VAE in float32 (its published examples); HunyuanVideo's in half precision
+    dtype = torch.float32 if spec.family == "wan" else dtype
+    vae = None
+    try:
+        vae = random_model(cls, spec.vae, device, dtype).eval().requires_grad_(False)
+        if spec.family == "hunyuan" and not tiny:
+            vae.enable_tiling()  # what HunyuanVideo's pipeline docs recommend at 720p
+        channels, frames, height, width = spec.latent
+        latent = torch.randn(1, channels, frames, height, width, device=device, dtype=dtype)
+        with torch.no_grad():
+            vae.decode(latent[:, :, :1])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            video = vae.decode(latent).sample
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        return dict(seconds=round(seconds, 3), shape=list(video.shape), dtype=str(dtype),
+                    tiling=spec.family == "hunyuan" and not tiny,
+                    peak_gib=None if peak is None else round(peak, 2))
+    except torch.cuda.OutOfMemoryError as err:
+        return dict(seconds=None, error=f"out of memory: {str(err)[:200]}")
+    finally:
+        vae = None
+        _free(device)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------------------------
+# driver
+
+
+def run_model(spec: ModelSpec, columns: list[Column], args: argparse.Namespace, device: torch.device,
+              dtype: torch.dtype, log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"{spec.name}: {spec.width}x{spec.height}, {spec.frames} frames, latent {spec.latent}, {args.steps} steps, "
+        f"{spec.branches} transformer call(s) per step")
+    started = time.time()
+    transformer = build_transformer(spec, device, dtype)
+    params = sum(p.numel() for p in transformer.parameters())
+    log(f"  built in {time.time() - started:.0f} s: {params / 1e9:.2f} B parameters")
+    pipe = build_pipeline(spec, transformer)
+    pipe.set_progress_bar_config(disable=not args.progress)
+    results: dict[str, Any] = {}
+    for column in columns:
+        try:
+            results[column.name] = run_column(pipe, spec, column, args, device, dtype, log)
+        except Exception as err:  # noqa: BLE001 - one failing column must not lose the others' figures
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                message = f"out of memory: {str(err)[:300]}"
+            else:
+                message = f"{type(err).__name__}: {str(err)[:300]}"
+            log(f"  {column.name:22s} FAILED: {message}")
+            results[column.name] = dict(error=message)
+            if args.fail_fast:
+                raise
+        finally:
+            torch._dynamo.reset()
+            _free(device)
+    add_ratios(spec.name, results, targets=not args.tiny)
+    entry = dict(params=params, latent=list(spec.latent), height=spec.height, width=spec.width, frames=spec.frames,
+                 steps=args.steps, mode=args.mode, warmup=args.warmup, samples=args.samples,
+                 layers=spec.config.get("num_layers"), columns=results)
+    del pipe, transformer
+    _free(device)
+    if args.vae:
+        entry["vae_decode"] = time_vae_decode(spec, device, dtype, args.tiny)
+        log(f"  vae decode: {entry['vae_decode']}")
+    return entry
+
+
+def add_ratios(model: str, results: dict[str, Any], targets: bool = True) -> None:
+    """Speed-up vs the baseline (the compile baseline for compiled columns), memory vs the dense peak, and
+    the H100 targets (``targets=False`` under --tiny: they mean nothing there)."""
+    for name, r in results.items():
+        if "total_s" not in r:
+            continue
+        base_name = COMPILE_BASELINE if COLUMNS[name].compile else BASELINE
+        base = results.get(base_name, {})
+        if "total_s" in base:
+            r["speedup_vs"] = base_name
+            r["speedup"] = round(base["total_s"] / r["total_s"], 3)
+            target = TARGETS.get(model, {}).get(name) if targets else None
+            if target is not None:
+                r["target"] = target
+                r["target_met"] = r["speedup"] >= target
+        dense_peak = results.get(BASELINE, {}).get("peak_gib")
+        if dense_peak and r.get("peak_gib"):
+            r["memory_vs_dense"] = round(r["peak_gib"] / dense_peak, 3)
+            r["memory_ok"] = r["peak_gib"] <= dense_peak * MEMORY_ALLOWANCE
+
+
+def markdown(models: dict[str, Any]) -> str:
+    """One table row per model and column, for benchmarks/RESULTS.md."""
+    lines = ["| model | column | total | timing | speed-up | target | peak GiB | effects |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model, entry in models.items():
+        for name, r in entry["columns"].items():
+            if "error" in r:
+                lines.append(f"| {model} | {name} | failed: {r['error'][:80]} | | | | | |")
+                continue
+            eff = r["effects"]
+            flags = ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in eff.items() if k != "notes" and v is not None)
+            speed = f"{r['speedup']:.2f}× vs {r['speedup_vs']}" if "speedup" in r else ""
+            target = f"≥ {r['target']}× {'met' if r['target_met'] else 'NOT met'}" if "target" in r else ""
+            lines.append(f"| {model} | {name} | {r['total_s']:.1f} s | {r['timing']} | {speed} | {target} | "
+                         f"{r['peak_gib'] if r['peak_gib'] is not None else ''} | {flags} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="exit codes: 0 every column ran; 1 a column failed; 2 usage (e.g. no CUDA)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--columns", nargs="+", default=None, choices=list(COLUMNS),
+                        help="default: all (without the compile columns under --tiny)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps of the schedule (default 50; 10 under --tiny)")
+    parser.add_argument("--mode", choices=("composed", "full"), default="composed",
+                        help="composed: per-kind medians over the schedule; full: every step computed and timed")
+    parser.add_argument("--warmup", type=int, default=1, help="composed: untimed computed calls per kind")
+    parser.add_argument("--samples", type=int, default=3, help="composed: timed computed calls per kind")
+    parser.add_argument("--warmup-runs", type=int, default=1, help="full: untimed whole runs before the timed one")
+    parser.add_argument("--no-vae", dest="vae", action="store_false", help="skip the VAE decode timing")
+    parser.add_argument("--progress", action="store_true", help="the pipelines' progress bars")
+    parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing column")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend of the compile columns (default inductor; eager/aot_eager "
+                             "check the wrapping quickly under --tiny)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny configs on the CPU (float32): checks this script's code path, times nothing real")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON to write (merged); default benchmarks/results/pipeline-<card>.json")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.models = [m for m in args.models if m in TINY_MODELS]
+        if args.columns is None:
+            args.columns = [name for name, c in COLUMNS.items() if not c.compile]
+    if args.columns is None:
+        args.columns = list(COLUMNS)
+    if args.steps is None:
+        args.steps = 10 if args.tiny else 50
+    if args.steps < 2 or args.samples < 1 or args.warmup < 0 or args.warmup_runs < 0:
+        parser.error("need --steps >= 2, --samples >= 1, --warmup >= 0, --warmup-runs >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.tiny and not torch.cuda.is_available():
+        print("benchmarks/pipeline.py needs a CUDA GPU (or --tiny for a CPU check of the code path)", file=sys.stderr)
+        return 2
+    device = torch.device("cpu" if args.tiny else "cuda")
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    card = "cpu-tiny" if args.tiny else card_name()
+    log(f"card: {card}, torch {torch.__version__}, jenga {jenga.__version__}, commit {git_commit()}, "
+        f"mode {args.mode}")
+    specs = TINY_MODELS if args.tiny else MODELS
+    columns = [COLUMNS[name] for name in args.columns]
+    out = args.out or Path(__file__).parent / "results" / f"pipeline-{card}.json"
+    data = json.loads(out.read_text()) if out.exists() else {"meta": {}, "models": {}}
+    started = time.time()
+    for name in args.models:
+        entry = run_model(specs[name], columns, args, device, dtype, log)
+        previous = data["models"].get(name, {})
+        if previous.get("steps") == entry["steps"] and previous.get("mode") == entry["mode"]:
+            entry["columns"] = {**previous.get("columns", {}), **entry["columns"]}  # columns run separately
+            if "vae_decode" not in entry and "vae_decode" in previous:
+                entry["vae_decode"] = previous["vae_decode"]
+            add_ratios(name, entry["columns"], targets=not args.tiny)
+        data["models"][name] = entry
+        data["meta"] = dict(card=card, torch=torch.__version__, commit=git_commit(), date=time.strftime("%Y-%m-%d"),
+                            python=platform.python_version(), tiny=args.tiny,
+                            cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                            seconds=round(time.time() - started))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=1))  # after every model: a later failure keeps these
+    log(markdown({name: data["models"][name] for name in args.models}))
+    log(f"wrote {out}")
+    failed = any("error" in r for name in args.models for r in data["models"][name]["columns"].values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Wan2.1 text-to-video (1.3B, 480p) with jenga: load as usual, patch, generate.
+
+    python examples/wan_t2v.py    # downloads Wan-AI/Wan2.1-T2V-1.3B-Diffusers on first use
+"""
+
+import torch
+from diffusers import AutoencoderKLWan, WanPipeline
+from diffusers.utils import export_to_video
+
+import jenga
+
+model_id = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"  # or Wan-AI/Wan2.1-T2V-14B-Diffusers (720p: flow_shift 5.0)
+vae = AutoencoderKLWan.from_pretrained(model_id, subfolder="vae", dtype=torch.float32)
+pipe = WanPipeline.from_pretrained(model_id, vae=vae, dtype=torch.bfloat16).to("cuda")
+
+jenga.patch(pipe)  # the Wan "base" preset; jenga.patch(pipe, "turbo") adds progressive resolution
+
+video = pipe(
+    prompt="A cat and a dog baking a cake together in a sunlit kitchen.",
+    negative_prompt="blurry, low quality, static",
+    height=480, width=832, num_frames=81, num_inference_steps=50, guidance_scale=5.0,
+    generator=torch.Generator().manual_seed(0),
+).frames[0]
+export_to_video(video, "wan_t2v.mp4", fps=16)

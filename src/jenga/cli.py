@@ -1,0 +1,356 @@
+"""The ``jenga`` command: ``demo`` (offline, random weights), ``generate`` (a real model), ``bench``.
+
+Exit codes: 0 success; 1 the run failed (a runtime error while generating or benchmarking); 2 a usage or
+input problem (bad option, model not found or not downloadable offline, no CUDA for a GPU benchmark).
+Heavy imports (torch, diffusers) happen inside the commands, so ``jenga --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+OK, FAILED, USAGE = 0, 1, 2
+
+EXIT_CODES = """exit codes:
+  0  success
+  1  the run failed (runtime error while loading, generating or benchmarking)
+  2  usage or input error: bad option, model not found (or not downloadable offline), no CUDA for a benchmark
+"""
+
+
+class UsageError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.run(args)
+    except UsageError as err:
+        print(f"jenga {args.command}: {err}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        print("jenga: interrupted", file=sys.stderr)
+        return FAILED
+
+
+# ----------------------------------------------------------------------------------------------------
+# argument parsing
+
+
+def _parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="jenga", formatter_class=formatter, epilog=EXIT_CODES,
+        description="Training-free attention carving for video diffusion transformers in diffusers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging (jenga's stage decisions)")
+
+    demo = sub.add_parser(
+        "demo", parents=[common], formatter_class=formatter, epilog=EXIT_CODES,
+        help="offline demo: a small random-weight Wan pipeline, dense vs jenga",
+        description=_wrap(
+            "Build a small Wan pipeline in code (random seeded weights, nothing downloaded), run it dense "
+            "and with jenga on the same seed, print time, speed-up, blocks kept and PSNR, and write a "
+            "side-by-side GIF (and MP4 when imageio is installed) plus a picture of one block mask. "
+            "The weights are random, so the pictures are noise-like."
+        ),
+    )
+    demo.add_argument("--out-dir", type=Path, default=Path("jenga-demo"),
+                      help="folder for dense_vs_jenga.gif/.mp4 and block_mask.png (default: ./jenga-demo)")
+    demo.add_argument("--size", choices=("default", "small"), default="default",
+                      help="default: 17 frames 256x256, 20 blocks of 64 (under a minute on 2 CPU cores); "
+                           "small: 9 frames 128x128, 12 blocks of 16 (seconds)")
+    demo.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default: 8, small: 4)")
+    demo.add_argument("--preset", choices=("base", "turbo"), default="base", help="Wan preset (default: base)")
+    demo.add_argument("--cdf-threshold", type=float, default=0.3,
+                      help="p, the block-score mass to keep (default 0.3: random weights give flat scores, so the "
+                           "preset's 0.9 would keep almost every block)")
+    demo.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the weights and the noise (default 0)")
+    demo.add_argument("--threads", type=_positive_int, default=1,
+                      help="CPU threads for torch (default 1: the demo's matrices are small, and on a busy machine "
+                           "more threads mostly wait for each other)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(run=_cmd_demo)
+
+    gen = sub.add_parser(
+        "generate", parents=[common], formatter_class=formatter, epilog=EXIT_CODES,
+        help="generate a clip with a real Wan or HunyuanVideo model, patched by jenga",
+        description=_wrap(
+            "Load a pipeline with diffusers (hub id or local folder), patch it with jenga, generate and "
+            "write an MP4. With --dense, first run the stock pipeline on the same seed and print the "
+            "speed-up. Offline without the weights: a one-line message and exit code 2."
+        ),
+    )
+    gen.add_argument("--model", required=True, help="hub id (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers) or local folder")
+    gen.add_argument("--prompt", required=True, help="text prompt")
+    gen.add_argument("--negative-prompt", default=None, help="negative prompt (default: the pipeline's)")
+    gen.add_argument("--image", type=Path, default=None, help="first-frame image for image-to-video pipelines")
+    gen.add_argument("--preset", default=None,
+                     help="jenga preset of the model family: base, turbo (all), flash, 3stage (HunyuanVideo); "
+                          "default: base")
+    gen.add_argument("--out", type=Path, default=Path("clip.mp4"), help="output MP4 (default: clip.mp4)")
+    gen.add_argument("--height", type=_positive_int, default=None, help="pixels (default: the pipeline's)")
+    gen.add_argument("--width", type=_positive_int, default=None, help="pixels (default: the pipeline's)")
+    gen.add_argument("--frames", type=_positive_int, default=None, help="frame count (default: the pipeline's)")
+    gen.add_argument("--steps", type=_positive_int, default=50, help="denoising steps (default 50)")
+    gen.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    gen.add_argument("--fps", type=_positive_int, default=16, help="frames per second of the MP4 (default 16)")
+    gen.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    gen.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
+                     help="weights dtype (default bfloat16)")
+    gen.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
+    gen.add_argument("--offload", action="store_true", help="model CPU offload (needs accelerate), for small GPUs")
+    gen.add_argument("--dense", action="store_true",
+                     help="also run the stock pipeline first (same seed) and print the speed-up")
+    gen.set_defaults(run=_cmd_generate)
+
+    bench = sub.add_parser(
+        "bench", parents=[common], formatter_class=formatter, epilog=EXIT_CODES,
+        help="run a GPU benchmark from the source checkout's benchmarks/ folder",
+        description=_wrap(
+            "Run benchmarks/attention.py or benchmarks/pipeline.py (they ship with the source checkout, "
+            "not the wheel; run from the repository root). Arguments after the name go to the script: "
+            "`jenga bench pipeline -- --help` lists them. Needs a CUDA GPU, except `pipeline --tiny`."
+        ),
+    )
+    bench.add_argument("name", choices=("attention", "pipeline"), help="which benchmark")
+    bench.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    bench.set_defaults(run=_cmd_bench)
+    return parser
+
+
+def _wrap(text: str) -> str:
+    """Descriptions are wrapped here: the raw formatter (kept for the exit-code table) does not wrap."""
+    return textwrap.fill(text, 100)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jenga-video")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------------
+# demo
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import SIZES, replace_size, run_demo, summary
+
+    size = SIZES[args.size]
+    if args.steps is not None:
+        size = replace_size(size, steps=args.steps)
+    if not 0.0 <= args.cdf_threshold <= 1.0:
+        raise UsageError(f"--cdf-threshold must be in [0, 1], got {args.cdf_threshold}")
+    device = _device(args.device)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        result = run_demo(args.out_dir, size, preset=args.preset, cdf_threshold=args.cdf_threshold,
+                          device=device, seed=args.seed, progress=not args.no_progress, say=print)
+    except (RuntimeError, OSError) as err:
+        print(f"jenga demo failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return FAILED
+    finally:
+        torch.set_num_threads(threads)  # main() may run inside another program (tests)
+    print("\n".join(summary(result)))
+    return OK
+
+
+def _device(name: str) -> str:
+    """Check a ``--device`` value early, so a typo is a usage error and not a traceback mid-run."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device here; use --device cpu")
+    return name
+
+
+# ----------------------------------------------------------------------------------------------------
+# generate
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.image is not None and not args.image.is_file():
+        raise UsageError(f"--image {args.image}: no such file")
+    if args.out.suffix.lower() != ".mp4":
+        raise UsageError(f"--out must end in .mp4, got {args.out}")
+    device = _device(args.device)
+    pipe = _load_pipeline(args.model, getattr(torch, args.dtype))
+
+    import jenga
+
+    try:
+        if args.offload:
+            pipe.enable_model_cpu_offload()
+        else:
+            pipe.to(device)
+        call = _call_arguments(pipe, args)
+        try:  # before any generation: an unsupported pipeline or unknown preset fails at once
+            jenga.patch(pipe, args.preset)
+        except (TypeError, ValueError) as err:
+            raise UsageError(str(err)) from None
+        dense_seconds = None
+        if args.dense:
+            jenga.unpatch(pipe)
+            dense_seconds, _ = _generate(pipe, call, args.seed, "stock")
+            jenga.patch(pipe, args.preset)
+        jenga_seconds, frames = _generate(pipe, call, args.seed, "jenga")
+    except torch.cuda.OutOfMemoryError as err:
+        print(f"jenga generate: out of GPU memory ({err}); try --offload, fewer --frames or a smaller size",
+              file=sys.stderr)
+        return FAILED
+    except (RuntimeError, ValueError) as err:
+        print(f"jenga generate failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return FAILED
+
+    from diffusers.utils import export_to_video
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    export_to_video(frames, str(args.out), fps=args.fps)
+    print(f"jenga: {jenga_seconds:.1f} s")
+    if dense_seconds is not None:
+        print(f"stock: {dense_seconds:.1f} s -> speed-up {dense_seconds / jenga_seconds:.2f}x")
+    print(f"wrote {args.out}")
+    return OK
+
+
+def _load_pipeline(model: str, dtype: Any) -> Any:
+    """``DiffusionPipeline.from_pretrained`` with every "can't get the weights" failure turned into one line."""
+    looks_local = model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1] or \
+        Path(model).expanduser().exists()
+    path = Path(model).expanduser()
+    if looks_local and not path.exists():
+        raise UsageError(f"--model {model}: no such folder (and not a hub id like Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
+    if looks_local and not (path / "model_index.json").is_file():
+        raise UsageError(f"--model {model}: not a diffusers pipeline folder (no model_index.json)")
+
+    from diffusers import DiffusionPipeline
+    from huggingface_hub.errors import HFValidationError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    print(f"loading {model} ...", flush=True)
+    try:
+        return DiffusionPipeline.from_pretrained(str(path) if looks_local else model, dtype=dtype)
+    except HFValidationError:
+        raise UsageError(f"--model {model}: not a valid hub id or an existing folder") from None
+    except OSError as err:  # missing files, no network, gated/unknown repo, disk full
+        hint = " (HF_HUB_OFFLINE is set: download it first with `huggingface-cli download " \
+               f"{model}`)" if offline else " (check the id, your network and `huggingface-cli login`)"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot load {model}: {first}{hint}") from None
+    except ValueError as err:  # e.g. a folder whose model_index.json names unknown classes
+        raise UsageError(f"cannot load {model}: {err}") from None
+    except ImportError as err:  # a component needing a package that is not installed (ftfy, sentencepiece)
+        raise UsageError(f"cannot load {model}: {err}") from None
+
+
+def _call_arguments(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for the pipeline call; only those the user set, so the pipeline's defaults stand."""
+    import inspect
+
+    accepted = set(inspect.signature(type(pipe).__call__).parameters)
+    call: dict[str, Any] = {"prompt": args.prompt, "num_inference_steps": args.steps}
+    optional = {"negative_prompt": args.negative_prompt, "height": args.height, "width": args.width,
+                "num_frames": args.frames, "guidance_scale": args.guidance}
+    call.update({k: v for k, v in optional.items() if v is not None})
+    if args.image is not None:
+        if "image" not in accepted:
+            raise UsageError(f"--image given but {type(pipe).__name__} is not an image-to-video pipeline")
+        from diffusers.utils import load_image
+
+        call["image"] = load_image(str(args.image))
+    elif "image" in accepted:
+        raise UsageError(f"{type(pipe).__name__} is an image-to-video pipeline: pass --image")
+    unknown = sorted(set(call) - accepted)
+    if unknown:
+        raise UsageError(f"{type(pipe).__name__} does not accept {unknown}")
+    return call
+
+
+def _generate(pipe: Any, call: dict[str, Any], seed: int, label: str) -> tuple[float, Any]:
+    """One timed pipeline call (the pipeline shows its own progress bar)."""
+    import torch
+
+    print(f"{label}: generating ...", flush=True)
+    generator = torch.Generator().manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.no_grad():
+        frames = pipe(**call, generator=generator).frames[0]
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, frames
+
+
+# ----------------------------------------------------------------------------------------------------
+# bench
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    script_args = [a for a in args.script_args if a != "--"]
+    cpu_ok = args.name == "pipeline" and ("--tiny" in script_args or "-h" in script_args or "--help" in script_args)
+    if not torch.cuda.is_available() and not cpu_ok:
+        raise UsageError(f"the {args.name} benchmark needs a CUDA GPU (none here); "
+                         "`jenga bench pipeline --tiny` checks the pipeline benchmark's code path on a CPU")
+    script = _benchmark_script(args.name)
+    return subprocess.call([sys.executable, str(script), *script_args])
+
+
+def _benchmark_script(name: str) -> Path:
+    """``benchmarks/<name>.py`` of the source checkout: the working folder's, else next to ``src/jenga``."""
+    candidates = [Path.cwd() / "benchmarks" / f"{name}.py",
+                  Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise UsageError(f"benchmarks/{name}.py not found; the benchmarks ship with the source checkout "
+                     "(git clone), not the wheel: run from the repository root")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

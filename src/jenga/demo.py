@@ -1,0 +1,310 @@
+"""``jenga demo``: a small Wan pipeline built in code, run dense and carved on the same seed, offline.
+
+No trained weights ship yet, so the pipeline has random (seeded) weights: the pictures are noise-like and
+only the mechanics are on show -- how many blocks the selector keeps, how close the carved output stays
+to the dense one, and what a block mask looks like. Nothing here touches the network.
+
+The block mask picture is exact: a pre-hook on one self-attention module re-runs the selector on the same
+post-RoPE query and key the carving processor sees, with the same plan (drop rate, adjacency), so the lists
+it draws are the lists that layer used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .blocks import BlockLists
+from .config import JengaConfig
+from .patching import patch, selection_stats, unpatch
+from .selection import select_blocks
+
+__all__ = ["SIZES", "DemoResult", "DemoSize", "build_pipeline", "replace_size", "run_demo", "summary"]
+
+logger = logging.getLogger("jenga")
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """Shape of the demo: clip size, transformer size, and the block size that cuts its token grid."""
+
+    frames: int
+    height: int
+    width: int
+    layers: int
+    heads: int
+    head_dim: int
+    block_size: int
+    steps: int
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Latent token grid: Wan's VAE compresses time by 4 and space by 8, the transformer patches 2x2."""
+        return ((self.frames - 1) // 4 + 1, self.height // 16, self.width // 16)
+
+    @property
+    def video_blocks(self) -> int:
+        return math.ceil(math.prod(self.grid) / self.block_size)
+
+
+SIZES = {
+    # 5 x 16 x 16 = 1280 tokens = 20 blocks of 64
+    "default": DemoSize(frames=17, height=256, width=256, layers=4, heads=4, head_dim=32, block_size=64, steps=8),
+    # 3 x 8 x 8 = 192 tokens = 12 blocks of 16: seconds on a CPU, for tests and smoke checks
+    "small": DemoSize(frames=9, height=128, width=128, layers=2, heads=2, head_dim=32, block_size=16, steps=4),
+}
+TEXT_DIM, TEXT_TOKENS = 64, 16
+
+
+@dataclass
+class DemoResult:
+    """What the demo measured and wrote."""
+
+    size: DemoSize
+    config: JengaConfig
+    device: str
+    dense_seconds: float
+    jenga_seconds: float
+    kept_share: float
+    sparse_layer_forwards: int
+    psnr_db: float
+    files: list[Path]
+    mask_matches: bool | None = None  # the pictured lists' counts equal what the layer recorded
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_seconds / self.jenga_seconds
+
+
+def build_pipeline(size: DemoSize, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Any:
+    """A WanPipeline with a seeded random transformer and VAE, a flow-matching Euler scheduler, no text encoder."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=size.heads, attention_head_dim=size.head_dim, in_channels=16,
+        out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=4 * size.heads * size.head_dim,
+        num_layers=size.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLWan(base_dim=16, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    return WanPipeline(tokenizer=None, text_encoder=None, vae=_cast(vae, device, dtype),
+                       transformer=_cast(transformer, device, dtype),
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
+
+
+def _cast(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``dtype`` except the modules diffusers keeps in float32 when loading a checkpoint (as from_pretrained
+    does; ``model.to(dtype)`` would cast those too, and warn)."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    model.to(device)
+    for name, module in model.named_modules():
+        if not keep & set(name.split(".")):
+            for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+                if tensor.is_floating_point():
+                    tensor.data = tensor.data.to(dtype)
+    return model.eval().requires_grad_(False)
+
+
+def run_demo(
+    out_dir: Path,
+    size: DemoSize = SIZES["default"],
+    preset: str = "base",
+    cdf_threshold: float | None = 0.3,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+    say: Callable[[str], None] = logger.info,
+) -> DemoResult:
+    """Build the demo pipeline, run it dense and patched on the same seed, write the pictures, report."""
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    pipe = build_pipeline(size, dev, dtype, seed)
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
+
+    overrides: dict[str, Any] = dict(block_size=size.block_size, collect_stats=True)
+    if cdf_threshold is not None:
+        overrides["cdf_threshold"] = cdf_threshold
+    config = JengaConfig.preset(preset, model="wan", **overrides)
+
+    gen = torch.Generator().manual_seed(seed + 100)
+    embeds = torch.randn(1, TEXT_TOKENS, TEXT_DIM, generator=gen).to(dev, dtype)
+    negative = torch.randn(1, TEXT_TOKENS, TEXT_DIM, generator=gen).to(dev, dtype)
+
+    def generate(steps: int, output_type: str = "np") -> np.ndarray:
+        with torch.no_grad():
+            frames = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, height=size.height,
+                          width=size.width, num_frames=size.frames, num_inference_steps=steps, guidance_scale=5.0,
+                          generator=torch.Generator().manual_seed(seed), output_type=output_type).frames
+        return np.asarray(frames[0].float().cpu() if output_type == "latent" else frames[0], dtype=np.float32)
+
+    def timed(steps: int) -> tuple[float, np.ndarray]:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        start = time.perf_counter()
+        frames = generate(steps)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - start, frames
+
+    say(f"demo pipeline: Wan transformer {size.layers} layers x {size.heads} heads x {size.head_dim}, "
+        f"{size.frames} frames {size.width}x{size.height} -> token grid {size.grid} = "
+        f"{size.video_blocks} blocks of {size.block_size}; {size.steps} steps, CFG on, {dev.type} {dtype}")
+    # warm-up, two steps without decoding: first-call allocations would otherwise count against the dense run
+    generate(2, "latent")
+    dense_seconds, dense = timed(size.steps)
+    say(f"dense (stock diffusers): {dense_seconds:.2f} s")
+
+    capture = _MaskCapture(pipe.transformer, layer=size.layers - 1)
+    patch(pipe, config)
+    try:
+        generate(2, "latent")
+        selection_stats(pipe, clear=True)
+        capture.attach()
+        jenga_seconds, carved = timed(size.steps)
+        capture.detach()
+        stats = selection_stats(pipe)
+    finally:
+        capture.detach()
+        unpatch(pipe)
+    say(f"jenga ({preset} preset, {_describe(config)}): {jenga_seconds:.2f} s")
+
+    kept = [float(s.kv_count.float().mean()) / s.key_blocks for s in stats]
+    kept_share = float(np.mean(kept)) if kept else 1.0
+    psnr = _psnr(dense, carved)
+    result = DemoResult(size, config, str(dev), dense_seconds, jenga_seconds, kept_share, len(stats), psnr, [])
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.files += _write_side_by_side(out_dir, dense, carved)
+    if capture.lists is not None:
+        recorded = [s.kv_count for s in stats if s.layer == capture.layer]
+        result.mask_matches = bool(recorded) and torch.equal(recorded[-1], capture.lists.kv_count)
+        result.files.append(_write_mask(out_dir / "block_mask.png", capture.lists))
+    return result
+
+
+def _describe(config: JengaConfig) -> str:
+    rates = "/".join(f"{d:g}" for d in config.drop_rates)
+    return (f"drop rates {rates}, p {config.cdf_threshold:g}, block {config.block_size}, "
+            f"dense steps {config.dense_steps:g}")
+
+
+def _psnr(reference: np.ndarray, other: np.ndarray) -> float:
+    """PSNR in dB of two videos in [0, 1] (inf when identical)."""
+    mse = float(np.mean((reference.astype(np.float64) - other.astype(np.float64)) ** 2))
+    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
+
+
+class _MaskCapture:
+    """Records the block lists one layer's carving processor uses, by re-running the selector on the same
+    inputs (deterministic, so the lists are identical). Keeps the last sparse forward's lists."""
+
+    def __init__(self, transformer: torch.nn.Module, layer: int) -> None:
+        self.transformer = transformer
+        self.layer = layer
+        self.attn = transformer.blocks[layer].attn1
+        self.handle: Any = None
+        self.lists: BlockLists | None = None
+
+    def attach(self) -> None:
+        self.handle = self.attn.register_forward_pre_hook(self._hook)
+
+    def detach(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+    def _hook(self, attn: torch.nn.Module, args: tuple) -> None:
+        from .adapters.wan import _rotate_pairs
+
+        record = self.transformer.__dict__.get("_jenga_patch")
+        if record is None:
+            return
+        hidden, rotary = args[0], args[3]
+        plan, cfg = record.runtime.plan, record.runtime.config
+        if not plan.carves(hidden.shape[1]):
+            return
+        with torch.no_grad():
+            q = _rotate_pairs(attn.norm_q(attn.to_q(hidden)).unflatten(2, (attn.heads, -1)), *rotary)
+            k = _rotate_pairs(attn.norm_k(attn.to_k(hidden)).unflatten(2, (attn.heads, -1)), *rotary)
+            self.lists = select_blocks(q, k, drop_rate=plan.drop_rate, cdf_threshold=cfg.cdf_threshold,
+                                       block_size=cfg.block_size, adjacency=plan.adjacency,
+                                       always_keep=plan.always_keep)
+
+
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _write_side_by_side(out_dir: Path, dense: np.ndarray, carved: np.ndarray, fps: int = 8) -> list[Path]:
+    """dense | jenga, frame by frame: a GIF (Pillow, a diffusers dependency) and an MP4 when imageio can."""
+    from PIL import Image
+
+    gap = np.ones((dense.shape[0], dense.shape[1], 4, 3), dtype=np.float32)
+    frames = _to_uint8(np.concatenate([dense, gap, carved], axis=2))
+    images = [Image.fromarray(frame) for frame in frames]
+    gif = out_dir / "dense_vs_jenga.gif"
+    images[0].save(gif, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    written = [gif]
+    try:
+        import imageio.v2 as imageio  # optional: the "video" extra
+
+        mp4 = out_dir / "dense_vs_jenga.mp4"
+        # macro_block_size=1: the side-by-side width is not a multiple of 16; no resize warnings
+        imageio.mimwrite(mp4, list(frames), fps=fps, macro_block_size=1)
+        written.append(mp4)
+    except ImportError:
+        logger.info("jenga demo: imageio not installed, no MP4 (pip install 'jenga-video[video]')")
+    except (OSError, RuntimeError) as err:  # imageio without an ffmpeg backend
+        logger.info("jenga demo: could not write the MP4 (%s)", err)
+    return written
+
+
+def _write_mask(path: Path, lists: BlockLists, cell: int = 12) -> Path:
+    """Every head's kept (query block, key block) pairs of batch 0, side by side: white kept, dark dropped."""
+    from PIL import Image
+
+    dense = lists.to_dense()[0].cpu().numpy()  # [H, Qb, Kb]
+    heads, rows, cols = dense.shape
+    sep = 1
+    canvas = np.full((rows, heads * cols + (heads - 1) * sep), 128, dtype=np.uint8)
+    for h in range(heads):
+        start = h * (cols + sep)
+        canvas[:, start:start + cols] = np.where(dense[h], 255, 24)
+    image = Image.fromarray(canvas).resize((canvas.shape[1] * cell, rows * cell), Image.NEAREST)
+    image.save(path)
+    return path
+
+
+def summary(result: DemoResult) -> list[str]:
+    """The lines ``jenga demo`` prints after the run."""
+    size = result.size
+    lines = [
+        f"speed-up: {result.speedup:.2f}x (dense {result.dense_seconds:.2f} s, jenga {result.jenga_seconds:.2f} s, "
+        f"{result.device})",
+        f"blocks kept: {100 * result.kept_share:.1f}% of (query block, key block) pairs on average over "
+        f"{result.sparse_layer_forwards} sparse layer-forwards ({size.video_blocks} video blocks per clip)",
+        f"closeness: PSNR {result.psnr_db:.1f} dB of the jenga video against the dense one",
+        "note: the weights are random (seeded), so the pictures are noise-like; timings on a CPU or at this "
+        "size say nothing about a GPU at full size (see benchmarks/RESULTS.md).",
+    ]
+    if result.mask_matches is False:
+        lines.append("warning: the block mask picture does not match the lists the layer used")
+    lines += [f"wrote {path}" for path in result.files]
+    return lines
+
+
+def replace_size(size: DemoSize, **changes: Any) -> DemoSize:
+    """A copy of ``size`` with some fields changed (for the CLI's ``--steps``)."""
+    return dataclasses.replace(size, **changes)

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Build the sdist and wheel, install the wheel into a fresh venv, and run `jenga demo` from it.
+#
+# Usage: bash tests/packaging_check.sh   (from anywhere; needs `pip install build`)
+# Exits non-zero when the build, the install, the import or the demo fails.
+#
+# The fresh venv sees the running interpreter's site-packages through a .pth file, so torch, diffusers and
+# the rest come from the running environment (itself possibly a venv, as in CI) instead of being downloaded
+# again. Directories added by a .pth line get no .pth processing of their own, so an editable install of the
+# checkout there stays inactive; the wheel goes into the venv's own site-packages, which comes first on
+# sys.path. The check then proves that the venv imports jenga from the wheel, not from the checkout.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python}"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+started=$(date +%s)
+
+echo "== build sdist + wheel into $WORK/dist"
+"$PYTHON" -m build --sdist --wheel --outdir "$WORK/dist" "$ROOT" >"$WORK/build.log" 2>&1 || {
+    tail -n 40 "$WORK/build.log"; echo "packaging check: build failed"; exit 1; }
+ls -l "$WORK/dist"
+wheel=$(ls "$WORK"/dist/*.whl)
+sdist=$(ls "$WORK"/dist/*.tar.gz)
+
+echo "== the wheel and sdist carry the package and the console script"
+"$PYTHON" - "$wheel" "$sdist" <<'EOF'
+import sys
+import tarfile
+import zipfile
+
+wheel, sdist = sys.argv[1], sys.argv[2]
+names = zipfile.ZipFile(wheel).namelist()
+needed = ["jenga/__init__.py", "jenga/cli.py", "jenga/demo.py", "jenga/kernels/triton_block_sparse.py",
+          "jenga/adapters/wan.py"]
+missing = [n for n in needed if n not in names]
+entry_points = [n for n in names if n.endswith("entry_points.txt")]
+if missing or not entry_points:
+    sys.exit(f"wheel lacks {missing or 'entry_points.txt'}")
+if "jenga = jenga.cli:main" not in zipfile.ZipFile(wheel).read(entry_points[0]).decode():
+    sys.exit("wheel has no `jenga` console script")
+members = tarfile.open(sdist).getnames()
+if not any(m.endswith("src/jenga/cli.py") for m in members) or not any(m.endswith("pyproject.toml") for m in members):
+    sys.exit("sdist lacks src/jenga/cli.py or pyproject.toml")
+print(f"ok: {len(names)} files in the wheel, {len(members)} in the sdist")
+EOF
+
+echo "== fresh venv (the running environment's packages for torch/diffusers), install the wheel"
+"$PYTHON" -m venv "$WORK/venv"
+venv_site=$("$WORK/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+"$PYTHON" -c 'import sysconfig; p = sysconfig.get_paths(); print(p["purelib"]); print(p["platlib"])' \
+    >"$venv_site/_running_environment.pth"
+"$WORK/venv/bin/python" -m pip install --quiet --no-deps --ignore-installed --no-index "$wheel"
+
+cd "$WORK"  # away from the checkout: nothing may be imported from it
+"$WORK/venv/bin/python" - "$WORK/venv" <<'EOF'
+import sys
+
+import jenga
+
+venv = sys.argv[1]
+if not jenga.__file__.startswith(venv):
+    sys.exit(f"jenga imported from {jenga.__file__}, not from the wheel in {venv}")
+print(f"ok: jenga {jenga.__version__} from {jenga.__file__}")
+EOF
+
+echo "== jenga --help, jenga demo"
+"$WORK/venv/bin/jenga" --help >/dev/null
+"$WORK/venv/bin/jenga" demo --out-dir "$WORK/demo" --no-progress
+for f in dense_vs_jenga.gif block_mask.png; do
+    [[ -s "$WORK/demo/$f" ]] || { echo "packaging check: demo did not write $f"; exit 1; }
+done
+echo "packaging check passed in $(( $(date +%s) - started )) s"
