@@ -21,8 +21,8 @@ import time
 
 import pytest
 import torch
+from _wan13b import FULL_CONFIG, FULL_TEXT, SMALL, SMALL_CONFIG, SMALL_TEXT, cast_like_from_pretrained
 
-SMALL = os.environ.get("JENGA_SMALL_CHECK") == "1"
 if not torch.cuda.is_available() and not SMALL:
     pytest.skip("needs a CUDA GPU (or JENGA_SMALL_CHECK=1 for a reduced CPU run)", allow_module_level=True)
 
@@ -30,29 +30,11 @@ from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DMode
 
 import jenga  # noqa: E402
 
-# Wan2.1-T2V-1.3B
-FULL_CONFIG = dict(
-    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-    text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-)
 FULL_CALL = dict(height=480, width=832, num_frames=81, num_inference_steps=50)  # latent 21 x 60 x 104
-FULL_TEXT = (1, 512, 4096)
 
-SMALL_CONFIG = {**FULL_CONFIG, "num_attention_heads": 2, "attention_head_dim": 64, "text_dim": 64,
-                "ffn_dim": 64, "num_layers": 2}
 SMALL_CALL = dict(height=128, width=128, num_frames=17, num_inference_steps=8)  # latent 5 x 16 x 16
-SMALL_TEXT = (1, 16, 64)
 
 
-def _cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """``dtype`` everywhere except the modules diffusers keeps in float32 when loading a checkpoint."""
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        wanted = torch.float32 if keep & set(name.split(".")) else dtype
-        if tensor.is_floating_point():
-            tensor.data = tensor.data.to(wanted)
-    return model
 
 
 class StepTimer:
@@ -116,7 +98,7 @@ def test_wan_1_3b_turbo_50_steps_per_stage_times():
     torch.manual_seed(0)
     with torch.device(device):
         transformer = WanTransformer3DModel(**config)
-    transformer = _cast_like_from_pretrained(transformer, dtype).eval()
+    transformer = cast_like_from_pretrained(transformer, dtype).eval()
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)

@@ -18,8 +18,8 @@ import time
 
 import pytest
 import torch
+from _wan13b import FULL_CONFIG, FULL_TEXT, SMALL, SMALL_CONFIG, SMALL_TEXT, cast_like_from_pretrained
 
-SMALL = os.environ.get("JENGA_SMALL_CHECK") == "1"
 if not torch.cuda.is_available() and not SMALL:
     pytest.skip("needs a CUDA GPU (or JENGA_SMALL_CHECK=1 for a reduced CPU run)", allow_module_level=True)
 
@@ -27,32 +27,14 @@ from diffusers import WanTransformer3DModel  # noqa: E402
 
 import jenga  # noqa: E402
 
-# Wan2.1-T2V-1.3B
-FULL_CONFIG = dict(
-    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-    text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-)
 FULL_LATENT = (1, 16, 21, 60, 104)  # 480p (832 x 480), 81 frames -> 21 x 30 x 52 = 32,760 tokens
-FULL_TEXT = (1, 512, 4096)
 
-SMALL_CONFIG = {**FULL_CONFIG, "num_attention_heads": 2, "attention_head_dim": 64, "text_dim": 64,
-                "ffn_dim": 64, "num_layers": 2}
 SMALL_LATENT = (1, 16, 5, 16, 16)  # 5 x 8 x 8 = 320 tokens
-SMALL_TEXT = (1, 16, 64)
 
 STEP, STEPS = 10, 50  # a sparse step of the base preset: past dense_steps (10%), first stage (drop 0.75)
 WARMUP, REPEATS = 2, 5
 
 
-def _cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """``dtype`` everywhere except the modules diffusers keeps in float32 when loading a checkpoint."""
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        wanted = torch.float32 if keep & set(name.split(".")) else dtype
-        if tensor.is_floating_point():
-            tensor.data = tensor.data.to(wanted)
-    return model
 
 
 def _time(fn, device: torch.device) -> tuple[float, torch.Tensor]:
@@ -80,7 +62,7 @@ def test_wan_1_3b_full_size_forward_patched_vs_stock():
     torch.manual_seed(0)
     with torch.device(device):
         model = WanTransformer3DModel(**config)
-    model = _cast_like_from_pretrained(model, dtype).eval()
+    model = cast_like_from_pretrained(model, dtype).eval()
     latent = torch.randn(latent_shape, device=device, dtype=dtype)
     text = torch.randn(text_shape, device=device, dtype=dtype)
     timestep = torch.tensor([700.0], device=device)

@@ -18,7 +18,38 @@ from ..attention import block_sparse_attention
 from ..blocks import BlockLists, dense_to_lists
 from ..selection import select_blocks
 
-__all__ = ["AttentionSite", "HookSites", "ModelAdapter", "carve_attention"]
+__all__ = ["AttentionSite", "CarvingProcessor", "HookSites", "ModelAdapter", "carve_attention"]
+
+
+class CarvingProcessor:
+    """What every carving processor shares: the stock processor it falls back to, its layer id, the
+    per-forward runtime, and whether the layer is kept dense.
+
+    diffusers sets ``_attention_backend`` / ``_parallel_config`` on processors; they are forwarded to the
+    stock processor, which is the one that runs dense attention.
+    """
+
+    def __init__(self, stock: Any, layer: int, runtime: Any, dense: bool) -> None:
+        self.stock = stock
+        self.layer = layer
+        self.runtime = runtime
+        self.dense = dense
+
+    @property
+    def _attention_backend(self):
+        return self.stock._attention_backend
+
+    @_attention_backend.setter
+    def _attention_backend(self, value) -> None:
+        self.stock._attention_backend = value
+
+    @property
+    def _parallel_config(self):
+        return self.stock._parallel_config
+
+    @_parallel_config.setter
+    def _parallel_config(self, value) -> None:
+        self.stock._parallel_config = value
 
 
 @dataclass(frozen=True)

@@ -18,40 +18,18 @@ import torch
 from diffusers import HunyuanVideoTransformer3DModel
 from diffusers.models.embeddings import apply_rotary_emb
 
-from .base import AttentionSite, HookSites, ModelAdapter, carve_attention
+from .base import AttentionSite, CarvingProcessor, HookSites, ModelAdapter, carve_attention
 
 __all__ = ["HunyuanVideoAdapter", "HunyuanVideoCarvingProcessor"]
 
 
-class HunyuanVideoCarvingProcessor:
+class HunyuanVideoCarvingProcessor(CarvingProcessor):
     """Joint-attention processor: video queries carve (every text key block kept, padded text masked by
     key length), text queries attend densely; the stock processor when the forward does not carve.
 
     ``image_rotary_emb`` is a named parameter on purpose: diffusers' ``Attention.forward`` drops keyword
     arguments the processor's signature does not name.
     """
-
-    def __init__(self, stock: Any, layer: int, runtime: Any, dense: bool) -> None:
-        self.stock = stock
-        self.layer = layer
-        self.runtime = runtime
-        self.dense = dense
-
-    @property
-    def _attention_backend(self):
-        return self.stock._attention_backend
-
-    @_attention_backend.setter
-    def _attention_backend(self, value) -> None:
-        self.stock._attention_backend = value
-
-    @property
-    def _parallel_config(self):
-        return self.stock._parallel_config
-
-    @_parallel_config.setter
-    def _parallel_config(self, value) -> None:
-        self.stock._parallel_config = value
 
     def __call__(
         self,

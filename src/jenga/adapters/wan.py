@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from diffusers import WanTransformer3DModel
 
-from .base import AttentionSite, HookSites, ModelAdapter, carve_attention
+from .base import AttentionSite, CarvingProcessor, HookSites, ModelAdapter, carve_attention
 
 __all__ = ["WanAdapter", "WanCarvingProcessor"]
 
@@ -34,34 +34,12 @@ def _rotate_pairs(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Ten
     return out.type_as(x)
 
 
-class WanCarvingProcessor:
+class WanCarvingProcessor(CarvingProcessor):
     """``attn1`` processor: block-sparse self-attention when the forward carves, else the stock processor.
 
     Projections are read from ``attn`` at call time (LoRA layers loaded later are used); the attention
     backend settings are forwarded to the stock processor it falls back to.
     """
-
-    def __init__(self, stock: Any, layer: int, runtime: Any, dense: bool) -> None:
-        self.stock = stock
-        self.layer = layer
-        self.runtime = runtime
-        self.dense = dense
-
-    @property
-    def _attention_backend(self):
-        return self.stock._attention_backend
-
-    @_attention_backend.setter
-    def _attention_backend(self, value) -> None:
-        self.stock._attention_backend = value
-
-    @property
-    def _parallel_config(self):
-        return self.stock._parallel_config
-
-    @_parallel_config.setter
-    def _parallel_config(self, value) -> None:
-        self.stock._parallel_config = value
 
     def __call__(
         self,
