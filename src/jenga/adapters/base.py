@@ -51,6 +51,10 @@ class CarvingProcessor:
     def _parallel_config(self, value) -> None:
         self.stock._parallel_config = value
 
+    def __repr__(self) -> str:
+        mode = "dense" if self.dense else "carving"
+        return f"{type(self).__name__}(layer={self.layer}, {mode}, stock={type(self.stock).__name__})"
+
 
 @dataclass(frozen=True)
 class AttentionSite:

@@ -97,10 +97,6 @@ class HunyuanVideoCarvingProcessor(CarvingProcessor):
             text_out = attn.to_add_out(text_out)
         return video_out, text_out
 
-    def __repr__(self) -> str:
-        mode = "dense" if self.dense else "carving"
-        return f"HunyuanVideoCarvingProcessor(layer={self.layer}, {mode}, stock={type(self.stock).__name__})"
-
 
 class HunyuanVideoAdapter(ModelAdapter):
     name = "hunyuan"

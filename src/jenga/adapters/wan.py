@@ -73,10 +73,6 @@ class WanCarvingProcessor(CarvingProcessor):
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
 
-    def __repr__(self) -> str:
-        mode = "dense" if self.dense else "carving"
-        return f"WanCarvingProcessor(layer={self.layer}, {mode}, stock={type(self.stock).__name__})"
-
 
 class WanAdapter(ModelAdapter):
     name = "wan"
