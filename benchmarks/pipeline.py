@@ -150,10 +150,22 @@ COLUMNS = {c.name: c for c in (
 BASELINE, COMPILE_BASELINE = "stock-cudnn", "stock-cudnn-compile"
 
 
-def column_config(column: Column, spec: ModelSpec) -> tuple[jenga.JengaConfig | None, str]:
-    """The jenga config of a column and a one-line description of what it is."""
+def column_config(column: Column, spec: ModelSpec, cdf_threshold: float | None = None
+                  ) -> tuple[jenga.JengaConfig | None, str]:
+    """The jenga config of a column and a one-line description of what it is; ``cdf_threshold`` replaces the
+    preset's ``p`` (random weights give near-flat block scores, so a high ``p`` keeps most blocks there while a
+    trained model's peaked scores reach it near the top-k floor; ``p = 0`` measures that floor)."""
     if column.jenga is None:
         return None, "stock diffusers"
+    cfg, description = _preset_config(column, spec)
+    cfg = dataclasses.replace(cfg, collect_stats=True)
+    if cdf_threshold is not None:
+        cfg = dataclasses.replace(cfg, cdf_threshold=cdf_threshold)
+        description += f", p replaced by {cdf_threshold}"
+    return cfg, description
+
+
+def _preset_config(column: Column, spec: ModelSpec) -> tuple[jenga.JengaConfig, str]:
     extra: dict[str, Any] = {}
     if spec.block_size is not None:
         extra["block_size"] = spec.block_size
@@ -382,7 +394,7 @@ def sdpa_backend(kind: str) -> Iterator[None]:
 
 def run_column(pipe: Any, spec: ModelSpec, column: Column, args: argparse.Namespace, device: torch.device,
                dtype: torch.dtype, log: Callable[[str], None]) -> dict[str, Any]:
-    cfg, description = column_config(column, spec)
+    cfg, description = column_config(column, spec, args.cdf_threshold)
     cuda = device.type == "cuda"
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     transformer = pipe.transformer
@@ -411,18 +423,31 @@ def run_column(pipe: Any, spec: ModelSpec, column: Column, args: argparse.Namesp
                 wall = time.perf_counter() - start
     finally:
         pipe.transformer = transformer
+        stats = jenga.selection_stats(pipe) if cfg is not None else []
         if cfg is not None:
             jenga.unpatch(pipe)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+    density = block_density(stats)
     result = summarise(timer, wall, spec, cfg, args.steps, replay)
+    result["block_density"] = density
     result.update(description=description, sdpa=column.sdpa, compile=column.compile,
                   config=None if cfg is None else cfg.to_dict(), peak_gib=None if peak is None else round(peak, 2),
                   finite=bool(torch.isfinite(latents.float()).all()))
     log(f"  {column.name:22s} {result['total_s']:9.2f} s  ({result['timing']}; {result['transformer_calls']} calls, "
-        f"{result['computed_calls']} computed){'' if peak is None else f'  peak {peak:.1f} GiB'}")
+        f"{result['computed_calls']} computed){'' if peak is None else f'  peak {peak:.1f} GiB'}"
+        f"{'' if density is None else f'  block density {density}'}")
     for note in result["effects"]["notes"]:
         log(f"    {note}")
     return result
+
+
+def block_density(stats: list[Any]) -> dict[str, float] | None:
+    """Mean share of (query block, key block) pairs computed by the sparse layers, per latent grid (text key
+    blocks included, as the kernel computes them)."""
+    by_grid: dict[str, list[float]] = {}
+    for layer in stats:
+        by_grid.setdefault(f"{layer.kv_count.shape[-1]} query blocks", []).append(layer.density)
+    return {grid: round(statistics.fmean(values), 4) for grid, values in by_grid.items()} or None
 
 
 def summarise(timer: CallTimer, wall: float, spec: ModelSpec, cfg: jenga.JengaConfig | None, steps: int,
@@ -551,14 +576,14 @@ def run_model(spec: ModelSpec, columns: list[Column], args: argparse.Namespace, 
     results: dict[str, Any] = {}
     for column in columns:
         try:
-            results[column.name] = run_column(pipe, spec, column, args, device, dtype, log)
+            results[column_key(column, args)] = run_column(pipe, spec, column, args, device, dtype, log)
         except Exception as err:  # noqa: BLE001 - one failing column must not lose the others' figures
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 message = f"out of memory: {str(err)[:300]}"
             else:
                 message = f"{type(err).__name__}: {str(err)[:300]}"
             log(f"  {column.name:22s} FAILED: {message}")
-            results[column.name] = dict(error=message)
+            results[column_key(column, args)] = dict(error=message)
             if args.fail_fast:
                 raise
         finally:
@@ -576,18 +601,25 @@ def run_model(spec: ModelSpec, columns: list[Column], args: argparse.Namespace, 
     return entry
 
 
+def column_key(column: Column, args: argparse.Namespace) -> str:
+    """The column's name in the results; ``@p<value>`` when ``--cdf-threshold`` replaced the preset's p."""
+    if column.jenga is None or args.cdf_threshold is None:
+        return column.name
+    return f"{column.name}@p{args.cdf_threshold:g}"
+
+
 def add_ratios(model: str, results: dict[str, Any], targets: bool = True) -> None:
     """Speed-up vs the baseline (the compile baseline for compiled columns), memory vs the dense peak, and
     the H100 targets (``targets=False`` under --tiny: they mean nothing there)."""
     for name, r in results.items():
         if "total_s" not in r:
             continue
-        base_name = COMPILE_BASELINE if COLUMNS[name].compile else BASELINE
+        base_name = COMPILE_BASELINE if COLUMNS[name.split("@")[0]].compile else BASELINE
         base = results.get(base_name, {})
         if "total_s" in base:
             r["speedup_vs"] = base_name
             r["speedup"] = round(base["total_s"] / r["total_s"], 3)
-            target = TARGETS.get(model, {}).get(name) if targets else None
+            target = TARGETS.get(model, {}).get(name.split("@")[0]) if targets else None
             if target is not None:
                 r["target"] = target
                 r["target_met"] = r["speedup"] >= target
@@ -599,19 +631,20 @@ def add_ratios(model: str, results: dict[str, Any], targets: bool = True) -> Non
 
 def markdown(models: dict[str, Any]) -> str:
     """One table row per model and column, for benchmarks/RESULTS.md."""
-    lines = ["| model | column | total | timing | speed-up | target | peak GiB | effects |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | column | total | timing | speed-up | target | peak GiB | block density | effects |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for model, entry in models.items():
         for name, r in entry["columns"].items():
             if "error" in r:
-                lines.append(f"| {model} | {name} | failed: {r['error'][:80]} | | | | | |")
+                lines.append(f"| {model} | {name} | failed: {r['error'][:80]} | | | | | | |")
                 continue
             eff = r["effects"]
             flags = ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in eff.items() if k != "notes" and v is not None)
             speed = f"{r['speedup']:.2f}× vs {r['speedup_vs']}" if "speedup" in r else ""
             target = f"≥ {r['target']}× {'met' if r['target_met'] else 'NOT met'}" if "target" in r else ""
             lines.append(f"| {model} | {name} | {r['total_s']:.1f} s | {r['timing']} | {speed} | {target} | "
-                         f"{r['peak_gib'] if r['peak_gib'] is not None else ''} | {flags} |")
+                         f"{r['peak_gib'] if r['peak_gib'] is not None else ''} | "
+                         f"{', '.join(map(str, (r.get('block_density') or {}).values()))} | {flags} |")
     return "\n".join(lines)
 
 
@@ -629,6 +662,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="composed: untimed computed calls per kind")
     parser.add_argument("--samples", type=int, default=3, help="composed: timed computed calls per kind")
     parser.add_argument("--warmup-runs", type=int, default=1, help="full: untimed whole runs before the timed one")
+    parser.add_argument("--cdf-threshold", type=float, default=None,
+                        help="replace the presets' p in every jenga column (results keyed '<column>@p<value>'); "
+                             "0 keeps the top-k floor, what a trained model's peaked block scores come close to")
     parser.add_argument("--no-vae", dest="vae", action="store_false", help="skip the VAE decode timing")
     parser.add_argument("--progress", action="store_true", help="the pipelines' progress bars")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing column")
