@@ -1,0 +1,254 @@
+"""Quality of jenga on the trained toy model: generation fidelity and task score, and the curve ablation.
+
+    python benchmarks/quality/evaluate.py --weights W.safetensors --out quality.json   # GPU
+    python benchmarks/quality/evaluate.py --tiny --weights W.safetensors --out /tmp/q.json  # CPU check
+
+Generation level: the 48 one-object prompts (every shape x colour x direction), one batch, the same seed
+for every variant, Wan-style guidance through a stock ``WanPipeline``. Variants: dense (stock), carving at
+the Wan Base preset (drop 0.75 / 0.85, p = 0.9) and at its top-k floor (p = 0), progressive resolution
+alone (Turbo's 0.75 -> 1.0 stages with carving off), and the full Turbo preset plus the 23-of-50 step skip
+schedule. Per variant: PSNR and SSIM against dense, the task score, the measured block density.
+
+Attention level: during a dense generation, the post-RoPE q, k, v of self-attention at several layers and
+steps (conditional branch) are carved with each curve (zorder, hilbert, raster) at the same kept-block
+budget (top-k only, no adjacency, so every curve keeps exactly the same number of blocks): recall = share of
+the dense softmax mass inside the kept blocks, and the relative L2 error of the carved output, in float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import jenga
+from jenga.adapters.wan import _rotate_pairs
+from jenga.toy.data import all_single_prompts, render
+from jenga.toy.model import build_pipeline, load_pretrained, quiet_frame_rounding
+from jenga.toy.score import psnr, ssim, task_score
+
+CURVES = ("zorder", "hilbert", "raster")
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    frames: int
+    side: int
+    block: int
+    steps: int
+    prompts: int
+    layers: tuple[int, ...]
+    capture_steps: tuple[int, ...]
+
+
+FULL = Size(frames=16, side=64, block=128, steps=50, prompts=48, layers=(0, 2, 4, 5), capture_steps=(5, 25, 45))
+TINY = Size(frames=4, side=32, block=64, steps=3, prompts=2, layers=(0, 5), capture_steps=(1, 2))
+
+
+def variants(block: int) -> dict[str, jenga.JengaConfig | None]:
+    base = jenga.JengaConfig.preset("base", model="wan", block_size=block, collect_stats=True)
+    turbo = jenga.JengaConfig.preset("turbo", model="wan", block_size=block, collect_stats=True)
+    skip = jenga.JengaConfig.preset("flash", model="hunyuan").skip_steps
+    return {
+        "dense": None,
+        "carving": base,
+        "carving-floor": dataclasses.replace(base, cdf_threshold=0.0),
+        "prores": dataclasses.replace(turbo, drop_rates=(0.0, 0.0)),
+        "full": dataclasses.replace(turbo, skip_steps=skip),
+        "full-floor": dataclasses.replace(turbo, skip_steps=skip, cdf_threshold=0.0),
+    }
+
+
+def generate(pipe: Any, prompts_module: torch.nn.Module, prompts: list, size: Size, seed: int,
+             guidance: float) -> torch.Tensor:
+    device = pipe.transformer.device
+    with torch.no_grad(), quiet_frame_rounding():
+        embeds = prompts_module(prompts)
+        negative = prompts_module([None] * len(prompts))
+        out = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, height=size.side, width=size.side,
+                   num_frames=size.frames - 1, num_inference_steps=size.steps, guidance_scale=guidance,
+                   generator=torch.Generator(device).manual_seed(seed), output_type="latent", return_dict=False)[0]
+    return out.float().clamp(-1, 1)
+
+
+def generation_level(pipe, prompts_module, size: Size, seed: int, guidance: float, log) -> dict[str, Any]:
+    prompts = all_single_prompts()[: size.prompts] if size.prompts < 48 else all_single_prompts()
+    device = pipe.transformer.device
+    truth = render(prompts, size.frames, size.side, size.side, torch.Generator().manual_seed(seed), device)
+    results: dict[str, Any] = {"rendered-clips": {"task": task_score(truth, prompts)}}
+    dense = None
+    for name, cfg in variants(size.block).items():
+        if cfg is not None and any(round(stage.scale * size.side) % 16 for stage in cfg.stages):
+            # WanPipeline.check_inputs wants height and width divisible by 16 (8 x 2 for Wan's own VAE)
+            results[name] = {"skipped": f"a stage of {size.side} px would not be a multiple of 16 px"}
+            log(f"{name:14s} skipped: stage size not a multiple of 16 px")
+            continue
+        if cfg is not None:
+            jenga.patch(pipe, cfg)
+        sync(device)
+        start = time.perf_counter()
+        videos = generate(pipe, prompts_module, prompts, size, seed, guidance)
+        sync(device)
+        seconds = time.perf_counter() - start
+        stats = jenga.selection_stats(pipe) if cfg is not None else []
+        if cfg is not None:
+            jenga.unpatch(pipe)
+        entry: dict[str, Any] = {"seconds": round(seconds, 3), "task": task_score(videos, prompts)}
+        if dense is None:
+            dense = videos
+        else:
+            entry["psnr_db"] = round(float(psnr(dense, videos).mean()), 2)
+            entry["ssim"] = round(float(ssim(dense, videos).mean()), 4)
+        if stats:
+            by_grid: dict[int, list[float]] = {}
+            for layer in stats:
+                by_grid.setdefault(int(layer.kv_count.shape[-1]), []).append(layer.density)
+            entry["block_density"] = {f"{qb} query blocks": round(statistics.fmean(v), 4) for qb, v in by_grid.items()}
+        if cfg is not None:
+            entry["config"] = cfg.to_dict()
+        results[name] = entry
+        log(f"{name:14s} {json.dumps({k: v for k, v in entry.items() if k != 'config'})}")
+    return results
+
+
+class Capture:
+    """Post-RoPE q, k, v of ``attn1`` at chosen layers, on the conditional call of chosen steps (batch 0)."""
+
+    def __init__(self, transformer: torch.nn.Module, layers: tuple[int, ...], steps: tuple[int, ...]) -> None:
+        self.calls = 0
+        self.steps, self.records = set(steps), []
+        self.handles = [transformer.register_forward_pre_hook(self._count, with_kwargs=True)]
+        for layer in layers:
+            attn = transformer.blocks[layer].attn1
+            self.handles.append(attn.register_forward_pre_hook(self._make_hook(layer)))
+        self.grid: tuple[int, int, int] | None = None
+
+    def _count(self, module, args, kwargs) -> None:
+        self.calls += 1
+        hidden = args[0] if args else kwargs["hidden_states"]
+        p = module.config.patch_size
+        self.grid = (hidden.shape[2] // p[0], hidden.shape[3] // p[1], hidden.shape[4] // p[2])
+
+    def _make_hook(self, layer: int):
+        def hook(attn, args) -> None:
+            index = self.calls - 1
+            if index % 2 or index // 2 not in self.steps:
+                return
+            hidden, rotary = args[0][:1], args[3]
+            with torch.no_grad():
+                q = _rotate_pairs(attn.norm_q(attn.to_q(hidden)).unflatten(2, (attn.heads, -1)), *rotary)
+                k = _rotate_pairs(attn.norm_k(attn.to_k(hidden)).unflatten(2, (attn.heads, -1)), *rotary)
+                v = attn.to_v(hidden).unflatten(2, (attn.heads, -1))
+            self.records.append(dict(layer=layer, step=index // 2, grid=self.grid, q=q.float(), k=k.float(),
+                                     v=v.float()))
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def carve_metrics(q, k, v, keep_mask: torch.Tensor, block: int, chunk_blocks: int = 8) -> tuple[float, float]:
+    """Recall of the dense softmax mass inside the kept blocks and the carved output's relative L2 error.
+    q, k, v: ``[1, N, H, D]`` float32 in curve order; keep_mask ``[1, H, Qb, Kb]``."""
+    n, heads, dim = q.shape[1:]
+    qt, kt, vt = (t[0].transpose(0, 1) for t in (q, k, v))  # [H, N, D]
+    mass_kept, rows, err, ref = 0.0, 0, 0.0, 0.0
+    key_block = torch.arange(n, device=q.device) // block
+    for start in range(0, keep_mask.shape[2], chunk_blocks):
+        stop = min(start + chunk_blocks, keep_mask.shape[2])
+        lo, hi = start * block, min(stop * block, n)
+        scores = qt[:, lo:hi] @ kt.transpose(1, 2) / math.sqrt(dim)  # [H, rows, N]
+        probs = scores.softmax(-1)
+        dense_out = probs @ vt
+        row_block = torch.arange(lo, hi, device=q.device) // block
+        allowed = keep_mask[0][:, row_block][:, :, key_block]  # [H, rows, N]
+        mass_kept += float((probs * allowed).sum())
+        rows += heads * (hi - lo)
+        carved = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ vt
+        err += float((carved - dense_out).pow(2).sum())
+        ref += float(dense_out.pow(2).sum())
+    return mass_kept / rows, math.sqrt(err / ref)
+
+
+def attention_level(pipe, prompts_module, size: Size, seed: int, guidance: float, keeps: tuple[float, ...],
+                    log) -> dict[str, Any]:
+    prompts = all_single_prompts()[:: max(1, 48 // 4)][:2]
+    capture = Capture(pipe.transformer, size.layers, size.capture_steps)
+    try:
+        generate(pipe, prompts_module, prompts, size, seed, guidance)
+    finally:
+        capture.remove()
+    rows = []
+    for record in capture.records:
+        for curve in CURVES:
+            perm, _ = jenga.curve_permutation(record["grid"], curve, device=record["q"].device,
+                                              block_size=size.block)
+            q, k, v = (record[x][:, perm] for x in ("q", "k", "v"))
+            for keep in keeps:
+                lists = jenga.select_blocks(q, k, drop_rate=1.0 - keep, cdf_threshold=0.0, block_size=size.block)
+                mask = lists.to_dense()
+                recall, rel_l2 = carve_metrics(q, k, v, mask, size.block)
+                rows.append(dict(layer=record["layer"], step=record["step"], curve=curve, keep=keep,
+                                 density=round(float(mask.float().mean()), 4), recall=round(recall, 4),
+                                 rel_l2=round(rel_l2, 4)))
+    summary: dict[str, Any] = {}
+    for curve in CURVES:
+        for keep in keeps:
+            sel = [r for r in rows if r["curve"] == curve and r["keep"] == keep]
+            summary[f"{curve}@{keep}"] = dict(recall=round(statistics.fmean(r["recall"] for r in sel), 4),
+                                              rel_l2=round(statistics.fmean(r["rel_l2"] for r in sel), 4),
+                                              cases=len(sel))
+            log(f"{curve:8s} keep {keep:.3f}: {json.dumps(summary[f'{curve}@{keep}'])}")
+    return dict(summary=summary, rows=rows)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, default=None, help="default: the weights shipped with jenga")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--keeps", nargs="+", type=float, default=[0.25, 0.125])
+    parser.add_argument("--skip-attention", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help="CPU check at a small size")
+    args = parser.parse_args(argv)
+    size = TINY if args.tiny else FULL
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    kwargs = {} if args.weights is None else {"path": args.weights}
+    transformer, prompts_module = load_pretrained(device=device, dtype=dtype, **kwargs)
+    pipe = build_pipeline(transformer)
+    pipe.set_progress_bar_config(disable=True)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result: dict[str, Any] = dict(card=card, size=dataclasses.asdict(size), seed=args.seed, guidance=args.guidance,
+                                  dtype=str(dtype), date=time.strftime("%Y-%m-%d"))
+    result["generation"] = generation_level(pipe, prompts_module, size, args.seed, args.guidance, log)
+    args.out.write_text(json.dumps(result, indent=1))
+    if not args.skip_attention:
+        result["attention"] = attention_level(pipe, prompts_module, size, args.seed, args.guidance,
+                                              tuple(args.keeps), log)
+        args.out.write_text(json.dumps(result, indent=1))
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
