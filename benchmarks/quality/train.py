@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         losses.append(loss.detach())
         step += 1
         if step % 25 == 0:
-            entry = dict(step=step, seconds=round(time.perf_counter() - started, 1), loss=round(float(torch.stack(losses).mean()), 4),
-                         lr=lr, grad_norm=round(float(grad_norm), 3), last_bucket=[frames, side, batch])
+            entry = dict(step=step, seconds=round(time.perf_counter() - started, 1),
+                         loss=round(float(torch.stack(losses).mean()), 4), lr=lr,
+                         grad_norm=round(float(grad_norm), 3), last_bucket=[frames, side, batch])
             log.append(entry)
             losses.clear()
             print(json.dumps(entry), flush=True)
