@@ -33,7 +33,7 @@ import zipfile
 wheel, sdist = sys.argv[1], sys.argv[2]
 names = zipfile.ZipFile(wheel).namelist()
 needed = ["jenga/__init__.py", "jenga/cli.py", "jenga/demo.py", "jenga/kernels/triton_block_sparse.py",
-          "jenga/adapters/wan.py"]
+          "jenga/adapters/wan.py", "jenga/toy/model.py", "jenga/toy/weights/toy-wan.safetensors"]
 missing = [n for n in needed if n not in names]
 entry_points = [n for n in names if n.endswith("entry_points.txt")]
 if missing or not entry_points:
@@ -41,8 +41,9 @@ if missing or not entry_points:
 if "jenga = jenga.cli:main" not in zipfile.ZipFile(wheel).read(entry_points[0]).decode():
     sys.exit("wheel has no `jenga` console script")
 members = tarfile.open(sdist).getnames()
-if not any(m.endswith("src/jenga/cli.py") for m in members) or not any(m.endswith("pyproject.toml") for m in members):
-    sys.exit("sdist lacks src/jenga/cli.py or pyproject.toml")
+for tail in ("src/jenga/cli.py", "pyproject.toml", "src/jenga/toy/weights/toy-wan.safetensors"):
+    if not any(m.endswith(tail) for m in members):
+        sys.exit(f"sdist lacks {tail}")
 print(f"ok: {len(names)} files in the wheel, {len(members)} in the sdist")
 EOF
 

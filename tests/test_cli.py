@@ -17,8 +17,8 @@ from jenga import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = {
-    "demo": ["--out-dir", "--size", "--steps", "--preset", "--cdf-threshold", "--device", "--seed", "--threads",
-             "--no-progress"],
+    "demo": ["--out-dir", "--prompt", "--size", "--steps", "--preset", "--cdf-threshold", "--device", "--seed",
+             "--threads", "--no-progress"],
     "generate": ["--model", "--prompt", "--negative-prompt", "--image", "--preset", "--out", "--height", "--width",
                  "--frames", "--steps", "--guidance", "--fps", "--seed", "--dtype", "--device", "--offload",
                  "--dense"],
@@ -59,7 +59,7 @@ def test_demo_runs_offline_and_writes_its_files(tmp_path, capsys, monkeypatch):
     code = cli.main(["demo", "--size", "small", "--out-dir", str(out), "--no-progress", "--device", "cpu"])
     text = capsys.readouterr().out
     assert code == cli.OK, text
-    for needle in ("dense (stock diffusers):", "speed-up:", "blocks kept:", "PSNR", "random"):
+    for needle in ("dense (stock diffusers):", "speed-up:", "blocks kept:", "PSNR", "task reading", "toy Wan model"):
         assert needle in text
     assert "does not match" not in text  # the mask picture shows the lists the layer really used
     kept = float(text.split("blocks kept: ")[1].split("%")[0])
@@ -71,8 +71,8 @@ def test_demo_runs_offline_and_writes_its_files(tmp_path, capsys, monkeypatch):
     from PIL import Image
 
     with Image.open(gif) as image:
-        assert image.n_frames == 9  # one per video frame
-        assert image.size == (2 * 128 + 4, 128)  # dense | gap | jenga
+        assert image.n_frames == 4  # one per video frame
+        assert image.size == (2 * 32 + 4, 32)  # dense | gap | jenga
     with Image.open(mask) as image:
         pixels = set(np.unique(np.asarray(image.convert("L"))).tolist())
     assert {255, 24} <= pixels, "the mask picture shows no dropped (or no kept) blocks"
@@ -203,3 +203,10 @@ def test_examples_compile(script, tmp_path):
 def test_examples_cover_every_pipeline():
     names = {p.name for p in (ROOT / "examples").glob("*.py")}
     assert {"wan_t2v.py", "wan_i2v.py", "wan22_t2v.py", "hunyuan_t2v.py", "hunyuan_i2v.py"} <= names
+
+
+def test_demo_rejects_a_prompt_it_cannot_read(capsys):
+    code = cli.main(["demo", "--prompt", "a red triangle moving up", "--device", "cpu"])
+    assert code == cli.USAGE
+    err = capsys.readouterr().err
+    assert "--prompt" in err and "'triangle'" in err and "disc" in err

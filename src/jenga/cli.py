@@ -1,4 +1,4 @@
-"""The ``jenga`` command: ``demo`` (offline, random weights), ``generate`` (a real model), ``bench``.
+"""The ``jenga`` command: ``demo`` (offline, the shipped toy model), ``generate`` (a real model), ``bench``.
 
 Exit codes: 0 success; 1 the run failed (a runtime error while generating or benchmarking); 2 a usage or
 input problem (bad option, model not found or not downloadable offline, no CUDA for a GPU benchmark).
@@ -64,26 +64,34 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo", parents=[common], formatter_class=formatter, epilog=EXIT_CODES,
-        help="offline demo: a small random-weight Wan pipeline, dense vs jenga",
+        help="offline demo: the toy video model shipped with jenga, dense vs jenga",
         description=_wrap(
-            "Build a small Wan pipeline in code (random seeded weights, nothing downloaded), run it dense "
-            "and with jenga on the same seed, print time, speed-up, blocks kept and PSNR, and write a "
-            "side-by-side GIF (and MP4 when imageio is installed) plus a picture of one block mask. "
-            "The weights are random, so the pictures are noise-like."
+            "Load the toy video model that ships with jenga (a small Wan transformer trained on clips of "
+            "coloured shapes moving over a textured background; nothing downloaded), run it dense and with "
+            "jenga on the same seed, print time, speed-up, blocks kept, PSNR and what each video shows of "
+            "the prompt, and write a side-by-side GIF (and MP4 when imageio is installed) plus a picture of "
+            "one block mask."
         ),
     )
     demo.add_argument("--out-dir", type=Path, default=Path("jenga-demo"),
                       help="folder for dense_vs_jenga.gif/.mp4 and block_mask.png (default: ./jenga-demo)")
-    demo.add_argument("--size", choices=("default", "small"), default="default",
-                      help="default: 17 frames 256x256, 20 blocks of 64 (under a minute on 2 CPU cores); "
-                           "small: 9 frames 128x128, 12 blocks of 16 (seconds)")
-    demo.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default: 8, small: 4)")
-    demo.add_argument("--preset", choices=("base", "turbo"), default="base", help="Wan preset (default: base)")
-    demo.add_argument("--cdf-threshold", type=float, default=0.3,
-                      help="p, the block-score mass to keep (default 0.3: random weights give flat scores, so the "
-                           "preset's 0.9 would keep almost every block)")
+    demo.add_argument("--prompt", default="a red disc moving right",
+                      help="'<colour> <shape> <direction>' (optionally 'and' a second object); colours red, "
+                           "green, blue, yellow, magenta, cyan; shapes disc, square; directions up, down, left, "
+                           "right (default: 'a red disc moving right')")
+    demo.add_argument("--size", choices=("default", "small", "full"), default="default",
+                      help="default: 8 frames 32x32, 32 blocks of 64 (under a minute on 2 CPU cores); small: 4 "
+                           "frames 32x32, 32 blocks of 32 (seconds); full: 16 frames 64x64, 128 blocks of 128, "
+                           "the model's training size (for a GPU)")
+    demo.add_argument("--steps", type=_positive_int, default=None,
+                      help="denoising steps (default: 6, small: 4, full: 30)")
+    demo.add_argument("--preset", choices=("base", "turbo"), default="base",
+                      help="Wan preset (default: base; turbo's 0.75 first stage needs --size full, whose "
+                           "48-pixel stage is a multiple of 16 as WanPipeline requires)")
+    demo.add_argument("--cdf-threshold", type=float, default=None,
+                      help="p, the block-score mass to keep (default: the preset's, 0.9)")
     demo.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the weights and the noise (default 0)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     demo.add_argument("--threads", type=_positive_int, default=1,
                       help="CPU threads for torch (default 1: the demo's matrices are small, and on a busy machine "
                            "more threads mostly wait for each other)")
@@ -171,15 +179,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     size = SIZES[args.size]
     if args.steps is not None:
         size = replace_size(size, steps=args.steps)
-    if not 0.0 <= args.cdf_threshold <= 1.0:
+    if args.cdf_threshold is not None and not 0.0 <= args.cdf_threshold <= 1.0:
         raise UsageError(f"--cdf-threshold must be in [0, 1], got {args.cdf_threshold}")
+    from .toy.data import Prompt
+
+    try:
+        Prompt.parse(args.prompt)
+    except ValueError as err:
+        raise UsageError(f"--prompt: {err}") from None
     device = _device(args.device)
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        result = run_demo(args.out_dir, size, preset=args.preset, cdf_threshold=args.cdf_threshold,
+        result = run_demo(args.out_dir, size, prompt=args.prompt, preset=args.preset,
+                          cdf_threshold=args.cdf_threshold,
                           device=device, seed=args.seed, progress=not args.no_progress, say=print)
     except (RuntimeError, OSError) as err:
         print(f"jenga demo failed: {type(err).__name__}: {err}", file=sys.stderr)
