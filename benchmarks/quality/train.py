@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from jenga.toy.data import random_prompts, render
-from jenga.toy.model import FLOW_SHIFT, PromptEncoder, build_transformer, save_pretrained
+from jenga.toy.model import FLOW_SHIFT, PromptEncoder, build_transformer, load_pretrained, save_pretrained
 
 # (frames, side, weight early, weight late); batch size keeps tokens per batch near TOKENS
 BUCKETS = [(8, 32, 2.0, 0.5), (16, 32, 2.0, 0.5), (8, 48, 1.0, 1.0), (16, 48, 1.0, 1.5), (8, 64, 0.5, 1.0),
@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=6e-4)
     parser.add_argument("--ema", type=float, default=0.995)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from these weights (e.g. the shipped src/jenga/toy/weights/"
+                             "toy-wan.safetensors): training adds up across GPU sessions; use a new --seed then")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run at tiny sizes")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
@@ -51,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     data_gen = torch.Generator().manual_seed(args.seed + 1)
     noise_gen = torch.Generator(device=device).manual_seed(args.seed + 2)
-    transformer = build_transformer(args.seed).to(device).train()
-    prompts = PromptEncoder().to(device).train()
+    if args.init is not None:
+        transformer, prompts = load_pretrained(args.init, dtype=torch.float32)
+        transformer, prompts = transformer.requires_grad_(True), prompts.requires_grad_(True)
+    else:
+        transformer, prompts = build_transformer(args.seed), PromptEncoder()
+    transformer, prompts = transformer.to(device).train(), prompts.to(device).train()
     params = [*transformer.parameters(), *prompts.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     ema_t, ema_p = copy.deepcopy(transformer).eval(), copy.deepcopy(prompts).eval()
@@ -107,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = dict(steps=step, seconds=round(time.perf_counter() - started, 1), device=str(device),
                    card=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                    params=sum(p.numel() for p in transformer.parameters()), lr=args.lr, ema=args.ema,
-                   seed=args.seed, buckets=buckets, tokens_per_batch=tokens, log=log,
+                   seed=args.seed, init=None if args.init is None else str(args.init), buckets=buckets,
+                   tokens_per_batch=tokens, log=log,
                    weights_bytes=args.out.stat().st_size)
     print(json.dumps({k: v for k, v in summary.items() if k != "log"}), flush=True)
     if args.log:
