@@ -306,3 +306,28 @@ def test_interrupt_in_an_early_stage_returns_the_reached_latents_at_full_size():
     assert torch.allclose(out, expected, atol=1e-6)
     assert pipe.interrupt is False  # the driver's flag is gone after the call
     assert torch.isfinite(run(pipe, wan_inputs(pipe, steps=6))).all() and len(seen) == 16
+
+
+def test_stage_sizes_keep_pixel_sizes_divisible_by_16_for_a_pixel_space_vae():
+    """WanPipeline.check_inputs wants height and width divisible by 16. With a pixel-space "VAE" (scale 1, the
+    toy model) a 0.75 stage of 32 px would be 24 px: stages round to latent multiples of 16 instead."""
+    from jenga.toy.model import PromptEncoder, build_pipeline, build_transformer, quiet_frame_rounding
+
+    transformer = build_transformer(seed=0).eval()
+    pipe = build_pipeline(transformer)
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    transformer.register_forward_pre_hook(lambda m, a, k: seen.append(tuple(k["hidden_states"].shape[-2:])),
+                                          with_kwargs=True)
+    prompts = PromptEncoder()
+    jenga.patch(pipe, jenga.JengaConfig.preset("turbo", model="wan", block_size=32, backend="torch"))
+    try:
+        for side, stage_side in ((64, 48), (32, 32)):
+            seen.clear()
+            with torch.no_grad(), quiet_frame_rounding():
+                out = pipe(prompt_embeds=prompts([None]), height=side, width=side, num_frames=1,
+                           num_inference_steps=2, guidance_scale=1.0, output_type="latent", return_dict=False)[0]
+            assert out.shape[-2:] == (side, side)
+            assert seen[0] == (stage_side, stage_side) and all(s % 16 == 0 for hw in seen for s in hw)
+    finally:
+        jenga.unpatch(pipe)

@@ -5,7 +5,7 @@ How a patched pipeline runs a multi-stage config (stages differing in scale or s
 - **Planning** (:func:`plan_stages`): consecutive config stages with the same scale and shift merge (they
   differ only in drop rate, which the clock handles). Each stage gets its steps ``[start, end)`` of the run
   (``JengaConfig.stage_steps``), a latent height and width ``round(scale * size)`` rounded to a multiple of
-  the patch size and of 2, and the slice ``t[start:end]`` of one run-wide grid ``t_i = 1 - i / n`` (the
+  the patch size, of 2 and of what keeps the pixel size divisible by 16 (the pipelines' check), and the slice ``t[start:end]`` of one run-wide grid ``t_i = 1 - i / n`` (the
   grid HunyuanVideo's pipelines use). The stage's scheduler shifts it with its own shift:
   ``sigma = s * t / (1 + (s - 1) * t)``.
 - **Driving**: the pipeline's own ``__call__`` runs once per stage (this module never re-implements a
@@ -121,7 +121,7 @@ def plan_stages(config: JengaConfig, num_steps: int, latent_hw: tuple[int, int],
             if side < multiple:
                 raise ValueError(
                     f"stage scale {scale} turns a latent side of {full} into {side} (below {multiple}, the "
-                    "patch size): use a larger scale or a larger resolution"
+                    "smallest latent size step of this pipeline): use a larger scale or a larger resolution"
                 )
             size.append(side)
         plans.append(StagePlan(len(plans), scale, shift, start, end, (size[0], size[1]), grid[start:end]))
@@ -195,7 +195,10 @@ def _run_stages(pipe: Any, stock: Callable, records: list[Any], params: dict[str
     num_steps = int(params["num_inference_steps"])
     height, width = int(params["height"]), int(params["width"])
     vae_scale = int(pipe.vae_scale_factor_spatial)
-    multiple = math.lcm(2, *runtimes[0].patch_size[1:])
+    # the pipelines' check_inputs want pixel sizes divisible by 16: with Wan's and HunyuanVideo's VAEs (x8)
+    # that is any even latent size, with a pixel-space "VAE" (x1) a latent multiple of 16
+    pixel_multiple = 16 // vae_scale if vae_scale and 16 % vae_scale == 0 else 1
+    multiple = math.lcm(2, pixel_multiple, *runtimes[0].patch_size[1:])
     full_hw = (height // vae_scale, width // vae_scale)
     plans = plan_stages(cfg, num_steps, full_hw, multiple)
     original = pipe.scheduler
