@@ -5,9 +5,9 @@ How a patched pipeline runs a multi-stage config (stages differing in scale or s
 - **Planning** (:func:`plan_stages`): consecutive config stages with the same scale and shift merge (they
   differ only in drop rate, which the clock handles). Each stage gets its steps ``[start, end)`` of the run
   (``JengaConfig.stage_steps``), a latent height and width ``round(scale * size)`` rounded to a multiple of
-  the patch size, of 2 and of what keeps the pixel size divisible by 16 (the pipelines' check), and the slice ``t[start:end]`` of one run-wide grid ``t_i = 1 - i / n`` (the
-  grid HunyuanVideo's pipelines use). The stage's scheduler shifts it with its own shift:
-  ``sigma = s * t / (1 + (s - 1) * t)``.
+  the patch size, of 2 and of what keeps the pixel size divisible by 16 (the pipelines' check), and the
+  slice ``t[start:end]`` of one run-wide grid ``t_i = 1 - i / n`` (the grid HunyuanVideo's pipelines use).
+  The stage's scheduler shifts it with its own shift: ``sigma = s * t / (1 + (s - 1) * t)``.
 - **Driving**: the pipeline's own ``__call__`` runs once per stage (this module never re-implements a
   denoising loop). Per stage it gets a fresh copy of the user's scheduler (new shift; fresh multistep
   history, as UniPC needs at a switch) whose ``set_timesteps`` installs the stage's grid whatever the
