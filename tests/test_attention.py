@@ -252,3 +252,24 @@ def test_triton_tensor_descriptor_and_pointer_paths_agree(use_tma):
     out, _ = block_sparse_attention_triton(q, k, v, kv_index, kv_count, 32, key_lengths, 90, 0.3, False,
                                            use_tma=use_tma)
     assert rel_err(out, ref) < 2e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES)
+def test_torch_backend_without_lse_matches_golden(case, dtype):
+    """backend="torch" without an LSE runs SDPA with a token mask: same results as the float64 golden,
+    including empty rows (0, never NaN), key lengths and a key bias."""
+    batch, seq_q, seq_k, heads, dim, block, density = case
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    q, k, v, mask = random_case(batch, seq_q, seq_k, heads, dim, dtype, block, density, gen)
+    mask[0, 0, 0] = False  # a query block that sees nothing
+    key_lengths = torch.tensor([seq_k] + [max(1, seq_k // 2)] * (batch - 1))
+    bias = (seq_k - seq_k // 3, 0.6)
+    ref, _ = golden(q, k, v, mask, block, key_lengths, bias)
+    kv_index, kv_count = dense_to_lists(mask)
+    out = block_sparse_attention(q, k, v, kv_index, kv_count, block_size=block, key_lengths=key_lengths,
+                                 key_bias=bias, backend="torch")
+    assert out.dtype == dtype and out.shape == q.shape
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[0, :block, 0], torch.zeros_like(out[0, :block, 0]))
+    assert rel_err(out, ref) < TOLERANCE[dtype]

@@ -55,7 +55,8 @@ def block_sparse_attention(
         key_lengths: optional ``int[B]``; keys at or past ``key_lengths[b]`` are masked (padded text).
         key_bias: optional ``(start, value)``: ``value`` is added to the logits of keys ``>= start``.
         return_lse: also return the natural-log log-sum-exp, ``float32[B, H, Nq]``.
-        backend: ``"triton"`` (our kernel), ``"torch"`` (reference), ``"flex"`` (FlexAttention) or
+        backend: ``"triton"`` (our kernel), ``"torch"`` (PyTorch: SDPA with a token mask, or the explicit
+            float32 reference when the LSE is asked for or inputs are float64), ``"flex"`` (FlexAttention) or
             ``"auto"`` (triton on CUDA, torch elsewhere).
         check_indices: verify list contents (range, order); costs one host synchronisation.
 
@@ -85,6 +86,10 @@ def block_sparse_attention(
 
         out, lse = block_sparse_attention_flex(
             q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse
+        )
+    elif not return_lse and q.dtype != torch.float64:
+        out = reference.block_sparse_attention_masked_sdpa(
+            q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value
         )
     else:
         out, lse = reference.block_sparse_attention_reference(

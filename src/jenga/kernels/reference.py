@@ -64,3 +64,48 @@ def block_sparse_attention_reference(
         out[:, :, start:stop] = torch.matmul(probs, vt) / torch.where(denom > 0, denom, 1.0)
         lse[:, :, start:stop] = (row_max + torch.log(denom)).squeeze(-1).float()
     return out.transpose(1, 2).to(q.dtype), lse
+
+
+def block_sparse_attention_masked_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_index: torch.Tensor,
+    kv_count: torch.Tensor,
+    block_size: int,
+    key_lengths: torch.Tensor | None,
+    bias_start: int,
+    bias_value: float,
+) -> torch.Tensor:
+    """The reference's output (no LSE) through PyTorch SDPA with a token mask, chunked over query blocks.
+
+    The CPU path of ``jenga.patch``: SDPA's fused CPU kernel runs the same arithmetic several times faster
+    than the explicit float32 reference, which stays the oracle. Rows with no valid key give 0, as the
+    reference does (SDPA alone would give NaN there)."""
+    batch, seq_q, heads, head_dim = q.shape
+    seq_k = k.shape[1]
+    num_kb = math.ceil(seq_k / block_size)
+    block_mask = lists_to_dense(kv_index, kv_count, num_kb).expand(batch, heads, -1, -1)
+    key_pos = torch.arange(seq_k, device=q.device)
+    if key_lengths is None:
+        key_valid = torch.ones(batch, seq_k, dtype=torch.bool, device=q.device)
+    else:
+        key_valid = key_pos.unsqueeze(0) < key_lengths.to(q.device).view(-1, 1)
+    biased = bias_value != 0.0 and bias_start < seq_k
+    key_bias = torch.where(key_pos >= bias_start, bias_value, 0.0).to(q.dtype) if biased else None
+
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    out = torch.empty(batch, heads, seq_q, head_dim, dtype=q.dtype, device=q.device)
+    rows_per_chunk = max(block_size, (_MAX_LOGITS_PER_CHUNK // max(seq_k, 1)) // block_size * block_size)
+    for start in range(0, seq_q, rows_per_chunk):
+        stop = min(seq_q, start + rows_per_chunk)
+        blocks = block_mask[:, :, start // block_size : math.ceil(stop / block_size)]
+        token_mask = blocks.repeat_interleave(block_size, dim=2)[:, :, : stop - start]
+        token_mask = token_mask.repeat_interleave(block_size, dim=3)[..., :seq_k]
+        token_mask = token_mask & key_valid[:, None, None, :]
+        mask: torch.Tensor = token_mask
+        if key_bias is not None:
+            mask = torch.where(token_mask, key_bias, float("-inf")).to(q.dtype)
+        chunk = torch.nn.functional.scaled_dot_product_attention(qt[:, :, start:stop], kt, vt, attn_mask=mask)
+        out[:, :, start:stop] = torch.where(token_mask.any(-1, keepdim=True), chunk, 0.0)
+    return out.transpose(1, 2)
