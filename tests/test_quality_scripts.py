@@ -24,9 +24,10 @@ def test_train_then_evaluate_at_tiny_size(tmp_path):
     assert summary["steps"] >= 1 and summary["weights_bytes"] == weights.stat().st_size < 16 * 2**20
     assert all(entry["loss"] > 0 for entry in summary["log"])
 
-    _run("evaluate.py", "--tiny", "--weights", str(weights), "--out", str(out))
+    _run("evaluate.py", "--tiny", "--weights", str(weights), "--out", str(out), "--repeats", "2")
     result = json.loads(out.read_text())
     generation = result["generation"]
+    assert result["repeats"] == 2
     assert generation["rendered-clips"]["task"]["task"] == 100.0  # the score reads ground truth correctly
     assert {"dense", "carving", "carving-floor", "prores", "full", "full-floor"} <= set(generation)
     for name in ("carving", "carving-floor"):

@@ -79,8 +79,11 @@ def generate(pipe: Any, prompts_module: torch.nn.Module, prompts: list, size: Si
     return out.float().clamp(-1, 1)
 
 
-def generation_level(pipe, prompts_module, size: Size, seed: int, guidance: float, log) -> dict[str, Any]:
-    prompts = all_single_prompts()[: size.prompts] if size.prompts < 48 else all_single_prompts()
+def generation_level(pipe, prompts_module, size: Size, seed: int, guidance: float, log,
+                     repeats: int = 1) -> dict[str, Any]:
+    """``repeats`` copies of the prompt set in one batch: each copy gets its own noise (one generator draws
+    the whole batch), so the task score resolves 100 / (48 x repeats) points."""
+    prompts = (all_single_prompts()[: size.prompts] if size.prompts < 48 else all_single_prompts()) * repeats
     device = pipe.transformer.device
     truth = render(prompts, size.frames, size.side, size.side, torch.Generator().manual_seed(seed), device)
     results: dict[str, Any] = {"rendered-clips": {"task": task_score(truth, prompts)}}
@@ -222,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="copies of the 48 prompts, each with its own noise (task score resolution 100/(48 R))")
     parser.add_argument("--keeps", nargs="+", type=float, default=[0.25, 0.125])
     parser.add_argument("--skip-attention", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="CPU check at a small size")
@@ -240,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     result: dict[str, Any] = dict(card=card, size=dataclasses.asdict(size), seed=args.seed, guidance=args.guidance,
                                   dtype=str(dtype), date=time.strftime("%Y-%m-%d"))
-    result["generation"] = generation_level(pipe, prompts_module, size, args.seed, args.guidance, log)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    result["repeats"] = args.repeats
+    result["generation"] = generation_level(pipe, prompts_module, size, args.seed, args.guidance, log, args.repeats)
     args.out.write_text(json.dumps(result, indent=1))
     if not args.skip_attention:
         result["attention"] = attention_level(pipe, prompts_module, size, args.seed, args.guidance,
