@@ -72,3 +72,27 @@ def test_layouts_are_cached_per_device():
     assert a is b
     with pytest.raises(ValueError, match="grid"):
         token_layout((3, 8), block_size=16)
+
+
+@pytest.mark.parametrize("curve", ["zorder", "hilbert", "raster"])
+@pytest.mark.parametrize("grid", [(5, 8, 8), (6, 6, 10), (3, 4, 4), (2, 4, 4)])
+def test_last_frame_suffix_keeps_both_ends_apart(curve, grid):
+    """First-and-last-frame order: frame 0 leads, frame T-1 trails, each along its own curve; the block
+    tables still describe the order (adjacency as recomputed from scratch)."""
+    t, h, w = grid
+    layout = token_layout(grid, block_size=16, curve=curve, first_frame_prefix=True, last_frame_suffix=True)
+    n, plane = math.prod(grid), h * w
+    assert torch.equal(torch.sort(layout.perm).values, torch.arange(n))
+    assert torch.equal(torch.sort(layout.perm[:plane]).values, torch.arange(plane))
+    assert torch.equal(torch.sort(layout.perm[n - plane:]).values, torch.arange(n - plane, n))
+    expected = torch.zeros(layout.num_blocks, dtype=torch.bool)
+    expected[(n - plane) // 16:] = True
+    assert torch.equal(layout.last_frame, expected)
+    assert torch.equal(layout.adjacency, _adjacency_of_order(grid, layout.inverse, 16))
+    x = torch.randn(1, n, 2)
+    assert torch.equal(layout.to_rowmajor(layout.to_carved(x)), x)
+
+
+def test_last_frame_suffix_needs_the_prefix():
+    with pytest.raises(ValueError, match="first_frame_prefix"):
+        token_layout((3, 4, 4), block_size=16, last_frame_suffix=True)

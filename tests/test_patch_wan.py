@@ -10,6 +10,7 @@ from _tiny import (
     ALL_BLOCKS,
     CARVING,
     GRID,
+    image,
     lora_state_dict,
     run,
     wan_inputs,
@@ -495,3 +496,36 @@ def test_patch_does_not_keep_the_pipeline_alive():
     assert transformer._jenga_patch.runtime.pipeline_object() is None
     jenga.unpatch(transformer)
     assert not jenga.is_patched(transformer)
+
+
+def test_flf2v_keeps_first_and_last_frame_blocks(monkeypatch):
+    """First-and-last-frame conditioning (``last_image=``): the last latent frame is a suffix of the carved
+    order and its blocks are kept for every query, like the first frame's (only during that call; plain I2V
+    calls keep the first frame alone: test_i2v_always_keeps_first_frame_blocks)."""
+    import jenga.adapters.base as base
+
+    seen = []
+    select = base.select_blocks
+
+    def spy(q, k, **kwargs):
+        seen.append(kwargs["always_keep"])
+        return select(q, k, **kwargs)
+
+    monkeypatch.setattr(base, "select_blocks", spy)
+    pipe = wan_pipeline("i2v")
+    # Wan2.1-FLF2V: the image context of both frames gets a learned position embedding (2 x 17 CLIP tokens here)
+    pipe.register_modules(transformer=wan_transformer(0, in_channels=36, image_dim=16, added_kv_proj_dim=64,
+                                                      pos_embed_seq_len=34))
+    jenga.patch(pipe, **{**CARVING, "drop_rates": 0.9, "cdf_threshold": 0.0, "adjacency": False})
+    frame_blocks = (GRID[1] * GRID[2]) // 16
+    blocks = GRID[0] * frame_blocks
+    out = run(pipe, wan_inputs(pipe, steps=2, last_image=image()))
+    assert torch.isfinite(out).all() and seen
+    both_ends = list(range(frame_blocks)) + list(range(blocks - frame_blocks, blocks))
+    for always_keep in seen:
+        assert always_keep.nonzero().flatten().tolist() == both_ends
+    assert not pipe.transformer._jenga_patch.runtime.last_frame  # only for the call that had a last frame
+    jenga.unpatch(pipe)
+    from diffusers import WanImageToVideoPipeline
+
+    assert type(pipe) is WanImageToVideoPipeline  # the call driver is gone with the patch

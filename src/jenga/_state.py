@@ -116,6 +116,7 @@ class CarvingRuntime:
     first_frame: bool
     first_frame_prefix: bool
     pipeline: Any = None
+    last_frame: bool = False  # set around a pipeline call given a last frame (with first_frame: keep both ends)
     scheduler: Any = None
     plan: ForwardPlan = field(default_factory=ForwardPlan)
     stats: list[LayerStats] = field(default_factory=list)
@@ -147,15 +148,19 @@ class CarvingRuntime:
         elif math.ceil(num_tokens / cfg.block_size) < cfg.min_video_blocks:
             self._note(f"dense: grid {grid} has fewer than {cfg.min_video_blocks} blocks of {cfg.block_size}")
         else:
+            both_ends = self.first_frame and self.last_frame
             layout = token_layout(grid, block_size=cfg.block_size, curve=cfg.curve,
-                                  first_frame_prefix=self.first_frame_prefix, device=latent.device)
+                                  first_frame_prefix=self.first_frame_prefix, last_frame_suffix=both_ends,
+                                  device=latent.device)
         backend = cfg.backend
         if backend == "auto":
             backend = "triton" if latent.is_cuda and triton_available() else "torch"
         plan = self.plan
         plan.active, plan.num_tokens, plan.layout, plan.sparse = True, num_tokens, layout, False
         plan.adjacency = layout.adjacency if layout is not None and cfg.adjacency else None
-        plan.always_keep = layout.first_frame if layout is not None and self.first_frame else None
+        plan.always_keep = None
+        if layout is not None and self.first_frame:
+            plan.always_keep = layout.first_frame | layout.last_frame if self.last_frame else layout.first_frame
         plan.backend = backend
         return layout
 

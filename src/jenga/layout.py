@@ -7,6 +7,7 @@ Index contract (``dtype[shape]``) for a grid ``(T, H, W)``, ``N = T * H * W``, `
 - ``adjacency: bool[Vb, Vb]`` -- carved blocks i and j hold 3D neighbours (26-neighbourhood); symmetric,
   True diagonal.
 - ``first_frame: bool[Vb]`` -- carved blocks that hold at least one token of latent frame 0.
+- ``last_frame: bool[Vb]`` -- carved blocks that hold at least one token of the last latent frame.
 
 Two orders:
 
@@ -17,6 +18,8 @@ Two orders:
   ``token_replace`` image conditioning relies on, and frame 0 fills only ``ceil(H * W / block_size)``
   blocks: in a whole-grid Z-order a 128-token block spans 4 frames, so frame 0 touches about ``4 / T`` of
   all blocks instead of ``1 / T``, and "always keep the first frame" would keep four times too much.
+- ``first-frame prefix + last-frame suffix`` (first-and-last-frame conditioning, e.g. Wan FLF2V): frame 0,
+  then frames ``1..T-2``, then frame ``T-1``, each along its own curve, for the same reason at both ends.
 
 Layouts are cached per (grid, block size, curve, order, device); treat their tensors as read-only.
 """
@@ -48,6 +51,8 @@ class TokenLayout:
     inverse: torch.Tensor
     adjacency: torch.Tensor
     first_frame: torch.Tensor
+    last_frame: torch.Tensor
+    last_frame_suffix: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -67,6 +72,7 @@ class TokenLayout:
 
     def __repr__(self) -> str:
         order = "first-frame prefix + " if self.first_frame_prefix else ""
+        order += "last-frame suffix + " if self.last_frame_suffix else ""
         return (
             f"TokenLayout(grid={self.grid}, order={order}{self.curve}, block_size={self.block_size}, "
             f"blocks={self.num_blocks})"
@@ -79,36 +85,45 @@ def token_layout(
     block_size: int,
     curve: str = "zorder",
     first_frame_prefix: bool = False,
+    last_frame_suffix: bool = False,
     device: torch.device | str | None = None,
 ) -> TokenLayout:
-    """The cached :class:`TokenLayout` of ``grid`` on ``device`` (CPU when ``None``)."""
+    """The cached :class:`TokenLayout` of ``grid`` on ``device`` (CPU when ``None``); ``last_frame_suffix``
+    needs ``first_frame_prefix`` (first-and-last-frame conditioning)."""
     grid = tuple(int(s) for s in grid)
     if len(grid) != 3 or min(grid) < 1:
         raise ValueError(f"grid must be 3 positive ints (T, H, W), got {grid!r}")
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    if last_frame_suffix and not first_frame_prefix:
+        raise ValueError("last_frame_suffix=True needs first_frame_prefix=True")
     key = "cpu" if device is None else str(torch.device(device))
-    return _layout_on(grid, block_size, curve, bool(first_frame_prefix), key)
+    return _layout_on(grid, block_size, curve, bool(first_frame_prefix), bool(last_frame_suffix), key)
 
 
 @lru_cache(maxsize=32)
-def _layout_on(grid: Grid, block_size: int, curve: str, prefix: bool, device: str) -> TokenLayout:
+def _layout_on(grid: Grid, block_size: int, curve: str, prefix: bool, suffix: bool, device: str) -> TokenLayout:
     """One copy per device so a forward never re-uploads the tables."""
-    perm, inverse, adjacency, first = _layout_cpu(grid, block_size, curve, prefix)
+    perm, inverse, adjacency, first, last = _layout_cpu(grid, block_size, curve, prefix, suffix)
     return TokenLayout(grid, block_size, curve, prefix, perm.to(device), inverse.to(device),
-                       adjacency.to(device), first.to(device))
+                       adjacency.to(device), first.to(device), last.to(device), suffix)
 
 
 @lru_cache(maxsize=32)
-def _layout_cpu(grid: Grid, block_size: int, curve: str, prefix: bool):
+def _layout_cpu(grid: Grid, block_size: int, curve: str, prefix: bool, suffix: bool = False):
     t, h, w = grid
     n = t * h * w
     if prefix:
+        suffix = suffix and t > 2  # with 1 or 2 frames the prefix order already isolates the last frame
         head, _ = curve_permutation((1, h, w), curve, block_size=block_size)
         parts = [head]
-        if t > 1:
-            tail, _ = curve_permutation((t - 1, h, w), curve, block_size=block_size)
+        middle = t - 1 - int(suffix)
+        if middle > 0:
+            tail, _ = curve_permutation((middle, h, w), curve, block_size=block_size)
             parts.append(tail + h * w)
+        if suffix:
+            last, _ = curve_permutation((1, h, w), curve, block_size=block_size)
+            parts.append(last + (t - 1) * h * w)
         perm = torch.cat(parts)
         inverse = torch.empty_like(perm)
         inverse[perm] = torch.arange(n, dtype=torch.int64)
@@ -119,7 +134,9 @@ def _layout_cpu(grid: Grid, block_size: int, curve: str, prefix: bool):
     num_blocks = math.ceil(n / block_size)
     first = torch.zeros(num_blocks, dtype=torch.bool)
     first[torch.unique(inverse[: h * w] // block_size)] = True
-    return perm, inverse, adjacency, first
+    last = torch.zeros(num_blocks, dtype=torch.bool)
+    last[torch.unique(inverse[(t - 1) * h * w :] // block_size)] = True
+    return perm, inverse, adjacency, first, last
 
 
 def _adjacency_of_order(grid: Grid, inverse: torch.Tensor, block_size: int) -> torch.Tensor:

@@ -101,6 +101,12 @@ def needs_driver(config: JengaConfig) -> bool:
     return len(_segments(config)) > 1 or any(stage.shift is not None for stage in config.stages)
 
 
+def takes_last_frame(pipeline: Any) -> bool:
+    """Whether ``pipeline.__call__`` accepts a ``last_image`` (first-and-last-frame conditioning): its calls then
+    go through the driver, which tells the carving to keep the last frame's blocks when one is given."""
+    return "last_image" in inspect.signature(type(pipeline).__call__).parameters
+
+
 def plan_stages(config: JengaConfig, num_steps: int, latent_hw: tuple[int, int], multiple: int) -> list[StagePlan]:
     """Stages of a ``num_steps`` run on a full latent of ``latent_hw``; sizes are multiples of ``multiple``.
 
@@ -173,7 +179,7 @@ def _staged_call(self, *args: Any, **kwargs: Any) -> Any:
     transformers = (getattr(self, "transformer", None), getattr(self, "transformer_2", None))
     records = [getattr(t, "_orig_mod", t).__dict__.get(_RECORD) for t in transformers if t is not None]
     records = [r for r in records if r is not None]
-    if not records or not needs_driver(records[0].config):
+    if not records:
         return stock(self, *args, **kwargs)
     bound = inspect.signature(stock).bind(self, *args, **kwargs)
     bound.apply_defaults()
@@ -182,7 +188,17 @@ def _staged_call(self, *args: Any, **kwargs: Any) -> Any:
     for name, param in inspect.signature(stock).parameters.items():
         if param.kind is inspect.Parameter.VAR_KEYWORD:
             params.update(params.pop(name))
-    return _run_stages(self, stock, records, params)
+    # first-and-last-frame conditioning (Wan FLF2V): the last latent frame's blocks are kept like the first's
+    last_frame = params.get("last_image") is not None
+    for record in records:
+        record.runtime.last_frame = last_frame
+    try:
+        if not needs_driver(records[0].config):
+            return stock(self, *args, **kwargs)
+        return _run_stages(self, stock, records, params)
+    finally:
+        for record in records:
+            record.runtime.last_frame = False
 
 
 def _run_stages(pipe: Any, stock: Callable, records: list[Any], params: dict[str, Any]) -> Any:
