@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = {
     "demo": ["--out-dir", "--prompt", "--size", "--steps", "--preset", "--cdf-threshold", "--device", "--seed",
              "--threads", "--no-progress"],
-    "generate": ["--model", "--prompt", "--negative-prompt", "--image", "--preset", "--out", "--height", "--width",
-                 "--frames", "--steps", "--guidance", "--fps", "--seed", "--dtype", "--device", "--offload",
-                 "--dense"],
+    "generate": ["--model", "--prompt", "--negative-prompt", "--image", "--last-image", "--preset", "--out",
+                 "--height", "--width", "--frames", "--steps", "--guidance", "--fps", "--seed", "--dtype", "--device",
+                 "--offload", "--dense"],
     "bench": ["attention", "pipeline"],
 }
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a CUDA device")
@@ -211,3 +211,15 @@ def test_demo_rejects_a_prompt_it_cannot_read(capsys):
     assert code == cli.USAGE
     err = capsys.readouterr().err
     assert "--prompt" in err and "'triangle'" in err and "disc" in err
+
+
+def test_generate_last_image_needs_a_first_image(tmp_path, capsys):
+    from _tiny import image
+
+    picture = tmp_path / "last.png"
+    image().save(picture)
+    code = cli.main(["generate", "--model", "no/such-model", "--prompt", "a cat", "--last-image", str(picture),
+                     "--out", str(tmp_path / "c.mp4")])
+    assert code == cli.USAGE
+    assert "--last-image needs --image" in capsys.readouterr().err
+

@@ -111,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True, help="text prompt")
     gen.add_argument("--negative-prompt", default=None, help="negative prompt (default: the pipeline's)")
     gen.add_argument("--image", type=Path, default=None, help="first-frame image for image-to-video pipelines")
+    gen.add_argument("--last-image", type=Path, default=None,
+                     help="last-frame image, with --image, for first-and-last-frame models (Wan2.1-FLF2V)")
     gen.add_argument("--preset", default=None,
                      help="jenga preset of the model family: base, turbo (all), flash, 3stage (HunyuanVideo); "
                           "default: base")
@@ -227,8 +229,11 @@ def _device(name: str) -> str:
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    if args.image is not None and not args.image.is_file():
-        raise UsageError(f"--image {args.image}: no such file")
+    for flag, path in (("--image", args.image), ("--last-image", args.last_image)):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{flag} {path}: no such file")
+    if args.last_image is not None and args.image is None:
+        raise UsageError("--last-image needs --image (the first frame)")
     if args.out.suffix.lower() != ".mp4":
         raise UsageError(f"--out must end in .mp4, got {args.out}")
     device = _device(args.device)
@@ -318,6 +323,12 @@ def _call_arguments(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
         call["image"] = load_image(str(args.image))
     elif "image" in accepted:
         raise UsageError(f"{type(pipe).__name__} is an image-to-video pipeline: pass --image")
+    if args.last_image is not None:
+        if "last_image" not in accepted:
+            raise UsageError(f"--last-image given but {type(pipe).__name__} takes no last frame")
+        from diffusers.utils import load_image
+
+        call["last_image"] = load_image(str(args.last_image))
     unknown = sorted(set(call) - accepted)
     if unknown:
         raise UsageError(f"{type(pipe).__name__} does not accept {unknown}")
