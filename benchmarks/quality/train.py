@@ -46,10 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", type=Path, default=None,
                         help="continue from these weights (e.g. the shipped src/jenga/toy/weights/"
                              "toy-wan.safetensors): training adds up across GPU sessions; use a new --seed then")
+    parser.add_argument("--tokens", type=int, default=None,
+                        help=f"tokens per batch (default {TOKENS}; fewer gives more, noisier steps in the same time)")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run at tiny sizes")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     buckets, tokens = (TINY_BUCKETS, TINY_TOKENS) if args.tiny else (BUCKETS, TOKENS)
+    if args.tokens is not None:
+        if args.tokens < 1:
+            parser.error("--tokens must be positive")
+        tokens = args.tokens
 
     torch.manual_seed(args.seed)
     data_gen = torch.Generator().manual_seed(args.seed + 1)
