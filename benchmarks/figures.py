@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import jenga
-from jenga.adapters.wan import _rotate_pairs
+from jenga.adapters.wan import self_attention_qkv
 from jenga.toy.data import Prompt, render
 from jenga.toy.model import load_pretrained
 
@@ -53,9 +53,7 @@ def toy_mask(layer: int = 3) -> np.ndarray:
 
     def hook(attn, args):
         hidden, rotary = args[0], args[3]
-        q = _rotate_pairs(attn.norm_q(attn.to_q(hidden)).unflatten(2, (attn.heads, -1)), *rotary)
-        k = _rotate_pairs(attn.norm_k(attn.to_k(hidden)).unflatten(2, (attn.heads, -1)), *rotary)
-        captured["qk"] = q, k
+        captured["qk"] = self_attention_qkv(attn, hidden, rotary)[:2]
         raise _Stop
 
     handle = transformer.blocks[layer].attn1.register_forward_pre_hook(hook)

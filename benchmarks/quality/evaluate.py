@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 import jenga
-from jenga.adapters.wan import _rotate_pairs
+from jenga.adapters.wan import self_attention_qkv
 from jenga.toy.data import all_single_prompts, render
 from jenga.toy.model import build_pipeline, load_pretrained, quiet_frame_rounding
 from jenga.toy.score import psnr, ssim, task_score
@@ -147,9 +147,7 @@ class Capture:
                 return
             hidden, rotary = args[0][:1], args[3]
             with torch.no_grad():
-                q = _rotate_pairs(attn.norm_q(attn.to_q(hidden)).unflatten(2, (attn.heads, -1)), *rotary)
-                k = _rotate_pairs(attn.norm_k(attn.to_k(hidden)).unflatten(2, (attn.heads, -1)), *rotary)
-                v = attn.to_v(hidden).unflatten(2, (attn.heads, -1))
+                q, k, v = self_attention_qkv(attn, hidden, rotary)
             self.records.append(dict(layer=layer, step=index // 2, grid=self.grid, q=q.float(), k=k.float(),
                                      v=v.float()))
         return hook

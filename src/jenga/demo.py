@@ -217,7 +217,7 @@ class _MaskCapture:
             self.handle = None
 
     def _hook(self, attn: torch.nn.Module, args: tuple) -> None:
-        from .adapters.wan import _rotate_pairs
+        from .adapters.wan import self_attention_qkv
 
         record = self.transformer.__dict__.get("_jenga_patch")
         if record is None:
@@ -227,8 +227,7 @@ class _MaskCapture:
         if not plan.carves(hidden.shape[1]):
             return
         with torch.no_grad():
-            q = _rotate_pairs(attn.norm_q(attn.to_q(hidden)).unflatten(2, (attn.heads, -1)), *rotary)
-            k = _rotate_pairs(attn.norm_k(attn.to_k(hidden)).unflatten(2, (attn.heads, -1)), *rotary)
+            q, k, _ = self_attention_qkv(attn, hidden, rotary)
             self.lists = select_blocks(q, k, drop_rate=plan.drop_rate, cdf_threshold=cfg.cdf_threshold,
                                        block_size=cfg.block_size, adjacency=plan.adjacency,
                                        always_keep=plan.always_keep)

@@ -34,6 +34,24 @@ def _rotate_pairs(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Ten
     return out.type_as(x)
 
 
+def self_attention_qkv(
+    attn: torch.nn.Module, hidden_states: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Post-RoPE ``q, k, v`` ``[B, N, H, D]`` of a Wan ``attn1``, as the stock processor computes them
+    (projections read from ``attn`` at call time, so LoRA layers loaded later are used)."""
+    if getattr(attn, "fused_projections", False):
+        query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+    else:
+        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+    query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+    key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+    value = value.unflatten(2, (attn.heads, -1))
+    if rotary_emb is not None:
+        query = _rotate_pairs(query, *rotary_emb)
+        key = _rotate_pairs(key, *rotary_emb)
+    return query, key, value
+
+
 class WanCarvingProcessor(CarvingProcessor):
     """``attn1`` processor: block-sparse self-attention when the forward carves, else the stock processor.
 
@@ -57,17 +75,7 @@ class WanCarvingProcessor(CarvingProcessor):
         ):
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
-        if getattr(attn, "fused_projections", False):
-            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query = _rotate_pairs(query, *rotary_emb)
-            key = _rotate_pairs(key, *rotary_emb)
-
+        query, key, value = self_attention_qkv(attn, hidden_states, rotary_emb)
         out = carve_attention(query, key, value, self.runtime, layer=self.layer)
         out = out.flatten(2, 3).type_as(query)
         out = attn.to_out[0](out)
