@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     params = [*transformer.parameters(), *prompts.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     ema_t, ema_p = copy.deepcopy(transformer).eval(), copy.deepcopy(prompts).eval()
+    ema_params = [*ema_t.parameters(), *ema_p.parameters()]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
         "cpu", enabled=False)
 
@@ -104,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.step()
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for ema, live in ((ema_t, transformer), (ema_p, prompts)):
-                for e, p in zip(ema.parameters(), live.parameters(), strict=True):
-                    e.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(ema_params, params, 1 - decay)  # one launch per dtype, not per tensor
         losses.append(loss.detach())
         step += 1
         if step % 25 == 0:
