@@ -227,9 +227,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="copies of the 48 prompts, each with its own noise (task score resolution 100/(48 R))")
     parser.add_argument("--keeps", nargs="+", type=float, default=[0.25, 0.125])
     parser.add_argument("--skip-attention", action="store_true")
+    parser.add_argument("--skip-generation", action="store_true", help="only the attention level (curve ablation)")
+    parser.add_argument("--frames", type=int, default=None, help="override the clip length (default 16; tiny 4)")
+    parser.add_argument("--side", type=int, default=None,
+                        help="override the frame side in pixels, a multiple of 16 (default 64; tiny 32): e.g. 48 "
+                             "gives a 24-token-wide grid, which 128-token raster blocks do not tile in whole rows")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="override the step count; attention is captured at 10 %%, 50 %% and 90 %% of it")
     parser.add_argument("--tiny", action="store_true", help="CPU check at a small size")
     args = parser.parse_args(argv)
+    if args.skip_generation and args.skip_attention:
+        parser.error("--skip-generation and --skip-attention together leave nothing to measure")
     size = TINY if args.tiny else FULL
+    for name in ("frames", "side", "steps"):
+        value = getattr(args, name)
+        if value is not None and (value < 1 or (name == "side" and value % 16)):
+            parser.error(f"--{name} must be positive" + (" and a multiple of 16" if name == "side" else ""))
+    size = dataclasses.replace(size, frames=args.frames or size.frames, side=args.side or size.side)
+    if args.steps is not None:
+        capture = tuple(sorted({min(args.steps - 1, round(args.steps * f)) for f in (0.1, 0.5, 0.9)}))
+        size = dataclasses.replace(size, steps=args.steps, capture_steps=capture)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     kwargs = {} if args.weights is None else {"path": args.weights}
@@ -246,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     result["repeats"] = args.repeats
-    result["generation"] = generation_level(pipe, prompts_module, size, args.seed, args.guidance, log, args.repeats)
-    args.out.write_text(json.dumps(result, indent=1))
+    if not args.skip_generation:
+        result["generation"] = generation_level(pipe, prompts_module, size, args.seed, args.guidance, log,
+                                                args.repeats)
+        args.out.write_text(json.dumps(result, indent=1))
     if not args.skip_attention:
         result["attention"] = attention_level(pipe, prompts_module, size, args.seed, args.guidance,
                                               tuple(args.keeps), log)
