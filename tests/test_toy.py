@@ -421,3 +421,16 @@ def test_pipeline_runs_and_frame_rounding_is_quiet(shipped, pipeline_log):
 
     call(1)  # outside the context manager the filter is gone again and the warning shows
     assert len(pipeline_log) == 2 and "has to be divisible by 1" in pipeline_log[1]
+
+
+def test_read_object_axis_ignores_the_sign_but_not_the_axis(clips64, singles):
+    """A reversed prompt keeps the axis right (direction wrong); a perpendicular one gets neither."""
+    perpendicular = {"up": "left", "down": "right", "left": "up", "right": "down"}
+    for clip, prompt in zip(clips64[:8], singles[:8], strict=True):
+        assert read_object(clip, prompt).axis_ok
+        reversed_reading = read_object(clip, _flip(prompt))
+        assert reversed_reading.axis_ok and not reversed_reading.direction_ok
+        first = prompt.objects[0]
+        turned = Prompt((dataclasses.replace(first, direction=perpendicular[first.direction]),))
+        turned_reading = read_object(clip, turned)
+        assert not turned_reading.axis_ok and not turned_reading.direction_ok

@@ -239,10 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_generation and args.skip_attention:
         parser.error("--skip-generation and --skip-attention together leave nothing to measure")
     size = TINY if args.tiny else FULL
-    for name in ("frames", "side", "steps"):
-        value = getattr(args, name)
-        if value is not None and (value < 1 or (name == "side" and value % 16)):
-            parser.error(f"--{name} must be positive" + (" and a multiple of 16" if name == "side" else ""))
+    if any(v is not None and v < 1 for v in (args.frames, args.side, args.steps)) or args.repeats < 1:
+        parser.error("--frames, --side, --steps and --repeats must be positive")
+    if args.side is not None and args.side % 16:
+        parser.error(f"--side must be a multiple of 16 (WanPipeline's check), got {args.side}")
     size = dataclasses.replace(size, frames=args.frames or size.frames, side=args.side or size.side)
     if args.steps is not None:
         capture = tuple(sorted({min(args.steps - 1, round(args.steps * f)) for f in (0.1, 0.5, 0.9)}))
@@ -260,8 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     result: dict[str, Any] = dict(card=card, size=dataclasses.asdict(size), seed=args.seed, guidance=args.guidance,
                                   dtype=str(dtype), date=time.strftime("%Y-%m-%d"))
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
     result["repeats"] = args.repeats
     if not args.skip_generation:
         result["generation"] = generation_level(pipe, prompts_module, size, args.seed, args.guidance, log,

@@ -66,6 +66,7 @@ class ObjectReading:
 
     present: bool
     direction_ok: bool
+    axis_ok: bool  # moves along the prompted axis, either way: learned motion even where the sign is wrong
     shape_ok: bool
     displacement: tuple[float, float]  # (dy, dx) of the blob's centroid over the first frames, pixels
 
@@ -87,7 +88,8 @@ def read_object(clip: torch.Tensor, prompt: Prompt) -> ObjectReading:
     present_frames = area >= MIN_AREA * math.pi * (RADIUS[0] * side) ** 2
     last = min(CLEAR_FRAMES - 1, frames - 1)
     if not bool(present_frames[: last + 1].all()) or last < 1:
-        return ObjectReading(bool(present_frames.float().mean() >= 0.5), False, False, (0.0, 0.0))
+        return ObjectReading(present=bool(present_frames.float().mean() >= 0.5), direction_ok=False, axis_ok=False,
+                             shape_ok=False, displacement=(0.0, 0.0))
     yy = torch.arange(height, device=unit.device, dtype=torch.float32).view(1, height, 1)
     xx = torch.arange(width, device=unit.device, dtype=torch.float32).view(1, 1, width)
     weights = mask.float()
@@ -97,13 +99,16 @@ def read_object(clip: torch.Tensor, prompt: Prompt) -> ObjectReading:
     want_y, want_x = DIRECTIONS[obj.direction]
     along = dy * want_y + dx * want_x
     across = abs(dy * want_x) + abs(dx * want_y)
-    direction_ok = along >= 0.5 * SPEED[0] * side * last and along > across
+    travel = 0.5 * SPEED[0] * side * last  # half the slowest object's path over the frames read
+    axis_ok = abs(along) >= travel and abs(along) > across
+    direction_ok = axis_ok and along > 0
     first = mask[0]
     rows, cols = first.any(1).nonzero(), first.any(0).nonzero()
     box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
     fill = float(first.sum() / box)
     shape_ok = (fill > SQUARE_FILL) == (obj.shape == "square")
-    return ObjectReading(True, bool(direction_ok), bool(shape_ok), (dy, dx))
+    return ObjectReading(present=True, direction_ok=bool(direction_ok), axis_ok=bool(axis_ok), shape_ok=bool(shape_ok),
+                         displacement=(dy, dx))
 
 
 def task_score(videos: torch.Tensor, prompts: list[Prompt]) -> dict[str, float]:
