@@ -466,8 +466,10 @@ def summarise(timer: CallTimer, wall: float, spec: ModelSpec, cfg: jenga.JengaCo
         calls = [c for c in timer.calls if c.kind == kind]
         sparse = {c.sparse for c in calls if c.computed}
         skip = {c.skip for c in calls if c.computed}
+        first = next((c.seconds for c in calls if c.computed), None)  # includes compilation and autotuning
         kinds.append(dict(kind=list(map(str, kind)), calls=len(calls), computed=sum(c.computed for c in calls),
-                          median_s=round(median, 4), jenga_sparse=sorted(map(str, sparse)),
+                          median_s=round(median, 4), first_call_s=None if first is None else round(first, 3),
+                          jenga_sparse=sorted(map(str, sparse)),
                           jenga_skip=sorted(map(str, skip))))
     expected_calls = steps * spec.branches
     effects = check_effects(timer, cfg, spec, medians)
@@ -564,7 +566,9 @@ def _free(device: torch.device) -> None:
 
 
 def run_model(spec: ModelSpec, columns: list[Column], args: argparse.Namespace, device: torch.device,
-              dtype: torch.dtype, log: Callable[[str], None]) -> dict[str, Any]:
+              dtype: torch.dtype, log: Callable[[str], None],
+              on_column: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every column on one built transformer; ``on_column(results so far)`` after each (to save them)."""
     log(f"{spec.name}: {spec.width}x{spec.height}, {spec.frames} frames, latent {spec.latent}, {args.steps} steps, "
         f"{spec.branches} transformer call(s) per step")
     started = time.time()
@@ -589,15 +593,31 @@ def run_model(spec: ModelSpec, columns: list[Column], args: argparse.Namespace, 
         finally:
             torch._dynamo.reset()
             _free(device)
+        if on_column is not None:
+            on_column(model_entry(spec, args, params, results))
     add_ratios(spec.name, results, targets=not args.tiny)
-    entry = dict(params=params, latent=list(spec.latent), height=spec.height, width=spec.width, frames=spec.frames,
-                 steps=args.steps, mode=args.mode, warmup=args.warmup, samples=args.samples,
-                 layers=spec.config.get("num_layers"), columns=results)
+    entry = model_entry(spec, args, params, results)
     del pipe, transformer
     _free(device)
     if args.vae:
         entry["vae_decode"] = time_vae_decode(spec, device, dtype, args.tiny)
         log(f"  vae decode: {entry['vae_decode']}")
+    return entry
+
+
+def model_entry(spec: ModelSpec, args: argparse.Namespace, params: int, results: dict[str, Any]) -> dict[str, Any]:
+    return dict(params=params, latent=list(spec.latent), height=spec.height, width=spec.width, frames=spec.frames,
+                steps=args.steps, mode=args.mode, warmup=args.warmup, samples=args.samples,
+                layers=spec.config.get("num_layers"), columns=dict(results))
+
+
+def merge_entry(model: str, previous: dict[str, Any], entry: dict[str, Any], targets: bool) -> dict[str, Any]:
+    """Columns run separately (same steps and mode) land in one table; newer figures replace older."""
+    if previous.get("steps") == entry["steps"] and previous.get("mode") == entry["mode"]:
+        entry = {**entry, "columns": {**previous.get("columns", {}), **entry["columns"]}}
+        if "vae_decode" not in entry and "vae_decode" in previous:
+            entry["vae_decode"] = previous["vae_decode"]
+    add_ratios(model, entry["columns"], targets=targets)
     return entry
 
 
@@ -708,21 +728,21 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(__file__).parent / "results" / f"pipeline-{card}.json"
     data = json.loads(out.read_text()) if out.exists() else {"meta": {}, "models": {}}
     started = time.time()
-    for name in args.models:
-        entry = run_model(specs[name], columns, args, device, dtype, log)
-        previous = data["models"].get(name, {})
-        if previous.get("steps") == entry["steps"] and previous.get("mode") == entry["mode"]:
-            entry["columns"] = {**previous.get("columns", {}), **entry["columns"]}  # columns run separately
-            if "vae_decode" not in entry and "vae_decode" in previous:
-                entry["vae_decode"] = previous["vae_decode"]
-            add_ratios(name, entry["columns"], targets=not args.tiny)
-        data["models"][name] = entry
+
+    def save(name: str, entry: dict[str, Any], previous: dict[str, Any]) -> None:
+        data["models"][name] = merge_entry(name, previous, entry, targets=not args.tiny)
         data["meta"] = dict(card=card, torch=torch.__version__, commit=git_commit(), date=time.strftime("%Y-%m-%d"),
                             python=platform.python_version(), tiny=args.tiny,
                             cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
                             seconds=round(time.time() - started))
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(data, indent=1))  # after every model: a later failure keeps these
+        out.write_text(json.dumps(data, indent=1))  # after every column: a time limit keeps what was measured
+
+    for name in args.models:
+        previous = data["models"].get(name, {})
+        entry = run_model(specs[name], columns, args, device, dtype, log,
+                          on_column=lambda partial, name=name, previous=previous: save(name, partial, previous))
+        save(name, entry, previous)
     log(markdown({name: data["models"][name] for name in args.models}))
     log(f"wrote {out}")
     failed = any("error" in r for name in args.models for r in data["models"][name]["columns"].values())

@@ -75,6 +75,10 @@ class ForwardPlan:
     branch: str | None = None
     skip: bool = False
     skip_key: Any = None
+    # step skipping: the cached residual this forward adds (when ``skip``), and the one it computed; the
+    # traced code only reads and sets these attributes, so torch.compile guards on no branch key
+    residual: torch.Tensor | None = None
+    new_residual: torch.Tensor | None = None
     adjacency: torch.Tensor | None = None
     always_keep: torch.Tensor | None = None
     backend: str = "torch"
@@ -125,6 +129,8 @@ class CarvingRuntime:
     text_bias: float = 0.0  # added to the text-key logits (HunyuanVideo amplifier, low-resolution stages)
     # step skipping (jenga.skipping): block-stack residual of the last computed step, per CFG branch
     residuals: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
+    # ``(layer, kv_count, key_blocks, video_blocks)`` of this forward's sparse layers, made LayerStats at its end
+    pending_stats: list[tuple[int, torch.Tensor, int, int]] = field(default_factory=list, repr=False)
     _ordinal: tuple[int, int] = field(default=(-1, 0), repr=False)
     _last_reason: str | None = field(default=None, repr=False)
 
@@ -159,6 +165,8 @@ class CarvingRuntime:
         plan.active, plan.num_tokens, plan.layout, plan.sparse = True, num_tokens, layout, False
         plan.adjacency = layout.adjacency if layout is not None and cfg.adjacency else None
         plan.always_keep = None
+        plan.residual = plan.new_residual = None
+        self.pending_stats.clear()
         if layout is not None and self.first_frame:
             plan.always_keep = layout.first_frame | layout.last_frame if self.last_frame else layout.first_frame
         plan.backend = backend
@@ -172,14 +180,16 @@ class CarvingRuntime:
         drop_rate = cfg.drop_rates[cfg.stage_at(progress)]
         plan.step, plan.total, plan.progress, plan.drop_rate = step, total, progress, drop_rate
         plan.branch = getattr(context, "name", None)
-        plan.skip = False
+        plan.skip, plan.residual = False, None
         if cfg.skip_steps:
             # without a branch name (custom loops), the k-th forward of a step is branch k
             ordinal = self._ordinal[1] + 1 if self._ordinal[0] == step else 0
             self._ordinal = (step, ordinal)
             plan.skip_key = plan.branch if plan.branch is not None else ordinal
-            plan.skip = (not stage_start and total > 0 and plan.skip_key in self.residuals
+            cached = self.residuals.get(plan.skip_key)
+            plan.skip = (not stage_start and total > 0 and cached is not None
                          and step in skipped_steps(cfg, total))
+            plan.residual = cached if plan.skip else None
         if plan.layout is None:
             plan.sparse = False
         elif progress < cfg.dense_steps - _EPS:
@@ -194,13 +204,23 @@ class CarvingRuntime:
 
     @torch.compiler.disable
     def end_forward(self) -> None:
-        self.plan.active = False
+        """After the block stack: keep its residual for later skipped steps, file the layer statistics."""
+        plan = self.plan
+        plan.active = False
+        if plan.new_residual is not None:
+            self.residuals[plan.skip_key] = plan.new_residual
+            plan.new_residual = None
+        plan.residual = None
+        for layer, kv_count, key_blocks, video_blocks in self.pending_stats:
+            self.stats.append(LayerStats(plan.step, layer, plan.branch, kv_count, key_blocks, video_blocks))
+        self.pending_stats.clear()
 
     def reset(self) -> None:
         """Forget the last forward (in place: compiled processors keep reading the same plan object)."""
         for f in fields(ForwardPlan):
             setattr(self.plan, f.name, f.default)
         self.residuals.clear()
+        self.pending_stats.clear()
         self._ordinal = (-1, 0)
         self._last_reason = None
 

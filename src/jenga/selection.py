@@ -161,6 +161,7 @@ def _mass_limit(cdf_threshold: float) -> int:
 _TRITON_IMPORTABLE: list[bool] = []  # filled on first use: importing triton costs time, so not at import
 
 
+@torch.compiler.assume_constant_result  # fixed for the process: torch.compile needs no guard on the cache
 def _triton_importable() -> bool:
     """Whether the Triton kernel module loads here (CPU-only installs may lack triton)."""
     if not _TRITON_IMPORTABLE:

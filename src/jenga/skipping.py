@@ -12,10 +12,13 @@ rate continue the same trajectory), and any step without a cached residual of it
 shape (first forward of a transformer, new grid after a switch, Wan 2.2's second expert).
 
 Mechanics: one :class:`BlockSkipHook` (a diffusers ``ModelHook`` named :data:`SKIP_HOOK`) per block of
-the stack. The clock hook decides ``plan.skip`` before the blocks run (:meth:`CarvingRuntime.set_step`);
-the first block records its input on computed steps and the last block stores ``output - input`` under
-the branch key (the cache-context name, or the forward's ordinal within the step in custom loops). The
-cache lives on the runtime and is cleared with the pipeline's stateful hooks at the end of every call.
+the stack. The clock hook decides ``plan.skip`` and hands over the cached residual before the blocks run
+(:meth:`CarvingRuntime.set_step`); the first block records its input on computed steps and the last block
+leaves ``output - input`` on the plan, which :meth:`CarvingRuntime.end_forward` files under the branch key
+(the cache-context name, or the forward's ordinal within the step in custom loops). Every dictionary
+access happens in those two eager methods, so under ``torch.compile`` the traced blocks guard on the
+``skip`` flag only, never on a branch key. The cache lives on the runtime and is cleared with the
+pipeline's stateful hooks at the end of every call.
 
 Skip hooks sit inside jenga's token-order hooks (registered first), so residuals are in the same token
 order as the blocks see. diffusers' block caches (``apply_first_block_cache``, MagCache, SEA cache) also
@@ -77,6 +80,11 @@ def check_no_block_cache(blocks: list[torch.nn.Module]) -> None:
             )
 
 
+@torch.compiler.disable
+def _log_no_residual(step: int, branch: Any) -> None:
+    logger.debug("jenga: step %d computed: no residual of this shape for branch %r", step, branch)
+
+
 class BlockSkipHook(ModelHook):
     """One block of the stack: run it, or pass its input through (the last block adds the cached residual).
 
@@ -100,19 +108,18 @@ class BlockSkipHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
         state = self._shared()
+        plan = self.runtime.plan  # decided eagerly by the clock hook: the traced code reads flags only
         if self.first:
-            plan = self.runtime.plan
-            cached = self.runtime.residuals.get(plan.skip_key) if plan.skip else None
-            state.skipping = cached is not None and cached.shape == hidden.shape
+            cached = plan.residual
+            state.skipping = plan.skip and cached is not None and cached.shape == hidden.shape
             if plan.skip and not state.skipping:
-                logger.debug("jenga: step %d computed: no residual of this shape for branch %r", plan.step,
-                             plan.skip_key)
+                _log_no_residual(plan.step, plan.skip_key)
             if not state.skipping:
                 check_no_block_cache(self.blocks)
                 state.stack_input = hidden
         if state.skipping:
             if self.last:
-                hidden = hidden + self.runtime.residuals[self.runtime.plan.skip_key]
+                hidden = hidden + plan.residual
             if self.pair:
                 text = args[1] if len(args) > 1 else kwargs["encoder_hidden_states"]
                 return hidden, text
@@ -120,7 +127,7 @@ class BlockSkipHook(ModelHook):
         output = self.fn_ref.original_forward(*args, **kwargs)
         if self.last and state.stack_input is not None:
             out_hidden = output[0] if self.pair else output
-            self.runtime.residuals[self.runtime.plan.skip_key] = out_hidden - state.stack_input
+            plan.new_residual = out_hidden - state.stack_input  # filed under the branch by end_forward
             state.stack_input = None
         return output
 

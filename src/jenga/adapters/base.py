@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from .._state import LayerStats
 from ..attention import block_sparse_attention
 from ..blocks import BlockLists, dense_to_lists
 from ..selection import select_blocks
@@ -170,8 +169,10 @@ def carve_attention(
     else:
         lists = _select_without_condition(q, k, plan, cfg.cdf_threshold, block)
     if cfg.collect_stats:
-        runtime.stats.append(LayerStats(plan.step, layer, plan.branch, lists.kv_count.detach(),
-                                        lists.num_key_blocks, math.ceil(num_video / block)))
+        # filed with the step at the end of the forward: reading plan.step here would make torch.compile
+        # specialise the graph on it and recompile every step
+        runtime.pending_stats.append((layer, lists.kv_count.detach(), lists.num_key_blocks,
+                                      math.ceil(num_video / block)))
     return block_sparse_attention(
         q, k, v, lists.kv_index, lists.kv_count, block_size=block, key_lengths=key_lengths, key_bias=key_bias,
         backend=plan.backend, check_indices=False,
