@@ -9,6 +9,8 @@ the kernel is bound by L2 misses there, not by its arithmetic.
     python benchmarks/kernel_locality.py --shapes hunyuan wan14b
     ncu --clock-control none -k regex:block_sparse_fwd python benchmarks/kernel_locality.py --profile
 
+Each window is timed as one launch (autotuned, and one fixed tile config) and with the kernel's default key
+phases (``key_phases_for``: ranges of at most 24 MiB of keys + values per head, one launch each).
 ``--profile`` launches each case once with a fixed tile config (no autotuning, no timing) for a profiler.
 Writes ``benchmarks/results/kernel-locality-<card>.json`` (or ``--out``).
 """
@@ -26,7 +28,7 @@ import torch
 import triton
 from _common import BLOCK, SHAPES, bench, card_name, git_commit
 
-from jenga.kernels.triton_block_sparse import block_sparse_attention_triton
+from jenga.kernels.triton_block_sparse import block_sparse_attention_triton, key_phases_for
 
 FIXED = dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
 
@@ -50,13 +52,14 @@ def run_shape(name: str, args: argparse.Namespace, device: torch.device) -> list
     count = round(args.density * blocks)
     block_bytes = 2 * BLOCK * dim * q.element_size()  # keys + values of one block of one head
     rows = []
-    for mb in args.windows_mb:
-        window = blocks if mb <= 0 else min(blocks, max(count, round(mb * 1e6 / block_bytes)))
+    windows = sorted({blocks if mb <= 0 else min(blocks, max(count, round(mb * 1e6 / block_bytes)))
+                      for mb in args.windows_mb})
+    for window in windows:
         kv_index, kv_count = window_lists(heads, blocks, count, window, device, gen)
 
-        def run(config=None, kv_index=kv_index, kv_count=kv_count):
+        def run(config=None, phases=1, kv_index=kv_index, kv_count=kv_count):
             return block_sparse_attention_triton(q, k, v, kv_index, kv_count, BLOCK, None, n, 0.0, False,
-                                                 config=config)
+                                                 config=config, key_phases=phases)
 
         working_mb = window * block_bytes / 1e6
         if args.profile:
@@ -67,14 +70,17 @@ def run_shape(name: str, args: argparse.Namespace, device: torch.device) -> list
         flops = 4 * heads * n * BLOCK * dim * count  # every query row against count * BLOCK keys
         row = dict(shape=name, heads=heads, tokens=n, blocks=blocks, count=count, window=window,
                    working_set_mb=round(working_mb, 1))
-        for label, config in (("autotuned", None), ("fixed", FIXED)):
-            ms = bench(lambda config=config, run=run: run(config), args.budget_ms)
+        # one launch (autotuned and one fixed tile config) against the default key phases
+        variants = (("autotuned", None, 1), ("fixed", FIXED, 1), ("phases", None, key_phases_for(k)))
+        for label, config, phases in variants:
+            ms = bench(lambda config=config, phases=phases, run=run: run(config, phases), args.budget_ms)
             row[f"{label}_ms"] = round(ms, 3)
             row[f"{label}_tflops"] = round(flops / ms / 1e9, 1)
+        row["phases"] = key_phases_for(k)
         rows.append(row)
-        print(f"{name:8s} window {window:4d}/{blocks} blocks = {working_mb:5.1f} MB/head: autotuned "
-              f"{row['autotuned_ms']:8.3f} ms {row['autotuned_tflops']:6.1f} TFLOP/s, fixed "
-              f"{row['fixed_ms']:8.3f} ms {row['fixed_tflops']:6.1f} TFLOP/s", flush=True)
+        print(f"{name:8s} window {window:4d}/{blocks} blocks = {working_mb:5.1f} MB/head: " + ", ".join(
+            f"{label} {row[f'{label}_ms']:8.3f} ms {row[f'{label}_tflops']:6.1f} TFLOP/s" for label, _, _ in variants)
+            + f" ({row['phases']} phases)", flush=True)
     return rows
 
 

@@ -80,7 +80,10 @@ def test_triton_matches_golden(case, dtype):
 
 
 @needs_triton
-def test_triton_key_lengths_bias_and_empty_rows():
+@pytest.mark.parametrize("key_phases", [1, 3])
+def test_triton_key_lengths_bias_and_empty_rows(key_phases):
+    from jenga.kernels.triton_block_sparse import block_sparse_attention_triton
+
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     block = 32
     q, k, v, mask = random_case(2, 100, 150, 2, 32, torch.float32, block, 0.6, gen)
@@ -90,7 +93,9 @@ def test_triton_key_lengths_bias_and_empty_rows():
     key_lengths = torch.tensor([150, 77])
     bias = (120, 0.7)
     ref, ref_lse = golden(q, k, v, mask, block, key_lengths, bias)
-    out, lse = run("triton", q, k, v, mask, block, key_lengths=key_lengths, key_bias=bias)
+    kv_index, kv_count = dense_to_lists(mask)
+    out, lse = block_sparse_attention_triton(q, k, v, kv_index, kv_count, block, key_lengths, *bias, True,
+                                             key_phases=key_phases)
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) < 2e-5
     assert torch.equal(out[0, 64:96, 1], torch.zeros_like(out[0, 64:96, 1]))
@@ -101,7 +106,8 @@ def test_triton_key_lengths_bias_and_empty_rows():
 
 
 @needs_triton
-def test_triton_writes_every_output_element():
+@pytest.mark.parametrize("key_phases", [1, 2])
+def test_triton_writes_every_output_element(key_phases):
     """Poison the outputs: the kernel must overwrite every element, full and partial tiles alike."""
     from jenga.kernels import triton_block_sparse as tbs
 
@@ -110,10 +116,35 @@ def test_triton_writes_every_output_element():
     kv_index, kv_count = dense_to_lists(mask)
     out = torch.full_like(q, float("nan"))
     lse = torch.full((1, 2, 90), float("nan"))
-    tbs.block_sparse_attention_triton(q, k, v, kv_index, kv_count, 32, None, 90, 0.0, True, out=out, lse=lse)
+    tbs.block_sparse_attention_triton(q, k, v, kv_index, kv_count, 32, None, 90, 0.0, True, out=out, lse=lse,
+                                      key_phases=key_phases)
     ref, ref_lse = golden(q, k, v, mask, 32)
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()
     assert rel_err(out, ref) < 2e-5
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("key_phases", [2, 4])
+def test_key_phases_match_golden(key_phases, dtype):
+    """Keys split into ranges run one after another (what long sequences get on the GPU): same result as
+    one launch, including query blocks whose list has nothing in some ranges and a partial last block."""
+    from jenga.kernels.triton_block_sparse import block_sparse_attention_triton
+
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    q, k, v, mask = random_case(2, 120, 230, 2, 32, dtype, 32, 0.45, gen)
+    mask[0, 0, 1] = False
+    mask[0, 0, 1, 5] = True  # one block only: the other ranges see an empty run of the list
+    mask[1, 1, 0, :] = False  # an empty list
+    kv_index, kv_count = dense_to_lists(mask)
+    ref, ref_lse = golden(q, k, v, mask, 32)
+    out, lse = block_sparse_attention_triton(q, k, v, kv_index, kv_count, 32, None, 230, 0.0, True,
+                                             key_phases=key_phases)
+    assert rel_err(out, ref) < TOLERANCE[dtype]
+    assert torch.equal(out[1, :32, 1], torch.zeros_like(out[1, :32, 1]))
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert torch.allclose(lse.double()[finite], ref_lse[finite], atol=1e-4 if dtype == torch.float32 else 1e-2)
 
 
 @needs_triton

@@ -73,6 +73,39 @@ def test_sparse_matches_float64(dtype, head_dim):
     assert _rel(out, ref) < tol
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_key_phases_on_the_gpu_match_one_launch_and_float64(dtype):
+    """Key phases (what sequences past ~50k tokens get by default) on the compiled kernel, with key lengths,
+    a key bias and LSE, against one launch and the float64 reference."""
+    from jenga.kernels.triton_block_sparse import block_sparse_attention_triton, key_phases_for
+
+    torch.manual_seed(torch.seed() % 2**31)
+    batch, heads, n, block = 2, 3, 6_000, 128
+    q, k, v = (torch.randn(batch, n, heads, 128, device="cuda", dtype=dtype) for _ in range(3))
+    nb = math.ceil(n / block)
+    mask = torch.rand(batch, heads, nb, nb, device="cuda") < 0.3
+    mask[0, 0, 3] = False  # an empty list
+    kv_index, kv_count = dense_to_lists(mask)
+    key_lengths = torch.tensor([n, n - 700], device="cuda", dtype=torch.int32)
+    bias = (n - 1000, 0.4)
+    one, one_lse = block_sparse_attention_triton(q, k, v, kv_index, kv_count, block, key_lengths, *bias, True,
+                                                 key_phases=1)
+    split, split_lse = block_sparse_attention_triton(q, k, v, kv_index, kv_count, block, key_lengths, *bias, True,
+                                                     key_phases=3)
+    ref = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch",
+                                 key_lengths=key_lengths, key_bias=bias)
+    tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2}[dtype]
+    assert torch.isfinite(split).all()
+    assert _rel(split, ref) < tol and _rel(split, one) < tol
+    assert torch.equal(split[0, 384:512, 0], torch.zeros_like(split[0, 384:512, 0]))
+    finite = torch.isfinite(one_lse)
+    assert torch.equal(torch.isfinite(split_lse), finite)
+    assert torch.allclose(split_lse[finite], one_lse[finite], atol=1e-3)
+    # the default: one launch at this length, three at HunyuanVideo 720p's (61 MB of keys + values per head)
+    assert key_phases_for(k) == 1
+    assert key_phases_for(torch.empty(1, 119_056, 24, 128, device="cuda", dtype=torch.bfloat16)) == 3
+
+
 def test_sparse_matches_flex():
     torch.manual_seed(torch.seed() % 2**31)
     batch, heads, n, block = 1, 4, 9_000, 128

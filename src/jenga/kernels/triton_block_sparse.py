@@ -6,6 +6,11 @@ keeping an online softmax in float32 with ``exp2``. Listed blocks are ascending,
 block that starts before the key limit (``min(Nk, key_lengths[b])``) is partial: every other block runs
 the unmasked loop, that one alone the masked path.
 
+Long sequences run in key phases: the key blocks are cut into contiguous ranges, one launch each, so the
+keys and values that one head's concurrently running programs touch stay in L2 (lists ascend, so each
+range is a contiguous run of every list). A phase writes its normalised output and log-sum-exp in float32;
+the next folds them into its own, the last writes ``out`` (and the LSE).
+
 Layout: q/k/v/out are ``[B, N, H, D]`` (diffusers' layout, any strides with a unit last stride);
 LSE is ``float32[B, H, Nq]`` in natural-log units.
 """
@@ -120,7 +125,7 @@ def _attend_tile(
 
 @triton.jit
 def _block_sparse_fwd(
-    Q, K, V, Out, Lse, KvIndex, KvCount, KeyLengths,
+    Q, K, V, Out, Lse, KvIndex, KvCount, KeyLengths, Part, PartLse,
     stride_qb, stride_qn, stride_qh,
     stride_kb, stride_kn, stride_kh,
     stride_vb, stride_vn, stride_vh,
@@ -128,10 +133,13 @@ def _block_sparse_fwd(
     stride_lb, stride_lh,
     stride_ib, stride_ih, stride_iq,
     stride_cb, stride_ch,
-    batch, num_heads, seq_q, seq_k, qk_scale, bias_start, bias_log2, len_bucket,
+    stride_pb, stride_pn, stride_ph,
+    stride_plb, stride_plh,
+    batch, num_heads, seq_q, seq_k, qk_scale, bias_start, bias_log2, len_bucket, kb_lo, kb_hi,
     HEAD_DIM: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_KEY_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_LSE: tl.constexpr,
     UPCAST: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr,
+    SPLIT: tl.constexpr, MERGE_IN: tl.constexpr, FINAL: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -165,20 +173,28 @@ def _block_sparse_fwd(
     idx_base = KvIndex + b64 * stride_ib + h64 * stride_ih + qb * stride_iq
     count = tl.load(KvCount + b64 * stride_cb + h64 * stride_ch + qb)
 
-    # -- key limit; listed blocks that start before it form a prefix (lists ascend)
+    # -- this launch's entries of the list: [first, n_valid). Lists ascend, so the blocks that start before
+    # the key limit form a prefix, and a key phase [kb_lo, kb_hi) is a contiguous run of entries.
     key_limit = seq_k
+    first = 0
     n_valid = count
     if HAS_KEY_LENGTHS:
         key_limit = tl.minimum(seq_k, tl.load(KeyLengths + b))
-        limit_blocks = tl.cdiv(key_limit, KV_BLOCK)
+    if HAS_KEY_LENGTHS or SPLIT:
+        upper = tl.cdiv(key_limit, KV_BLOCK)
+        if SPLIT:
+            upper = tl.minimum(upper, kb_hi)
         n_valid = 0
         for c in range(0, count, 256):
             offs_c = c + tl.arange(0, 256)
             ids = tl.load(idx_base + offs_c, mask=offs_c < count, other=0x3FFFFFFF)
-            n_valid += tl.sum((ids < limit_blocks).to(tl.int32))
+            n_valid += tl.sum((ids < upper).to(tl.int32))
+            if SPLIT:
+                first += tl.sum((ids < kb_lo).to(tl.int32))
+        n_valid = tl.maximum(n_valid, first)
     # at most the last of them straddles the limit: it alone takes the masked path
     last_kb = tl.load(idx_base + tl.maximum(n_valid - 1, 0))
-    straddles = (n_valid > 0) & ((last_kb + 1) * KV_BLOCK > key_limit)
+    straddles = (n_valid > first) & ((last_kb + 1) * KV_BLOCK > key_limit)
     n_full = n_valid - straddles.to(tl.int32)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -187,7 +203,7 @@ def _block_sparse_fwd(
 
     # -- full blocks: one flat loop over (listed block, key sub-tile) so Triton can pipeline it
     SUB: tl.constexpr = KV_BLOCK // BLOCK_N
-    for it in range(0, n_full * SUB):
+    for it in range(first * SUB, n_full * SUB):
         kb = tl.load(idx_base + it // SUB)
         n0 = kb * KV_BLOCK + (it % SUB) * BLOCK_N
         k, v = _load_kv_tile(k_base, v_base, k_desc, v_desc, b, h, n0, stride_kn, stride_vn, offs_d, key_limit,
@@ -204,16 +220,33 @@ def _block_sparse_fwd(
             acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, k, v, n0, key_limit, qk_scale, bias_start, bias_log2,
                                          BLOCK_N, True, HAS_BIAS, IEEE)
 
-    # -- epilogue: rows that saw no valid key get 0 and LSE = -inf
+    # -- epilogue: rows that saw no valid key get 0 and LSE = -inf (log2 units until stored as LSE)
     has_key = l_i > 0.0
     out = acc / tl.where(has_key, l_i, 1.0)[:, None]
-    o_rows = offs_m[:, None].to(tl.int64) * stride_on
-    tl.store(Out + b64 * stride_ob + h64 * stride_oh + o_rows + offs_d[None, :], out.to(Out.dtype.element_ty),
-             mask=offs_m[:, None] < seq_q)
-    if WRITE_LSE:
-        lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453,
-                       float("-inf"))
-        tl.store(Lse + b64 * stride_lb + h64 * stride_lh + offs_m, lse, mask=offs_m < seq_q)
+    lse2 = tl.where(has_key, m_i + tl.math.log2(tl.where(has_key, l_i, 1.0)), float("-inf"))
+    row_ok = offs_m < seq_q
+    p_ptrs = Part + b64 * stride_pb + h64 * stride_ph + offs_m[:, None].to(tl.int64) * stride_pn + offs_d[None, :]
+    pl_ptrs = PartLse + b64 * stride_plb + h64 * stride_plh + offs_m
+    if MERGE_IN:  # fold in the earlier key phases' normalised output and log-sum-exp
+        prev = tl.load(p_ptrs, mask=row_ok[:, None], other=0.0)
+        prev_lse2 = tl.load(pl_ptrs, mask=row_ok, other=float("-inf"))
+        top = tl.maximum(prev_lse2, lse2)
+        top = tl.where(top == float("-inf"), 0.0, top)
+        w_prev = tl.math.exp2(prev_lse2 - top)
+        w_cur = tl.math.exp2(lse2 - top)
+        total = w_prev + w_cur
+        has_key = total > 0.0
+        out = (prev * w_prev[:, None] + out * w_cur[:, None]) / tl.where(has_key, total, 1.0)[:, None]
+        lse2 = tl.where(has_key, top + tl.math.log2(tl.where(has_key, total, 1.0)), float("-inf"))
+    if FINAL:
+        o_rows = offs_m[:, None].to(tl.int64) * stride_on
+        tl.store(Out + b64 * stride_ob + h64 * stride_oh + o_rows + offs_d[None, :], out.to(Out.dtype.element_ty),
+                 mask=row_ok[:, None])
+        if WRITE_LSE:
+            tl.store(Lse + b64 * stride_lb + h64 * stride_lh + offs_m, lse2 * 0.6931471805599453, mask=row_ok)
+    else:
+        tl.store(p_ptrs, out, mask=row_ok[:, None])
+        tl.store(pl_ptrs, lse2, mask=row_ok)
 
 
 # Tuned per head dim, block size and length bucket -- never per list contents, so one tuning serves
@@ -239,13 +272,15 @@ def block_sparse_attention_triton(
     lse: torch.Tensor | None = None,
     config: dict[str, int] | None = None,
     use_tma: bool | None = None,
+    key_phases: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel on validated inputs; returns ``(out, lse)`` (lse empty unless asked).
 
     ``out`` / ``lse`` may be given as preallocated buffers (tests poison them to catch unwritten elements).
     ``config`` (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``) bypasses the autotuner (benchmarks).
     ``use_tma`` loads keys and values through tensor descriptors (default: on Hopper and newer when the
-    layout allows it).
+    layout allows it). ``key_phases`` splits the key blocks into that many contiguous ranges, one launch
+    each, merged through a float32 partial output (default: :func:`key_phases_for`).
     """
     batch, seq_q, heads, head_dim = q.shape
     seq_k = k.shape[1]
@@ -274,22 +309,54 @@ def block_sparse_attention_triton(
         kernel, tiles = _block_sparse_fwd, {"BLOCK_M": tile, "BLOCK_N": tile}
     else:
         kernel, tiles = _block_sparse_fwd_tuned, {}
-    kernel[grid](
-        q, k, v, out, lse, kv_index, kv_count, key_lengths_arg,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
-        kv_index.stride(0), kv_index.stride(1), kv_index.stride(2),
-        kv_count.stride(0), kv_count.stride(1),
-        batch, heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim), bias_start, bias_value * _LOG2E,
-        _length_bucket(seq_k),
-        HEAD_DIM=head_dim, KV_BLOCK=block_size,
-        HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=return_lse, UPCAST=upcast,
-        IEEE=q.dtype == torch.float32, USE_TMA=use_tma, **tiles,
-    )
+
+    key_blocks = triton.cdiv(seq_k, block_size)
+    phases = key_phases_for(k) if key_phases is None else key_phases
+    phases = max(1, min(int(phases), key_blocks))
+    if phases > 1:
+        part = torch.empty((batch, seq_q, heads, head_dim), device=q.device, dtype=torch.float32)
+        part_lse = torch.empty((batch, heads, seq_q), device=q.device, dtype=torch.float32)
+    else:  # never read nor written: FINAL with no MERGE_IN
+        part, part_lse = out, lse
+    bounds = [i * key_blocks // phases for i in range(phases + 1)]
+    for phase in range(phases):
+        # every phase shares one autotuning key; the first (which reads no partial output) tunes it, so the
+        # benchmark never repeats a launch that merges in place
+        kernel[grid](
+            q, k, v, out, lse, kv_index, kv_count, key_lengths_arg, part, part_lse,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            lse.stride(0), lse.stride(1),
+            kv_index.stride(0), kv_index.stride(1), kv_index.stride(2),
+            kv_count.stride(0), kv_count.stride(1),
+            part.stride(0), part.stride(1), part.stride(2),
+            part_lse.stride(0), part_lse.stride(1),
+            batch, heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim), bias_start, bias_value * _LOG2E,
+            _length_bucket(seq_k), bounds[phase], bounds[phase + 1],
+            HEAD_DIM=head_dim, KV_BLOCK=block_size,
+            HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=return_lse, UPCAST=upcast,
+            IEEE=q.dtype == torch.float32, USE_TMA=use_tma,
+            SPLIT=phases > 1, MERGE_IN=phase > 0, FINAL=phase == phases - 1, **tiles,
+        )
     return out, lse
+
+
+# Keys and values of one head that the programs running at one time touch should stay in L2. On an H100
+# (50 MB of L2), random lists over a window of 16 MB of keys + values per head ran at 552 TFLOP/s, over
+# 61 MB at 444 (benchmarks/kernel_locality.py); above this many bytes per head the keys are split into
+# ranges run one after another.
+_PHASE_BYTES = 24 * 2**20
+
+
+def key_phases_for(k: torch.Tensor) -> int:
+    """Key ranges for a launch: 1 on the CPU and for short sequences, else enough to keep each range's
+    keys + values per head under :data:`_PHASE_BYTES`."""
+    if not k.is_cuda or interpreting():
+        return 1
+    per_head = 2 * k.shape[1] * k.shape[3] * k.element_size()
+    return max(1, math.ceil(per_head / _PHASE_BYTES))
 
 
 def _tma_default(k: torch.Tensor, v: torch.Tensor) -> bool:
