@@ -9,8 +9,8 @@ the kernel is bound by L2 misses there, not by its arithmetic.
     python benchmarks/kernel_locality.py --shapes hunyuan wan14b
     ncu --clock-control none -k regex:block_sparse_fwd python benchmarks/kernel_locality.py --profile
 
-Each window is timed as one launch (autotuned, and one fixed tile config) and with the kernel's default key
-phases (``key_phases_for``: ranges of at most 24 MiB of keys + values per head, one launch each).
+Each window is timed as one launch (autotuned, and one fixed tile config) and split into ``--phases`` key
+ranges run one after another (the kernel's opt-in ``key_phases``).
 ``--profile`` launches each case once with a fixed tile config (no autotuning, no timing) for a profiler.
 Writes ``benchmarks/results/kernel-locality-<card>.json`` (or ``--out``).
 """
@@ -71,16 +71,18 @@ def run_shape(name: str, args: argparse.Namespace, device: torch.device) -> list
         row = dict(shape=name, heads=heads, tokens=n, blocks=blocks, count=count, window=window,
                    working_set_mb=round(working_mb, 1))
         # one launch (autotuned and one fixed tile config) against the default key phases
-        variants = (("autotuned", None, 1), ("fixed", FIXED, 1), ("phases", None, key_phases_for(k)))
+        variants = [("autotuned", None, 1), ("fixed", FIXED, 1)]
+        variants += [(f"phases{p}", None, p) for p in args.phases if p > 1]
+        variants += [(f"fixed-phases{p}", FIXED, p) for p in args.phases if p > 1]
         for label, config, phases in variants:
             ms = bench(lambda config=config, phases=phases, run=run: run(config, phases), args.budget_ms)
             row[f"{label}_ms"] = round(ms, 3)
             row[f"{label}_tflops"] = round(flops / ms / 1e9, 1)
-        row["phases"] = key_phases_for(k)
+        row["phases_by_rule"] = key_phases_for(k)
         rows.append(row)
         print(f"{name:8s} window {window:4d}/{blocks} blocks = {working_mb:5.1f} MB/head: " + ", ".join(
             f"{label} {row[f'{label}_ms']:8.3f} ms {row[f'{label}_tflops']:6.1f} TFLOP/s" for label, _, _ in variants)
-            + f" ({row['phases']} phases)", flush=True)
+            + f" (sizing rule: {row['phases_by_rule']} phases)", flush=True)
     return rows
 
 
@@ -90,6 +92,8 @@ def main(argv=None) -> int:
     parser.add_argument("--density", type=float, default=0.25)
     parser.add_argument("--windows-mb", nargs="+", type=float, default=[16, 24, 32, 40, 48, 0],
                         help="per-head key+value bytes of the window in MB; 0 = every key block")
+    parser.add_argument("--phases", nargs="+", type=int, default=[3],
+                        help="key phase counts to time besides one launch (autotuned and fixed config)")
     parser.add_argument("--profile", action="store_true", help="one fixed-config launch per case, no timing")
     parser.add_argument("--budget-ms", type=float, default=300.0)
     parser.add_argument("--out", type=Path, default=None)

@@ -75,8 +75,8 @@ def test_sparse_matches_float64(dtype, head_dim):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_key_phases_on_the_gpu_match_one_launch_and_float64(dtype):
-    """Key phases (what sequences past ~50k tokens get by default) on the compiled kernel, with key lengths,
-    a key bias and LSE, against one launch and the float64 reference."""
+    """Key phases (opt-in) on the compiled kernel, with key lengths, a key bias and LSE, against one launch
+    and the float64 reference."""
     from jenga.kernels.triton_block_sparse import block_sparse_attention_triton, key_phases_for
 
     torch.manual_seed(torch.seed() % 2**31)
@@ -101,7 +101,7 @@ def test_key_phases_on_the_gpu_match_one_launch_and_float64(dtype):
     finite = torch.isfinite(one_lse)
     assert torch.equal(torch.isfinite(split_lse), finite)
     assert torch.allclose(split_lse[finite], one_lse[finite], atol=1e-3)
-    # the default: one launch at this length, three at HunyuanVideo 720p's (61 MB of keys + values per head)
+    # the sizing rule: one range at this length, three at HunyuanVideo 720p's (61 MB of keys + values per head)
     assert key_phases_for(k) == 1
     assert key_phases_for(torch.empty(1, 119_056, 24, 128, device="cuda", dtype=torch.bfloat16)) == 3
 

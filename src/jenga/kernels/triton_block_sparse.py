@@ -6,10 +6,11 @@ keeping an online softmax in float32 with ``exp2``. Listed blocks are ascending,
 block that starts before the key limit (``min(Nk, key_lengths[b])``) is partial: every other block runs
 the unmasked loop, that one alone the masked path.
 
-Long sequences run in key phases: the key blocks are cut into contiguous ranges, one launch each, so the
-keys and values that one head's concurrently running programs touch stay in L2 (lists ascend, so each
-range is a contiguous run of every list). A phase writes its normalised output and log-sum-exp in float32;
-the next folds them into its own, the last writes ``out`` (and the LSE).
+Optionally (``key_phases``, off by default: it measured slower, see :func:`key_phases_for`) the key blocks
+are cut into contiguous ranges, one launch each, so that the keys and values one head's concurrently
+running programs touch could stay in L2 (lists ascend, so each range is a contiguous run of every list).
+A phase writes its normalised output and log-sum-exp in float32; the next folds them into its own, the
+last writes ``out`` (and the LSE).
 
 Layout: q/k/v/out are ``[B, N, H, D]`` (diffusers' layout, any strides with a unit last stride);
 LSE is ``float32[B, H, Nq]`` in natural-log units.
@@ -280,7 +281,7 @@ def block_sparse_attention_triton(
     ``config`` (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``) bypasses the autotuner (benchmarks).
     ``use_tma`` loads keys and values through tensor descriptors (default: on Hopper and newer when the
     layout allows it). ``key_phases`` splits the key blocks into that many contiguous ranges, one launch
-    each, merged through a float32 partial output (default: :func:`key_phases_for`).
+    each, merged through a float32 partial output (default 1: see :func:`key_phases_for`).
     """
     batch, seq_q, heads, head_dim = q.shape
     seq_k = k.shape[1]
@@ -311,7 +312,7 @@ def block_sparse_attention_triton(
         kernel, tiles = _block_sparse_fwd_tuned, {}
 
     key_blocks = triton.cdiv(seq_k, block_size)
-    phases = key_phases_for(k) if key_phases is None else key_phases
+    phases = 1 if key_phases is None else key_phases
     phases = max(1, min(int(phases), key_blocks))
     if phases > 1:
         part = torch.empty((batch, seq_q, heads, head_dim), device=q.device, dtype=torch.float32)
@@ -345,14 +346,15 @@ def block_sparse_attention_triton(
 
 # Keys and values of one head that the programs running at one time touch should stay in L2. On an H100
 # (50 MB of L2), random lists over a window of 16 MB of keys + values per head ran at 552 TFLOP/s, over
-# 61 MB at 444 (benchmarks/kernel_locality.py); above this many bytes per head the keys are split into
-# ranges run one after another.
+# 61 MB at 444 (benchmarks/kernel_locality.py). Splitting the keys into ranges of this many bytes per head
+# did not recover that (HunyuanVideo dense 391 ms in 3 phases against 346 ms in one launch, H100,
+# benchmarks/RESULTS.md), so phases are opt-in (``key_phases``) until the cause is found.
 _PHASE_BYTES = 24 * 2**20
 
 
 def key_phases_for(k: torch.Tensor) -> int:
-    """Key ranges for a launch: 1 on the CPU and for short sequences, else enough to keep each range's
-    keys + values per head under :data:`_PHASE_BYTES`."""
+    """Key ranges that keep each range's keys + values per head under :data:`_PHASE_BYTES` (1 on the CPU);
+    what ``key_phases`` would be set to for an experiment, not the default."""
     if not k.is_cuda or interpreting():
         return 1
     per_head = 2 * k.shape[1] * k.shape[3] * k.element_size()
