@@ -27,7 +27,7 @@ from _common import BLOCK, SHAPES, Shape, bench, card_name, git_commit
 
 from jenga import block_adjacency, curve_permutation, dense_to_lists, select_blocks
 from jenga.kernels.flex import block_sparse_attention_flex, flex_block_mask
-from jenga.kernels.triton_block_sparse import _configs, block_sparse_attention_triton
+from jenga.kernels.triton_block_sparse import _configs, block_sparse_attention_triton, last_tuned_config
 
 
 def random_lists(batch, heads, qb, kb, density, device, generator):
@@ -114,6 +114,7 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
                 return block_sparse_attention_triton(q, k, v, kv_index, kv_count, BLOCK, key_lengths, n, 0.0, False)
 
             ms_ours = bench(ours, budget_ms)
+            tuned = last_tuned_config()
             block_mask = flex_block_mask(kv_index, kv_count, 1, heads, n, n, BLOCK, key_lengths)
 
             def flex(kv_index=kv_index, kv_count=kv_count, block_mask=block_mask):
@@ -122,7 +123,7 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
 
             ms_flex = bench(flex, budget_ms)
             record("flex", lists_kind, real_density, ms_flex)
-            extra = dict(vs_flex=round(ms_flex / ms_ours, 3))
+            extra = dict(vs_flex=round(ms_flex / ms_ours, 3), tuned_config=tuned)
             if "sdpa-cudnn" in dense:
                 extra["vs_cudnn_per_block"] = round(dense["sdpa-cudnn"] * real_density / ms_ours, 3)
             if lists_kind == "selector":

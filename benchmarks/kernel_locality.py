@@ -28,7 +28,7 @@ import torch
 import triton
 from _common import BLOCK, SHAPES, bench, card_name, git_commit
 
-from jenga.kernels.triton_block_sparse import block_sparse_attention_triton, key_phases_for
+from jenga.kernels.triton_block_sparse import block_sparse_attention_triton, key_phases_for, last_tuned_config
 
 FIXED = dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
 
@@ -78,6 +78,8 @@ def run_shape(name: str, args: argparse.Namespace, device: torch.device) -> list
             ms = bench(lambda config=config, phases=phases, run=run: run(config, phases), args.budget_ms)
             row[f"{label}_ms"] = round(ms, 3)
             row[f"{label}_tflops"] = round(flops / ms / 1e9, 1)
+            if config is None:
+                row[f"{label}_config"] = last_tuned_config()
         row["phases_by_rule"] = key_phases_for(k)
         rows.append(row)
         print(f"{name:8s} window {window:4d}/{blocks} blocks = {working_mb:5.1f} MB/head: " + ", ".join(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tiny import hunyuan_inputs, hunyuan_pipeline, run, wan_inputs, wan_pipeline
+from _tiny import hunyuan_inputs, hunyuan_pipeline, hunyuan_transformer, run, wan_inputs, wan_pipeline, wan_transformer
 
 import jenga
 from jenga.config import HUNYUAN_23_OF_50
@@ -53,4 +53,44 @@ def test_full_preset_run_compiles_within_the_recompile_limit_and_matches_eager(f
     assert all(torch.equal(a[3], b[3]) for a, b in zip(compiled_stats, eager_stats, strict=True))
     assert len({s[0] for s in eager_stats}) > 3  # several sparse steps were recorded
     runtime = pipe.transformer._jenga_patch.runtime
-    assert runtime.residuals == {} and runtime.pending_stats == []
+    assert runtime.residuals == {} and all(p.pending_stats is None for _, p in runtime.processors)
+
+
+@pytest.mark.parametrize("family", ["wan", "hunyuan"])
+def test_regional_compilation_shares_one_graph_across_blocks_and_matches_eager(family):
+    """``compile_repeated_blocks`` (diffusers' regional compilation): every block of the stack reuses the same
+    graphs, so nothing a block's traced code reads may differ per layer (its id, the statistics gathered so
+    far in this forward)."""
+    make = wan_pipeline if family == "wan" else hunyuan_pipeline
+    inputs_for = wan_inputs if family == "wan" else hunyuan_inputs
+    pipe = make("t2v")
+    # more blocks than dynamo's recompile limit: one graph per block would fail loudly below
+    if family == "wan":
+        pipe.transformer = wan_transformer(num_layers=10)
+    else:
+        pipe.transformer = hunyuan_transformer(num_layers=3, num_single_layers=7)
+    jenga.patch(pipe, **FULL, skip_steps=())
+    inputs = inputs_for(pipe, steps=6)
+    eager = run(pipe, inputs)
+    eager_stats = [(s.step, s.layer, s.branch) for s in jenga.selection_stats(pipe, clear=True)]
+    torch._dynamo.reset()
+    pipe.transformer.compile_repeated_blocks(backend="eager", dynamic=False)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=8, fail_on_recompile_limit_hit=True):
+            compiled = run(pipe, inputs)
+    finally:
+        torch._dynamo.reset()
+    assert torch.allclose(compiled, eager, atol=1e-5, rtol=1e-5)
+    assert [(s.step, s.layer, s.branch) for s in jenga.selection_stats(pipe, clear=True)] == eager_stats
+    assert len({s[1] for s in eager_stats}) > 1  # several layers recorded, each with its own id
+
+
+def test_regional_compilation_with_step_skipping_warns_once(caplog):
+    pipe = wan_pipeline("t2v")
+    jenga.patch(pipe, **FULL, skip_steps=SKIP_FRACTIONS)
+    for block in pipe.transformer.blocks:
+        block._compiled_call_impl = block._call_impl  # what compile_repeated_blocks leaves on each block
+    with caplog.at_level("WARNING", logger="jenga"):
+        run(pipe, wan_inputs(pipe, steps=3))
+    warnings = [r for r in caplog.records if "compile_repeated_blocks" in r.getMessage()]
+    assert len(warnings) == 1 and "skip_steps=()" in warnings[0].getMessage()

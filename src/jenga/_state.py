@@ -25,7 +25,7 @@ import torch
 from .attention import triton_available
 from .config import JengaConfig
 from .layout import TokenLayout, token_layout
-from .skipping import skipped_steps
+from .skipping import check_no_block_cache, skipped_steps
 
 logger = logging.getLogger("jenga")
 
@@ -129,10 +129,12 @@ class CarvingRuntime:
     text_bias: float = 0.0  # added to the text-key logits (HunyuanVideo amplifier, low-resolution stages)
     # step skipping (jenga.skipping): block-stack residual of the last computed step, per CFG branch
     residuals: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
-    # ``(layer, kv_count, key_blocks, video_blocks)`` of this forward's sparse layers, made LayerStats at its end
-    pending_stats: list[tuple[int, torch.Tensor, int, int]] = field(default_factory=list, repr=False)
+    skip_blocks: list[torch.nn.Module] | None = field(default=None, repr=False)  # the stack skipping bypasses
+    # ``(layer, processor)`` of every carving processor: their ``pending_stats`` become LayerStats at end_forward
+    processors: list[tuple[int, Any]] = field(default_factory=list, repr=False)
     _ordinal: tuple[int, int] = field(default=(-1, 0), repr=False)
     _last_reason: str | None = field(default=None, repr=False)
+    _regional_warned: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         # a weak reference: the pipeline owns the transformer, not the other way round
@@ -166,7 +168,7 @@ class CarvingRuntime:
         plan.adjacency = layout.adjacency if layout is not None and cfg.adjacency else None
         plan.always_keep = None
         plan.residual = plan.new_residual = None
-        self.pending_stats.clear()
+        self._clear_pending_stats()
         if layout is not None and self.first_frame:
             plan.always_keep = layout.first_frame | layout.last_frame if self.last_frame else layout.first_frame
         plan.backend = backend
@@ -182,6 +184,9 @@ class CarvingRuntime:
         plan.branch = getattr(context, "name", None)
         plan.skip, plan.residual = False, None
         if cfg.skip_steps:
+            if self.skip_blocks is not None:  # a diffusers block cache attached after patching would fight us
+                check_no_block_cache(self.skip_blocks)
+                self._warn_regional_compile(self.skip_blocks)
             # without a branch name (custom loops), the k-th forward of a step is branch k
             ordinal = self._ordinal[1] + 1 if self._ordinal[0] == step else 0
             self._ordinal = (step, ordinal)
@@ -211,16 +216,17 @@ class CarvingRuntime:
             self.residuals[plan.skip_key] = plan.new_residual
             plan.new_residual = None
         plan.residual = None
-        for layer, kv_count, key_blocks, video_blocks in self.pending_stats:
-            self.stats.append(LayerStats(plan.step, layer, plan.branch, kv_count, key_blocks, video_blocks))
-        self.pending_stats.clear()
+        for layer, processor in self.processors:
+            if processor.pending_stats is not None:
+                self.stats.append(LayerStats(plan.step, layer, plan.branch, *processor.pending_stats))
+                processor.pending_stats = None
 
     def reset(self) -> None:
         """Forget the last forward (in place: compiled processors keep reading the same plan object)."""
         for f in fields(ForwardPlan):
             setattr(self.plan, f.name, f.default)
         self.residuals.clear()
-        self.pending_stats.clear()
+        self._clear_pending_stats()
         self._ordinal = (-1, 0)
         self._last_reason = None
 
@@ -266,6 +272,24 @@ class CarvingRuntime:
         if self.scheduler is not None:
             return self.scheduler
         return getattr(self.pipeline_object(), "scheduler", None)
+
+    def _clear_pending_stats(self) -> None:
+        """Drop what a forward that never reached its end (an exception half-way) left on the processors."""
+        for _, processor in self.processors:
+            processor.pending_stats = None
+
+    def _warn_regional_compile(self, blocks: list[torch.nn.Module]) -> None:
+        """Once: skipping hooks on individually compiled blocks make dynamo compile one graph per block role
+        (first, middle, last) and kind of step, past its recompile limit; the whole transformer compiles fine."""
+        if self._regional_warned or not any(getattr(b, "_compiled_call_impl", None) is not None for b in blocks):
+            return
+        self._regional_warned = True
+        logger.warning(
+            "jenga: the transformer blocks are compiled one by one (compile_repeated_blocks) and skip_steps is set: "
+            "each block role and kind of step needs its own graph, more than torch.compile's recompile limit, so "
+            "some blocks will run uncompiled. Compile the whole transformer (torch.compile(pipe.transformer)) or "
+            "patch with skip_steps=()"
+        )
 
     def _note(self, reason: str) -> None:
         """Debug log on changes only, so a 50-step run logs a handful of lines, not one per forward."""

@@ -259,9 +259,11 @@ def _install(transformer, adapter: ModelAdapter, cfg: JengaConfig, pipeline: Any
             carving = adapter.make_processor(stock, site, runtime, dense=site.layer in cfg.dense_layers)
             site.module.set_processor(carving)
             record.processors.append((site.module, stock))
+            runtime.processors.append((site.layer, carving))
         if cfg.skip_steps:  # first: inside the token-order hooks, so residuals are in the blocks' order
             blocks = adapter.block_stack(transformer)
             skipping.check_no_block_cache(blocks)
+            runtime.skip_blocks = blocks  # checked again at every forward (set_step), outside traced code
             for index, block in enumerate(blocks):
                 hook = skipping.BlockSkipHook(runtime, blocks, first=index == 0, last=index == len(blocks) - 1,
                                               pair=adapter.blocks_return_pair)

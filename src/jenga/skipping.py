@@ -115,7 +115,6 @@ class BlockSkipHook(ModelHook):
             if plan.skip and not state.skipping:
                 _log_no_residual(plan.step, plan.skip_key)
             if not state.skipping:
-                check_no_block_cache(self.blocks)
                 state.stack_input = hidden
         if state.skipping:
             if self.last:

@@ -33,6 +33,10 @@ class CarvingProcessor:
         self.layer = layer
         self.runtime = runtime
         self.dense = dense
+        # this forward's ``(kv_count, key_blocks, video_blocks)`` when statistics are collected, filed with the
+        # layer and step by ``CarvingRuntime.end_forward``: traced code only sets it, so torch.compile neither
+        # specialises on the layer nor on a list length (blocks compiled one by one share their graphs)
+        self.pending_stats: tuple[torch.Tensor, int, int] | None = None
 
     @property
     def _attention_backend(self):
@@ -137,7 +141,7 @@ def carve_attention(
     v: torch.Tensor,
     runtime: Any,
     *,
-    layer: int,
+    owner: CarvingProcessor,
     key_lengths: torch.Tensor | None = None,
     dense: bool = False,
 ) -> torch.Tensor:
@@ -169,10 +173,9 @@ def carve_attention(
     else:
         lists = _select_without_condition(q, k, plan, cfg.cdf_threshold, block)
     if cfg.collect_stats:
-        # filed with the step at the end of the forward: reading plan.step here would make torch.compile
-        # specialise the graph on it and recompile every step
-        runtime.pending_stats.append((layer, lists.kv_count.detach(), lists.num_key_blocks,
-                                      math.ceil(num_video / block)))
+        # filed with the layer and step at the end of the forward: reading plan.step here would make
+        # torch.compile specialise the graph on it and recompile every step
+        owner.pending_stats = (lists.kv_count.detach(), lists.num_key_blocks, math.ceil(num_video / block))
     return block_sparse_attention(
         q, k, v, lists.kv_index, lists.kv_count, block_size=block, key_lengths=key_lengths, key_bias=key_bias,
         backend=plan.backend, check_indices=False,

@@ -85,7 +85,7 @@ class HunyuanVideoCarvingProcessor(CarvingProcessor):
         key_lengths = None
         if attention_mask is not None:
             key_lengths = attention_mask.reshape(attention_mask.shape[0], -1).sum(-1)
-        out = carve_attention(query, key, value, self.runtime, layer=self.layer, key_lengths=key_lengths,
+        out = carve_attention(query, key, value, self.runtime, owner=self, key_lengths=key_lengths,
                               dense=self.dense)
         out = out.flatten(2, 3).to(query.dtype)
 

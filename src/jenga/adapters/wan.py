@@ -76,7 +76,7 @@ class WanCarvingProcessor(CarvingProcessor):
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
         query, key, value = self_attention_qkv(attn, hidden_states, rotary_emb)
-        out = carve_attention(query, key, value, self.runtime, layer=self.layer)
+        out = carve_attention(query, key, value, self.runtime, owner=self)
         out = out.flatten(2, 3).type_as(query)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)

@@ -361,6 +361,15 @@ def key_phases_for(k: torch.Tensor) -> int:
     return max(1, math.ceil(per_head / _PHASE_BYTES))
 
 
+def last_tuned_config() -> dict[str, int] | None:
+    """Tiles, warps and stages the autotuner used for the latest tuned launch (None before any): the pick is
+    made once per process and key, so benchmarks record it beside their timings."""
+    config = getattr(_block_sparse_fwd_tuned, "best_config", None)
+    if config is None:
+        return None
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
 def _tma_default(k: torch.Tensor, v: torch.Tensor) -> bool:
     """Tensor descriptors need Hopper (sm_90) or newer, 16-byte aligned bases and non-unit strides."""
     if not k.is_cuda or torch.cuda.get_device_capability(k.device)[0] < 9:
