@@ -142,6 +142,8 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
                 for cfg in _configs():
                     for use_tma in (False, True):
                         c = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                        if c.get("Q_TMA") and not use_tma:
+                            continue  # queries through a descriptor need the descriptor path
 
                         def variant(c=c, use_tma=use_tma, kv_index=kv_index, kv_count=kv_count):
                             return block_sparse_attention_triton(q, k, v, kv_index, kv_count, BLOCK, key_lengths, n,

@@ -106,6 +106,32 @@ def test_key_phases_on_the_gpu_match_one_launch_and_float64(dtype):
     assert key_phases_for(torch.empty(1, 119_056, 24, 128, device="cuda", dtype=torch.bfloat16)) == 3
 
 
+@pytest.mark.parametrize("config", [
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, Q_TMA=True),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, Q_TMA=True),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3, Q_TMA=False),
+])
+def test_every_tile_config_matches_float64(config):
+    """Each config the autotuner may pick, queries through a tensor descriptor or registers, on a partial last
+    query tile, key lengths and a key bias."""
+    from jenga.kernels.triton_block_sparse import block_sparse_attention_triton
+
+    torch.manual_seed(torch.seed() % 2**31)
+    batch, heads, n, block = 2, 3, 5_000, 128
+    q, k, v = (torch.randn(batch, n, heads, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    nb = math.ceil(n / block)
+    mask = torch.rand(batch, heads, nb, nb, device="cuda") < 0.3
+    kv_index, kv_count = dense_to_lists(mask)
+    key_lengths = torch.tensor([n, n - 700], device="cuda", dtype=torch.int32)
+    out = torch.full_like(q, float("nan"))
+    block_sparse_attention_triton(q, k, v, kv_index, kv_count, block, key_lengths, n - 1000, 0.4, False, out=out,
+                                  config=config, use_tma=True)
+    ref = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch",
+                                 key_lengths=key_lengths, key_bias=(n - 1000, 0.4))
+    assert torch.isfinite(out).all()
+    assert _rel(out, ref) < 2e-2
+
+
 def test_sparse_matches_flex():
     torch.manual_seed(torch.seed() % 2**31)
     batch, heads, n, block = 1, 4, 9_000, 128

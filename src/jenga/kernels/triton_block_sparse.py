@@ -37,7 +37,15 @@ def interpreting() -> bool:
 def _configs() -> list[triton.Config]:
     shapes = [(128, 64, 4, 3), (128, 64, 4, 2), (128, 64, 4, 4), (128, 128, 8, 2), (128, 128, 8, 3),
               (128, 64, 8, 3), (64, 64, 4, 3)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+    # Q_TMA: queries through a tensor descriptor into shared memory, where the first matmul reads them. Built
+    # for sm_90 (Triton 3.9, cuobjdump -res-usage), it takes 128x128/8-warp tiles from 255 registers and a
+    # 192-byte spill stack to 221 registers and none; offered to the autotuner beside the register path
+    # until GPU timings decide (only where tensor descriptors are used at all).
+    with_q_tma = [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 3)]
+    return ([triton.Config({"BLOCK_M": m, "BLOCK_N": n, "Q_TMA": False}, num_warps=w, num_stages=s)
+             for m, n, w, s in shapes]
+            + [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "Q_TMA": True}, num_warps=w, num_stages=s)
+               for m, n, w, s in with_q_tma])
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -45,9 +53,12 @@ def _prune_configs(configs, named_args, **kwargs):
     kv_block = kwargs.get("KV_BLOCK", named_args.get("KV_BLOCK"))
     head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
     ieee = kwargs.get("IEEE", named_args.get("IEEE"))
+    use_tma = kwargs.get("USE_TMA", named_args.get("USE_TMA"))
     kept = []
     for cfg in configs:
         m, n = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+        if cfg.kwargs.get("Q_TMA") and not use_tma:
+            continue
         if kv_block % m or kv_block % n:
             continue
         if head_dim > 128 and m * n > 128 * 64:  # register pressure at head dim 256
@@ -55,7 +66,7 @@ def _prune_configs(configs, named_args, **kwargs):
         if ieee and m * n > 64 * 64:  # exact float32 dots run on FMA units: small tiles, quick compiles
             continue
         kept.append(cfg)
-    return kept or [triton.Config({"BLOCK_M": min(64, kv_block), "BLOCK_N": min(64, kv_block)},
+    return kept or [triton.Config({"BLOCK_M": min(64, kv_block), "BLOCK_N": min(64, kv_block), "Q_TMA": False},
                                   num_warps=4, num_stages=2)]
 
 
@@ -139,7 +150,7 @@ def _block_sparse_fwd(
     batch, num_heads, seq_q, seq_k, qk_scale, bias_start, bias_log2, len_bucket, kb_lo, kb_hi,
     HEAD_DIM: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_KEY_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_LSE: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr, Q_TMA: tl.constexpr,
     SPLIT: tl.constexpr, MERGE_IN: tl.constexpr, FINAL: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -154,9 +165,15 @@ def _block_sparse_fwd(
     qb = q_start // KV_BLOCK
     offs_m = q_start + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_rows = offs_m[:, None].to(tl.int64) * stride_qn
-    q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + q_rows + offs_d[None, :], mask=offs_m[:, None] < seq_q,
-                other=0.0)
+    if Q_TMA:  # through shared memory: the first matmul reads q there instead of from registers
+        q_desc = tl.make_tensor_descriptor(Q, shape=[batch, seq_q, num_heads, HEAD_DIM],
+                                           strides=[stride_qb, stride_qn, stride_qh, 1],
+                                           block_shape=[1, BLOCK_M, 1, HEAD_DIM])
+        q = q_desc.load([b, q_start, h, 0]).reshape(BLOCK_M, HEAD_DIM)
+    else:
+        q_rows = offs_m[:, None].to(tl.int64) * stride_qn
+        q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + q_rows + offs_d[None, :], mask=offs_m[:, None] < seq_q,
+                    other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
 
@@ -278,10 +295,11 @@ def block_sparse_attention_triton(
     """Launch the kernel on validated inputs; returns ``(out, lse)`` (lse empty unless asked).
 
     ``out`` / ``lse`` may be given as preallocated buffers (tests poison them to catch unwritten elements).
-    ``config`` (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``) bypasses the autotuner (benchmarks).
-    ``use_tma`` loads keys and values through tensor descriptors (default: on Hopper and newer when the
-    layout allows it). ``key_phases`` splits the key blocks into that many contiguous ranges, one launch
-    each, merged through a float32 partial output (default 1: see :func:`key_phases_for`).
+    ``config`` (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``, optional ``Q_TMA``) bypasses the
+    autotuner (benchmarks). ``use_tma`` loads keys and values (and, where the config says so, queries) through
+    tensor descriptors (default: on Hopper and newer when the layout of q, k and v allows it). ``key_phases``
+    splits the key blocks into that many contiguous ranges, one launch each, merged through a float32 partial
+    output (default 1: see :func:`key_phases_for`).
     """
     batch, seq_q, heads, head_dim = q.shape
     seq_k = k.shape[1]
@@ -296,7 +314,7 @@ def block_sparse_attention_triton(
     has_bias = bias_value != 0.0 and bias_start < seq_k
     upcast = interpreting() and q.dtype in (torch.bfloat16, torch.float16)
     if use_tma is None:
-        use_tma = _tma_default(k, v)
+        use_tma = _tma_default(q, k, v)
     if use_tma:
         _ensure_descriptor_allocator()
 
@@ -304,10 +322,11 @@ def block_sparse_attention_triton(
         return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
 
     if config is not None:
-        kernel, tiles = _block_sparse_fwd, dict(config)
+        kernel, tiles = _block_sparse_fwd, {"Q_TMA": False, **config}
+        tiles["Q_TMA"] = bool(tiles["Q_TMA"]) and use_tma
     elif interpreting():
         tile = min(32, block_size)
-        kernel, tiles = _block_sparse_fwd, {"BLOCK_M": tile, "BLOCK_N": tile}
+        kernel, tiles = _block_sparse_fwd, {"BLOCK_M": tile, "BLOCK_N": tile, "Q_TMA": use_tma}
     else:
         kernel, tiles = _block_sparse_fwd_tuned, {}
 
@@ -370,11 +389,11 @@ def last_tuned_config() -> dict[str, int] | None:
     return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
-def _tma_default(k: torch.Tensor, v: torch.Tensor) -> bool:
+def _tma_default(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Tensor descriptors need Hopper (sm_90) or newer, 16-byte aligned bases and non-unit strides."""
     if not k.is_cuda or torch.cuda.get_device_capability(k.device)[0] < 9:
         return False
-    return all(_tma_compatible(t) for t in (k, v))
+    return all(_tma_compatible(t) for t in (q, k, v))
 
 
 def _tma_compatible(t: torch.Tensor) -> bool:
