@@ -136,6 +136,15 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
                 ms_perm = bench(permute, budget_ms / 2)
                 extra.update(selector_ms=round(ms_sel, 4), permute_ms=round(ms_perm, 4),
                              overhead_share=round((ms_sel + ms_perm) / ms_ours, 4))
+                # under torch.compile (as in a compiled pipeline) pooling, scores and softmax fuse and the
+                # Python between the launches goes: what a compiled transformer pays per layer
+                try:
+                    compiled_select = torch.compile(select, dynamic=False, fullgraph=True)
+                    ms_sel_compiled = bench(compiled_select, budget_ms / 2)
+                    extra.update(selector_compiled_ms=round(ms_sel_compiled, 4),
+                                 selector_compiled_share=round(ms_sel_compiled / ms_ours, 4))
+                except Exception as err:  # noqa: BLE001 - a compile failure must not cost the other figures
+                    log(f"  compiled selector failed: {type(err).__name__}: {str(err)[:200]}")
             record("jenga-triton", lists_kind, real_density, ms_ours, **extra)
 
             if sweep and lists_kind == "random":
