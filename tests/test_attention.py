@@ -148,6 +148,20 @@ def test_key_phases_match_golden(key_phases, dtype):
 
 
 @needs_triton
+def test_autotuner_timing_takes_several_runs_of_long_launches():
+    """Triton's default autotuner timing judges a 100 ms launch on one run; ours takes the median of at least
+    five, and about 100 ms of runs for short launches (the values the autotuner ranks: median first)."""
+    from jenga.kernels.triton_block_sparse import _summarize, _timed_runs
+
+    assert _timed_runs(350.0) == 5  # a dense HunyuanVideo 720p launch
+    assert _timed_runs(3.0) == 33  # Wan 1.3B at density 0.25
+    assert _timed_runs(0.0) == 200
+    median, low, high = _summarize([3.0, 1.0, 2.0, 5.0, 4.0], (0.5, 0.2, 0.8))
+    assert median == 3.0 and low < median < high
+    assert _summarize([2.0, 9.0, 1.0], None) == 2.0
+
+
+@needs_triton
 def test_triton_shared_lists_across_batch_and_heads():
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     q, k, v, mask = random_case(2, 64, 64, 3, 16, torch.float32, 16, 0.5, gen)
