@@ -595,8 +595,7 @@ def run_model(spec: ModelSpec, columns: list[Column], args: argparse.Namespace, 
             _free(device)
         if on_column is not None:
             on_column(model_entry(spec, args, params, results))
-    add_ratios(spec.name, results, targets=not args.tiny)
-    entry = model_entry(spec, args, params, results)
+    entry = model_entry(spec, args, params, results)  # ratios are added when it is saved (merge_entry)
     del pipe, transformer
     _free(device)
     if args.vae:

@@ -168,7 +168,8 @@ class CarvingRuntime:
         plan.adjacency = layout.adjacency if layout is not None and cfg.adjacency else None
         plan.always_keep = None
         plan.residual = plan.new_residual = None
-        self._clear_pending_stats()
+        if cfg.collect_stats:
+            self._clear_pending_stats()
         if layout is not None and self.first_frame:
             plan.always_keep = layout.first_frame | layout.last_frame if self.last_frame else layout.first_frame
         plan.backend = backend
@@ -216,10 +217,11 @@ class CarvingRuntime:
             self.residuals[plan.skip_key] = plan.new_residual
             plan.new_residual = None
         plan.residual = None
-        for layer, processor in self.processors:
-            if processor.pending_stats is not None:
-                self.stats.append(LayerStats(plan.step, layer, plan.branch, *processor.pending_stats))
-                processor.pending_stats = None
+        if self.config.collect_stats:
+            for layer, processor in self.processors:
+                if processor.pending_stats is not None:
+                    self.stats.append(LayerStats(plan.step, layer, plan.branch, *processor.pending_stats))
+                    processor.pending_stats = None
 
     def reset(self) -> None:
         """Forget the last forward (in place: compiled processors keep reading the same plan object)."""
