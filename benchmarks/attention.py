@@ -187,16 +187,17 @@ def main(argv=None) -> int:
     log(f"card: {card}, torch {torch.__version__}, triton {triton.__version__}, commit {git_commit()}")
     rows = []
     started = time.time()
+    out = args.out or Path(__file__).parent / "results" / f"attention-{card}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     for head_dim in args.head_dims:
         for name in args.shapes:
             rows += run_shape(SHAPES[name], head_dim, args.densities, args.sweep, args.budget_ms, log)
-    out = args.out or Path(__file__).parent / "results" / f"attention-{card}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(card=card, torch=torch.__version__, triton=triton.__version__, commit=git_commit(),
-                date=time.strftime("%Y-%m-%d"), python=platform.python_version(), seconds=round(time.time() - started),
-                shapes={k: asdict(v) for k, v in SHAPES.items()})
-    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    log(f"wrote {out}")
+            # Saved after every shape: a run cut by a time limit keeps what it measured.
+            meta = dict(card=card, torch=torch.__version__, triton=triton.__version__, commit=git_commit(),
+                        date=time.strftime("%Y-%m-%d"), python=platform.python_version(),
+                        seconds=round(time.time() - started), shapes={k: asdict(v) for k, v in SHAPES.items()})
+            out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+            log(f"wrote {out}")
     return 0
 
 
