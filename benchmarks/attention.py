@@ -39,6 +39,20 @@ def random_lists(batch, heads, qb, kb, density, device, generator):
     return dense_to_lists(mask)
 
 
+def _graphed(fn):
+    """``fn`` captured once in a CUDA graph; the returned callable replays it (device time, no host overhead)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def smooth_field(shape: Shape, dim: int, heads: int, device, generator) -> torch.Tensor:
     """Low-frequency random features over the video grid plus noise: attention with real locality.
 
@@ -145,6 +159,14 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
                                  selector_compiled_share=round(ms_sel_compiled / ms_ours, 4))
                 except Exception as err:  # noqa: BLE001 - a compile failure must not cost the other figures
                     log(f"  compiled selector failed: {type(err).__name__}: {str(err)[:200]}")
+                # replayed from a CUDA graph: the selector's device time alone, what a layer pays when the
+                # host runs ahead of the GPU (as it does in a pipeline, where each layer's matmuls take ms)
+                try:
+                    ms_sel_graph = bench(_graphed(select), budget_ms / 2)
+                    extra.update(selector_graph_ms=round(ms_sel_graph, 4),
+                                 selector_graph_share=round(ms_sel_graph / ms_ours, 4))
+                except Exception as err:  # noqa: BLE001 - a capture failure must not cost the other figures
+                    log(f"  graphed selector failed: {type(err).__name__}: {str(err)[:200]}")
             record("jenga-triton", lists_kind, real_density, ms_ours, **extra)
 
             if sweep and lists_kind == "random":
