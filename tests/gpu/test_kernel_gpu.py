@@ -109,7 +109,6 @@ def test_key_phases_on_the_gpu_match_one_launch_and_float64(dtype, head_dim):
 
 
 @pytest.mark.parametrize("config", [
-    dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=2, Q_TMA=True),
     dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, Q_TMA=True),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, Q_TMA=True),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3, Q_TMA=False),
