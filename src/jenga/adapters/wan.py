@@ -10,6 +10,7 @@ row-major order); ``blocks[0]`` takes the hidden states; ``norm_out`` follows th
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -34,15 +35,57 @@ def _rotate_pairs(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Ten
     return out.type_as(x)
 
 
+def _fused_prep_applies(attn: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
+    """Whether one Triton kernel per tensor may replace ``norm_q``/``norm_k`` + RoPE: stock
+    ``torch.nn.RMSNorm`` layers with weights, RoPE tables of the expected shape, inference, eager mode (under
+    ``torch.compile`` inductor fuses the stock ops itself), CUDA tensors (the CPU interpreter only when
+    ``JENGA_FUSED_QK_PREP=1``, for tests). ``JENGA_FUSED_QK_PREP=0`` turns it off."""
+    setting = os.environ.get("JENGA_FUSED_QK_PREP", "auto")
+    if setting == "0" or rotary_emb is None or torch.compiler.is_compiling():
+        return False
+    from ..kernels.triton_block_sparse import interpreting
+
+    if not (query.is_cuda and not interpreting()) and not (setting == "1" and interpreting()):
+        return False
+    norms = (attn.norm_q, attn.norm_k)
+    if any(type(n) is not torch.nn.RMSNorm or n.weight is None for n in norms):
+        return False
+    from ..kernels.triton_qk_prep import MAX_CHANNELS
+
+    batch, seq, channels = query.shape
+    cos, sin = rotary_emb
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, *(n.weight for n in norms))):
+        return False
+    return (
+        query.dtype in (torch.bfloat16, torch.float16, torch.float32)
+        and key.dtype == query.dtype
+        and query.stride(-1) == 1 and key.stride(-1) == 1
+        and channels <= MAX_CHANNELS
+        and all(tuple(n.normalized_shape) == (channels,) for n in norms)
+        and all(t.dim() == 4 and t.shape[0] in (1, batch) and t.shape[1] == seq and t.shape[2] == 1
+                and t.shape[3] * attn.heads == channels and t.shape[3] % 2 == 0 and t.stride(-1) == 1
+                and t.device == query.device for t in (cos, sin))
+    )
+
+
 def self_attention_qkv(
     attn: torch.nn.Module, hidden_states: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor] | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Post-RoPE ``q, k, v`` ``[B, N, H, D]`` of a Wan ``attn1``, as the stock processor computes them
-    (projections read from ``attn`` at call time, so LoRA layers loaded later are used)."""
+    (projections read from ``attn`` at call time, so LoRA layers loaded later are used). In eager mode on a
+    GPU, RMSNorm + RoPE run as one Triton kernel per tensor (:mod:`jenga.kernels.triton_qk_prep`)."""
     if getattr(attn, "fused_projections", False):
         query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
     else:
         query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+    if _fused_prep_applies(attn, query, key, rotary_emb):
+        from ..kernels.triton_qk_prep import rms_norm_rope_triton
+
+        cos, sin = rotary_emb
+        query, key = (rms_norm_rope_triton(x, norm.weight, _rms_eps(norm, x), cos, sin).unflatten(2, (attn.heads, -1))
+                      for x, norm in ((query, attn.norm_q), (key, attn.norm_k)))
+        return query, key, value.unflatten(2, (attn.heads, -1))
     query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
     key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
     value = value.unflatten(2, (attn.heads, -1))
@@ -50,6 +93,11 @@ def self_attention_qkv(
         query = _rotate_pairs(query, *rotary_emb)
         key = _rotate_pairs(key, *rotary_emb)
     return query, key, value
+
+
+def _rms_eps(norm: torch.nn.RMSNorm, x: torch.Tensor) -> float:
+    """``torch.nn.RMSNorm``'s epsilon: its own, or the input dtype's machine epsilon when None."""
+    return float(norm.eps) if norm.eps is not None else float(torch.finfo(x.dtype).eps)
 
 
 class WanCarvingProcessor(CarvingProcessor):
