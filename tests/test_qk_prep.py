@@ -110,6 +110,25 @@ def test_patched_pipeline_takes_the_fused_path(monkeypatch, fused_qkv):
     assert not calls
 
 
+@pytest.mark.skipif(not interpreting(), reason="the tiny pipelines run on the CPU")
+def test_dense_steps_take_the_fused_path_too(monkeypatch):
+    """Dense steps (here the first half) run the stock processor's dense attention on the fused queries and
+    keys: as many kernel calls as when every step carves, and the stock result."""
+    pipe = wan_pipeline("t2v")
+    inputs = wan_inputs(pipe)
+    stock = run(pipe, inputs)
+    calls = _count_fused_calls(monkeypatch)
+    monkeypatch.setenv("JENGA_FUSED_QK_PREP", "1")
+    with jenga.patched(pipe, **ALL_BLOCKS):
+        run(pipe, inputs)
+    every_step = len(calls)
+    calls.clear()
+    with jenga.patched(pipe, **{**ALL_BLOCKS, "dense_steps": 0.5}):
+        out = run(pipe, inputs)
+    assert every_step and len(calls) == every_step
+    assert (out - stock).abs().max().item() <= 1e-4
+
+
 def test_not_taken_for_custom_norms_or_under_grad(monkeypatch):
     """A norm layer that is not ``torch.nn.RMSNorm`` (a user's replacement) and autograd keep the stock ops."""
     monkeypatch.setenv("JENGA_FUSED_QK_PREP", "1" if interpreting() else "auto")

@@ -35,31 +35,38 @@ def _rotate_pairs(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Ten
     return out.type_as(x)
 
 
-def _fused_prep_applies(attn: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
-                        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
-    """Whether one Triton kernel per tensor may replace ``norm_q``/``norm_k`` + RoPE: stock
-    ``torch.nn.RMSNorm`` layers with weights, RoPE tables of the expected shape, inference, eager mode (under
-    ``torch.compile`` inductor fuses the stock ops itself), CUDA tensors (the CPU interpreter only when
-    ``JENGA_FUSED_QK_PREP=1``, for tests). ``JENGA_FUSED_QK_PREP=0`` turns it off."""
+def _fused_prep_allowed(attn: torch.nn.Module, rotary_emb: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
+    """What can be decided before projecting: RoPE given, eager mode (under ``torch.compile`` inductor fuses
+    the stock ops itself), CUDA (the CPU interpreter only with ``JENGA_FUSED_QK_PREP=1``, for tests), stock
+    ``torch.nn.RMSNorm`` layers with weights. ``JENGA_FUSED_QK_PREP=0`` turns the fused path off."""
+    if torch.compiler.is_compiling() or rotary_emb is None:
+        return False
     setting = os.environ.get("JENGA_FUSED_QK_PREP", "auto")
-    if setting == "0" or rotary_emb is None or torch.compiler.is_compiling():
+    if setting == "0":
         return False
     from ..kernels.triton_block_sparse import interpreting
 
-    if not (query.is_cuda and not interpreting()) and not (setting == "1" and interpreting()):
+    if not (rotary_emb[0].is_cuda and not interpreting()) and not (setting == "1" and interpreting()):
         return False
-    norms = (attn.norm_q, attn.norm_k)
-    if any(type(n) is not torch.nn.RMSNorm or n.weight is None for n in norms):
+    return all(type(n) is torch.nn.RMSNorm and n.weight is not None for n in (attn.norm_q, attn.norm_k))
+
+
+def _fused_prep_applies(attn: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
+    """Whether one Triton kernel per tensor may replace ``norm_q``/``norm_k`` + RoPE on these projections:
+    :func:`_fused_prep_allowed`, inference (no gradients), and the shapes, strides and dtypes it handles."""
+    if not _fused_prep_allowed(attn, rotary_emb):
         return False
     from ..kernels.triton_qk_prep import MAX_CHANNELS
 
+    norms = (attn.norm_q, attn.norm_k)
     batch, seq, channels = query.shape
     cos, sin = rotary_emb
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, *(n.weight for n in norms))):
         return False
     return (
         query.dtype in (torch.bfloat16, torch.float16, torch.float32)
-        and key.dtype == query.dtype
+        and key.dtype == query.dtype and key.shape == query.shape
         and query.stride(-1) == 1 and key.stride(-1) == 1
         and channels <= MAX_CHANNELS
         and all(tuple(n.normalized_shape) == (channels,) for n in norms)
@@ -69,26 +76,35 @@ def _fused_prep_applies(attn: torch.nn.Module, query: torch.Tensor, key: torch.T
     )
 
 
+def _projections(attn: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Flat ``q, k, v`` ``[B, N, C]``, read from ``attn`` at call time (LoRA layers loaded later are used)."""
+    if getattr(attn, "fused_projections", False):
+        return attn.to_qkv(hidden_states).chunk(3, dim=-1)
+    return attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+
+
 def self_attention_qkv(
     attn: torch.nn.Module, hidden_states: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor] | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Post-RoPE ``q, k, v`` ``[B, N, H, D]`` of a Wan ``attn1``, as the stock processor computes them
-    (projections read from ``attn`` at call time, so LoRA layers loaded later are used). In eager mode on a
-    GPU, RMSNorm + RoPE run as one Triton kernel per tensor (:mod:`jenga.kernels.triton_qk_prep`)."""
-    if getattr(attn, "fused_projections", False):
-        query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-    else:
-        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+    """Post-RoPE ``q, k, v`` ``[B, N, H, D]`` of a Wan ``attn1``, as the stock processor computes them. In
+    eager mode on a GPU, RMSNorm + RoPE run as one Triton kernel per tensor (:mod:`jenga.kernels.triton_qk_prep`)."""
+    return _prepare(attn, *_projections(attn, hidden_states), rotary_emb)
+
+
+def _prepare(attn: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+             rotary_emb: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Norms, head split and RoPE of flat projections: fused where :func:`_fused_prep_applies`, else the stock
+    processor's ops in its order (identical rounding)."""
+    value = value.unflatten(2, (attn.heads, -1))
     if _fused_prep_applies(attn, query, key, rotary_emb):
         from ..kernels.triton_qk_prep import rms_norm_rope_triton
 
         cos, sin = rotary_emb
         query, key = (rms_norm_rope_triton(x, norm.weight, _rms_eps(norm, x), cos, sin).unflatten(2, (attn.heads, -1))
                       for x, norm in ((query, attn.norm_q), (key, attn.norm_k)))
-        return query, key, value.unflatten(2, (attn.heads, -1))
+        return query, key, value
     query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
     key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-    value = value.unflatten(2, (attn.heads, -1))
     if rotary_emb is not None:
         query = _rotate_pairs(query, *rotary_emb)
         key = _rotate_pairs(key, *rotary_emb)
@@ -101,10 +117,11 @@ def _rms_eps(norm: torch.nn.RMSNorm, x: torch.Tensor) -> float:
 
 
 class WanCarvingProcessor(CarvingProcessor):
-    """``attn1`` processor: block-sparse self-attention when the forward carves, else the stock processor.
+    """``attn1`` processor: block-sparse self-attention when the forward carves, else dense attention as the
+    stock processor runs it (with the fused RMSNorm + RoPE in eager mode on a GPU).
 
     Projections are read from ``attn`` at call time (LoRA layers loaded later are used); the attention
-    backend settings are forwarded to the stock processor it falls back to.
+    backend settings are forwarded to the stock processor, and used for the dense attention.
     """
 
     def __call__(
@@ -121,10 +138,28 @@ class WanCarvingProcessor(CarvingProcessor):
             or attention_mask is not None
             or not self.runtime.plan.carves(hidden_states.shape[1])
         ):
+            if encoder_hidden_states is None and getattr(attn, "add_k_proj", None) is None:
+                return self._dense(attn, hidden_states, attention_mask, rotary_emb)
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
         query, key, value = self_attention_qkv(attn, hidden_states, rotary_emb)
         out = carve_attention(query, key, value, self.runtime, owner=self)
+        out = out.flatten(2, 3).type_as(query)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+
+    def _dense(self, attn: torch.nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
+               rotary_emb: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """Dense self-attention (dense steps and layers): the stock processor's, with the fused RMSNorm + RoPE
+        where it applies; otherwise the stock processor itself."""
+        if not _fused_prep_allowed(attn, rotary_emb):
+            return self.stock(attn, hidden_states, None, attention_mask, rotary_emb)
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        query, key, value = self_attention_qkv(attn, hidden_states, rotary_emb)
+        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                    backend=self._attention_backend, parallel_config=self._parallel_config)
         out = out.flatten(2, 3).type_as(query)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
