@@ -1,7 +1,7 @@
 """Triton kernel for Wan's query/key preparation: RMSNorm across all heads, then interleaved RoPE, in one pass.
 
-Eager diffusers runs this as about twenty elementwise kernels per tensor with float32 intermediates
-(``torch.nn.RMSNorm`` upcasts, every RoPE product is a float32 tensor of the full size), on each layer's
+Eager diffusers runs this as a chain of kernels per tensor with float32 intermediates (the RMSNorm, then for
+the RoPE four full-size float32 products, a subtraction, an addition and strided copies), on each layer's
 queries and keys. Under ``torch.compile`` inductor fuses them itself; eager users pay them on every layer.
 One program here normalises one token row (all heads) in float32 and rotates its pairs, reading the input
 once and writing the result once.
