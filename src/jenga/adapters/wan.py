@@ -148,7 +148,6 @@ class WanCarvingProcessor(CarvingProcessor):
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
 
-
     def _dense(self, attn: torch.nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
                rotary_emb: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         """Dense self-attention (dense steps and layers): the stock processor's, with the fused RMSNorm + RoPE
