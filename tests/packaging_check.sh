@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Build the sdist and wheel, install the wheel into a fresh venv, and run `jenga demo` from it.
 #
-# Usage: bash tests/packaging_check.sh   (from anywhere; needs `pip install build`)
+# Usage: [TORCH_SPEC=torch==2.13.0] bash tests/packaging_check.sh   (from anywhere; needs `pip install build`)
 # Exits non-zero when the build, the install, the import or the demo fails.
 #
-# The fresh venv sees the running interpreter's site-packages through a .pth file, so torch, diffusers and
-# the rest come from the running environment (itself possibly a venv, as in CI) instead of being downloaded
-# again. Directories added by a .pth line get no .pth processing of their own, so an editable install of the
-# checkout there stays inactive; the wheel goes into the venv's own site-packages, which comes first on
-# sys.path. The check then proves that the venv imports jenga from the wheel, not from the checkout.
+# The fresh venv sees nothing of the running environment (no system site-packages, no .pth): it gets torch
+# first (TORCH_SPEC, default `torch`; CI passes its CPU build so the resolver does not pull a CUDA one), then
+# the wheel with the dependencies it declares, from the package index. A dependency the wheel forgets to
+# declare therefore fails `jenga demo` here. The check also proves that jenga is imported from the wheel.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python}"
+TORCH_SPEC="${TORCH_SPEC:-torch}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 started=$(date +%s)
@@ -47,12 +47,22 @@ for tail in ("src/jenga/cli.py", "pyproject.toml", "src/jenga/toy/weights/toy-wa
 print(f"ok: {len(names)} files in the wheel, {len(members)} in the sdist")
 EOF
 
-echo "== fresh venv (the running environment's packages for torch/diffusers), install the wheel"
+echo "== fresh isolated venv: torch ($TORCH_SPEC), then the wheel and its declared dependencies"
 "$PYTHON" -m venv "$WORK/venv"
-venv_site=$("$WORK/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-"$PYTHON" -c 'import sysconfig; p = sysconfig.get_paths(); print(p["purelib"]); print(p["platlib"])' \
-    >"$venv_site/_running_environment.pth"
-"$WORK/venv/bin/python" -m pip install --quiet --no-deps --ignore-installed --no-index "$wheel"
+venv_py="$WORK/venv/bin/python"
+"$venv_py" - <<'EOF2'
+import sys
+
+# nothing but the venv's own site-packages and the standard library may be on the path
+outside = [p for p in sys.path if "site-packages" in p and not p.startswith(sys.prefix)]
+if outside or sys.prefix == sys.base_prefix:
+    sys.exit(f"packaging check: the venv is not isolated: {outside or 'no venv'}")
+EOF2
+install_started=$(date +%s)
+"$venv_py" -m pip install --quiet $TORCH_SPEC
+"$venv_py" -m pip install --quiet "$wheel"
+"$venv_py" -m pip check
+echo "installed torch and the wheel's dependencies in $(( $(date +%s) - install_started )) s"
 
 cd "$WORK"  # away from the checkout: nothing may be imported from it
 "$WORK/venv/bin/python" - "$WORK/venv" <<'EOF'

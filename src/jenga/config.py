@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import numbers
 from dataclasses import dataclass
@@ -176,12 +177,19 @@ class JengaConfig:
     # -- presets and round trips
 
     @classmethod
-    def preset(cls, name: str = "base", model: str = "wan", **overrides: Any) -> JengaConfig:
+    def preset(cls, name: str = "base", model: str | None = None, **overrides: Any) -> JengaConfig:
         """The reference implementation's preset ``name`` for a model family, with optional overrides.
 
         ``model``: ``"hunyuan"`` (HunyuanVideo), ``"wan"`` (Wan 1.3B/5B) or ``"wan-14b"`` (Wan 14B, A14B).
+        Without ``model`` the Wan (1.3B/5B) family's preset is returned and logged at INFO level, because the
+        families' values differ; ``jenga.patch(pipe, "base")`` picks the family from the pipeline instead.
         Names: ``"base"`` and ``"turbo"`` for every family, ``"flash"`` and ``"3stage"`` for HunyuanVideo.
         """
+        if model is None:
+            model = "wan"
+            logging.getLogger("jenga").info(
+                "JengaConfig.preset(%r) without model=: using the 'wan' family's values (accepted families: %s)",
+                name, ", ".join(PRESETS))
         if model not in PRESETS:
             raise ValueError(f"unknown model family {model!r}; accepted: {tuple(PRESETS)}")
         if name not in PRESETS[model]:
@@ -266,7 +274,8 @@ def _check_drop_rates(drop_rates: object, num_stages: int) -> tuple[float, ...]:
         )
     for rate in rates:
         if not _is_real(rate) or not 0.0 <= rate < 1.0:
-            raise ValueError(f"each drop rate must be a float in [0, 1), got {rate!r} in {drop_rates!r}")
+            where = f" in {drop_rates!r}" if isinstance(drop_rates, (tuple, list)) else ""
+            raise ValueError(f"each drop rate must be a float in [0, 1), got {rate!r}{where}")
     return tuple(float(r) for r in rates)
 
 

@@ -140,7 +140,7 @@ def unpatch(target: Any) -> Any:
 
     Unpatching something that is not patched does nothing.
     """
-    transformers, _ = _targets(target)
+    transformers, _ = _targets(target, "jenga.unpatch")
     for transformer in transformers:
         _uninstall(transformer)
     return target
@@ -149,6 +149,7 @@ def unpatch(target: Any) -> Any:
 @contextlib.contextmanager
 def patched(target: Any, config: JengaConfig | str | None = None, **kwargs: Any) -> Iterator[Any]:
     """``with jenga.patched(pipe, ...):`` patch for the block, unpatch on exit (also on exceptions)."""
+    _targets(target, "jenga.patched")  # an unsupported target is named as passed to patched()
     if is_patched(target):
         raise RuntimeError(f"{type(target).__name__} is already patched; jenga.patched() must own its patch")
     patch(target, config, **kwargs)
@@ -159,13 +160,14 @@ def patched(target: Any, config: JengaConfig | str | None = None, **kwargs: Any)
 
 
 def is_patched(target: Any) -> bool:
-    transformers, _ = _targets(target)
+    """Whether ``target`` (a supported pipeline or transformer) carries jenga's patch."""
+    transformers, _ = _targets(target, "jenga.is_patched")
     return any(_RECORD in t.__dict__ for t in transformers)
 
 
 def selection_stats(target: Any, clear: bool = False) -> list[LayerStats]:
     """Kept-block counts of every sparse layer run so far (needs ``collect_stats=True``)."""
-    transformers, _ = _targets(target)
+    transformers, _ = _targets(target, "jenga.selection_stats")
     out: list[LayerStats] = []
     for transformer in transformers:
         record = transformer.__dict__.get(_RECORD)
@@ -181,8 +183,9 @@ def selection_stats(target: Any, clear: bool = False) -> list[LayerStats]:
 # internals
 
 
-def _targets(target: Any) -> tuple[list[torch.nn.Module], Any]:
-    """The transformers to patch and the pipeline (or None); ``TypeError`` for anything unsupported."""
+def _targets(target: Any, caller: str = "jenga.patch") -> tuple[list[torch.nn.Module], Any]:
+    """The transformers to patch and the pipeline (or None); ``TypeError`` naming ``caller`` (the public
+    function the user called) for anything unsupported."""
     if isinstance(target, torch.nn.Module):
         return [_unwrap(target)], None
     if hasattr(target, "components") and hasattr(target, "scheduler"):
@@ -202,7 +205,7 @@ def _targets(target: Any) -> tuple[list[torch.nn.Module], Any]:
                 ) from None
         return transformers, target
     raise TypeError(
-        f"jenga.patch expects a diffusers pipeline or transformer, got {type(target).__name__}; supported "
+        f"{caller} expects a diffusers pipeline or transformer, got {type(target).__name__}; supported "
         f"pipelines: {', '.join(SUPPORTED_PIPELINES)}; transformers: {', '.join(supported_transformers())}"
     )
 
