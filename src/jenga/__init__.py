@@ -45,7 +45,25 @@ _EXPORTS = {
     "select_blocks": "selection",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BlockLists",
+    "JengaConfig",
+    "Stage",
+    "TokenLayout",
+    "block_adjacency",
+    "block_sparse_attention",
+    "curve_permutation",
+    "dense_to_lists",
+    "is_patched",
+    "lists_to_dense",
+    "patch",
+    "patched",
+    "select_blocks",
+    "selection_stats",
+    "token_layout",
+    "unpatch",
+]
+
 
 if TYPE_CHECKING:
     from .attention import block_sparse_attention
