@@ -12,13 +12,20 @@ from jenga.toy.data import Prompt
 from jenga.toy.model import build_pipeline, load_pretrained, quiet_frame_rounding
 from jenga.toy.score import psnr, task_score
 
+text = sys.argv[1] if len(sys.argv) > 1 else "a red disc moving right"
+try:  # before loading anything: a prompt the model cannot read is one line, exit code 2
+    prompts = [Prompt.parse(text)]
+except ValueError as err:
+    print(f"toy_model.py: cannot read the prompt {text!r}: {err} (e.g. 'a green square moving left')",
+          file=sys.stderr)
+    raise SystemExit(2) from None
+
 device = "cuda" if torch.cuda.is_available() else "cpu"
 # the training size on a GPU (16 x 32 x 32 tokens = 128 blocks of 128); a quick small size on a CPU
 frames, side, block, steps = (16, 64, 128, 30) if device == "cuda" else (8, 32, 64, 10)
 dtype = torch.bfloat16 if device == "cuda" else torch.float32
 transformer, prompt_encoder = load_pretrained(device=device, dtype=dtype)
 pipe = build_pipeline(transformer)
-prompts = [Prompt.parse(sys.argv[1] if len(sys.argv) > 1 else "a red disc moving right")]
 
 
 def generate() -> torch.Tensor:

@@ -3,13 +3,21 @@
     python examples/wan22_t2v.py
 """
 
+import sys
+from pathlib import Path
+
 import torch
 from diffusers import AutoencoderKLWan, WanPipeline
 from diffusers.utils import export_to_video
 
 import jenga
+from jenga.hub import exit_if_unavailable
 
 model_id = "Wan-AI/Wan2.2-T2V-A14B-Diffusers"
+if not torch.cuda.is_available():
+    print(f"{Path(__file__).name}: needs a CUDA GPU (none here); `jenga demo` runs on a CPU", file=sys.stderr)
+    raise SystemExit(2)
+exit_if_unavailable(model_id)  # one line and exit code 2 when the weights are neither cached nor downloadable
 vae = AutoencoderKLWan.from_pretrained(model_id, subfolder="vae", dtype=torch.float32)
 pipe = WanPipeline.from_pretrained(model_id, vae=vae, dtype=torch.bfloat16).to("cuda")
 

@@ -4,6 +4,7 @@
 """
 
 import sys
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
@@ -11,8 +12,16 @@ from diffusers.utils import export_to_video, load_image
 from transformers import CLIPVisionModel
 
 import jenga
+from jenga.hub import exit_if_unavailable
 
 model_id = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
+if len(sys.argv) != 2 or not Path(sys.argv[1]).is_file():
+    print("usage: python examples/wan_i2v.py path/to/first_frame.png (an existing image file)", file=sys.stderr)
+    raise SystemExit(2)
+if not torch.cuda.is_available():
+    print(f"{Path(__file__).name}: needs a CUDA GPU (none here); `jenga demo` runs on a CPU", file=sys.stderr)
+    raise SystemExit(2)
+exit_if_unavailable(model_id)  # one line and exit code 2 when the weights are neither cached nor downloadable
 image_encoder = CLIPVisionModel.from_pretrained(model_id, subfolder="image_encoder", dtype=torch.float32)
 vae = AutoencoderKLWan.from_pretrained(model_id, subfolder="vae", dtype=torch.float32)
 pipe = WanImageToVideoPipeline.from_pretrained(

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Build the sdist and wheel, install the wheel into a fresh venv, and run `jenga demo` from it.
 #
-# Usage: [TORCH_SPEC=torch==2.13.0] bash tests/packaging_check.sh   (from anywhere; needs `pip install build`)
+# Usage: [TORCH_SPEC=torch==2.13.0] [VENV=path] bash tests/packaging_check.sh
+#   from anywhere; the running Python ($PYTHON, default python) needs `pip install build`.
+#   VENV: create the fresh venv there and keep it (CI then adds the test extra to it, so torch and the
+#   dependencies are installed once); default: a temporary folder, removed at the end.
 # Exits non-zero when the build, the install, the import or the demo fails.
 #
 # The fresh venv sees nothing of the running environment (no system site-packages, no .pth): it gets torch
@@ -15,6 +18,9 @@ PYTHON="${PYTHON:-python}"
 TORCH_SPEC="${TORCH_SPEC:-torch}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
+VENV="${VENV:-$WORK/venv}"
+[[ ! -e "$VENV" ]] || { echo "packaging check: $VENV exists; it must be a fresh venv"; exit 1; }
+mkdir -p "$(dirname "$VENV")" && VENV="$(cd "$(dirname "$VENV")" && pwd)/$(basename "$VENV")"
 started=$(date +%s)
 
 echo "== build sdist + wheel into $WORK/dist"
@@ -48,8 +54,8 @@ print(f"ok: {len(names)} files in the wheel, {len(members)} in the sdist")
 EOF
 
 echo "== fresh isolated venv: torch ($TORCH_SPEC), then the wheel and its declared dependencies"
-"$PYTHON" -m venv "$WORK/venv"
-venv_py="$WORK/venv/bin/python"
+"$PYTHON" -m venv "$VENV"
+venv_py="$VENV/bin/python"
 "$venv_py" - <<'EOF2'
 import sys
 
@@ -65,7 +71,7 @@ install_started=$(date +%s)
 echo "installed torch and the wheel's dependencies in $(( $(date +%s) - install_started )) s"
 
 cd "$WORK"  # away from the checkout: nothing may be imported from it
-"$WORK/venv/bin/python" - "$WORK/venv" <<'EOF'
+"$venv_py" - "$VENV" <<'EOF'
 import sys
 
 import jenga
@@ -76,9 +82,10 @@ if not jenga.__file__.startswith(venv):
 print(f"ok: jenga {jenga.__version__} from {jenga.__file__}")
 EOF
 
-echo "== jenga --help, jenga demo"
-"$WORK/venv/bin/jenga" --help >/dev/null
-"$WORK/venv/bin/jenga" demo --out-dir "$WORK/demo" --no-progress
+echo "== jenga --help, python -m jenga doctor, jenga demo"
+"$VENV/bin/jenga" --help >/dev/null
+"$venv_py" -m jenga doctor
+"$VENV/bin/jenga" demo --out-dir "$WORK/demo" --no-progress
 for f in dense_vs_jenga.gif block_mask.png; do
     [[ -s "$WORK/demo/$f" ]] || { echo "packaging check: demo did not write $f"; exit 1; }
 done

@@ -18,11 +18,12 @@ from jenga import cli
 ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = {
     "demo": ["--out-dir", "--prompt", "--size", "--steps", "--preset", "--cdf-threshold", "--device", "--seed",
-             "--threads", "--no-progress"],
+             "--threads", "--no-progress", "--force"],
     "generate": ["--model", "--prompt", "--negative-prompt", "--image", "--last-image", "--preset", "--out",
                  "--height", "--width", "--frames", "--steps", "--guidance", "--fps", "--seed", "--dtype", "--device",
                  "--offload", "--dense"],
     "bench": ["attention", "pipeline"],
+    "doctor": ["--model"],
 }
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a CUDA device")
 
@@ -72,9 +73,14 @@ def test_demo_runs_offline_and_writes_its_files(tmp_path, capsys, monkeypatch):
 
     with Image.open(gif) as image:
         assert image.n_frames == 4  # one per video frame
-        assert image.size == (2 * 32 + 4, 32)  # dense | gap | jenga
+        assert image.size == (2 * 4 * 32 + 8, 22 + 4 * 32)  # label band over dense | gap | jenga, scaled 4x
+        band = np.asarray(image.convert("L"))[:22]
+        assert (band < 128).sum() > 50, "no label text above the videos"
+        assert (np.asarray(image.convert("L"))[22:, :128] != 255).any(), "the dense video is blank"
     with Image.open(mask) as image:
-        pixels = set(np.unique(np.asarray(image.convert("L"))).tolist())
+        picture = np.asarray(image.convert("L"))
+    assert (picture[:58] < 128).sum() > 200, "the mask picture has no title and legend"
+    pixels = set(np.unique(picture[58:]).tolist())  # the panel, below the title and legend
     assert {255, 24} <= pixels, "the mask picture shows no dropped (or no kept) blocks"
 
 
@@ -146,8 +152,11 @@ def test_generate_offline_hub_id_is_a_clear_message_not_a_traceback(tmp_path):
          "--out", str(tmp_path / "c.mp4")], capture_output=True, text=True, env=env, timeout=120,
     )
     assert proc.returncode == cli.USAGE, proc.stderr
-    assert "cannot load jenga-test/does-not-exist" in proc.stderr and "HF_HUB_OFFLINE" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1, err  # one line: what happened and what to do
+    assert "jenga-test/does-not-exist is not in the Hugging Face cache and HF_HUB_OFFLINE is set" in err
+    assert "`hf download jenga-test/does-not-exist`" in err and "huggingface-cli" not in err
+    assert "loading" not in proc.stdout  # decided before diffusers was asked
     assert not (tmp_path / "c.mp4").exists()
 
 
@@ -210,7 +219,7 @@ def test_demo_rejects_a_prompt_it_cannot_read(capsys):
     code = cli.main(["demo", "--prompt", "a red triangle moving up", "--device", "cpu"])
     assert code == cli.USAGE
     err = capsys.readouterr().err
-    assert "--prompt" in err and "'triangle'" in err and "disc" in err
+    assert "--prompt" in err and "'triangle'" in err and "disc" in err and len(err.strip().splitlines()) == 1
 
 
 def test_generate_last_image_needs_a_first_image(tmp_path, capsys):
@@ -223,3 +232,107 @@ def test_generate_last_image_needs_a_first_image(tmp_path, capsys):
     assert code == cli.USAGE
     assert "--last-image needs --image" in capsys.readouterr().err
 
+
+
+def test_help_and_argument_errors_do_not_import_torch():
+    """`jenga --help` and argparse errors answer at once: neither jenga's package nor cli.py imports torch."""
+    code = ("import sys\nfrom jenga import cli\n"
+            "for argv in (['--help'], ['demo', '--help'], ['demo', '--steps', '0']):\n"
+            "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
+            "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'numpy') if m in sys.modules)\n"
+            "print('HEAVY', heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
+    assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_python_dash_m_jenga_is_the_command():
+    proc = subprocess.run([sys.executable, "-m", "jenga", "--version"], capture_output=True, text=True, env=_env(),
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("jenga "), proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--height", "100"], "--height 100: must be a multiple of 16"),
+    (["--width", "830"], "--width 830: must be a multiple of 16"),
+    (["--preset", "fast"], "unknown preset 'fast'; accepted: 3stage, base, flash, turbo"),
+    (["--image", "no-such.png"], "--image no-such.png: no such file"),
+    (["--out", "clip.gif"], "--out must end in .mp4"),
+])
+def test_generate_input_errors_exit_2_before_loading(argv, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # a hub id that would need the network: every check here must answer before it is looked up
+    code = cli.main(["generate", "--model", "jenga-test/never-loaded", "--prompt", "a cat", *argv])
+    captured = capsys.readouterr()
+    assert code == cli.USAGE
+    assert needle in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert "loading" not in captured.out
+
+
+@no_cuda
+def test_demo_full_size_on_a_cpu_needs_force(capsys):
+    code = cli.main(["demo", "--size", "full", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == cli.USAGE
+    assert "--size full on a CPU is at least 40x the default size's work" in err and "--force" in err
+
+
+def test_demo_turbo_says_when_its_first_stage_rounds_to_full_size(tmp_path, capsys):
+    code = cli.main(["demo", "--size", "small", "--steps", "2", "--preset", "turbo", "--out-dir", str(tmp_path),
+                     "--no-progress", "--device", "cpu"])
+    text = capsys.readouterr().out
+    assert code == cli.OK, text
+    assert "turbo preset's 0.75 first stage rounds back to 32x32 at this size" in text
+
+
+def test_doctor_prints_versions_gpu_kernel_path_and_the_cache(tmp_path):
+    cache = tmp_path / "hf"
+    snapshot = cache / "hub" / "models--jenga-test--cached-pipe" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jenga", "doctor", "--model", "jenga-test/cached-pipe", "--model", "jenga-test/absent"],
+        capture_output=True, text=True, env=_env(HF_HOME=str(cache), HF_HUB_OFFLINE="1"), timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    for name in ("torch", "triton", "diffusers", "transformers"):
+        assert f"\n{name} " in text, f"no {name} version"
+    assert f"torch {torch.__version__}" in text
+    assert ("GPU: none" in text) != torch.cuda.is_available()
+    assert "attention path (backend auto): " in text and "kernel tuning: up to " in text
+    assert "model jenga-test/cached-pipe: in the offline cache" in text
+    assert "model jenga-test/absent: NOT in the offline cache (`hf download jenga-test/absent`)" in text
+    assert "HF_HUB_OFFLINE set" in text
+
+
+@no_cuda
+@pytest.mark.parametrize("script", ["wan_t2v.py", "wan_i2v.py"])
+def test_examples_fail_fast_with_one_line(script, tmp_path):
+    picture = tmp_path / "first.png"
+    from _tiny import image
+
+    image().save(picture)
+    args = [str(picture)] if "i2v" in script else []
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], capture_output=True, text=True,
+                          env=_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf")), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    # the last line is ours (transformers may warn on import that torchvision is absent); no traceback
+    assert proc.stderr.strip().splitlines()[-1] == f"{script}: needs a CUDA GPU (none here); `jenga demo` runs on a CPU"
+    assert "Traceback" not in proc.stderr
+
+
+def test_image_example_checks_its_argument_first(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "hunyuan_i2v.py"), str(tmp_path / "none.png")],
+                          capture_output=True, text=True, env=_env(HF_HUB_OFFLINE="1"), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("usage: python examples/hunyuan_i2v.py path/to/first_frame")
+
+
+def test_toy_example_rejects_a_prompt_it_cannot_read_in_one_line():
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "toy_model.py"), "a red triangle moving up"],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "cannot read the prompt 'a red triangle moving up'" in err, err

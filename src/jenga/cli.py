@@ -80,14 +80,18 @@ def _parser() -> argparse.ArgumentParser:
                            "green, blue, yellow, magenta, cyan; shapes disc, square; directions up, down, left, "
                            "right (default: 'a red disc moving right')")
     demo.add_argument("--size", choices=("default", "small", "full"), default="default",
-                      help="default: 8 frames 32x32, 32 blocks of 64 (under a minute on 2 CPU cores); small: 4 "
+                      help="default: 8 frames 32x32, 32 blocks of 64 (about a minute on 2 CPU cores); small: 4 "
                            "frames 32x32, 32 blocks of 32 (seconds); full: 16 frames 64x64, 128 blocks of 128, "
-                           "the model's training size (for a GPU)")
+                           "the model's training size (seconds on a GPU; on a CPU at least 40x the default's work, "
+                           "so it needs --force there)")
+    demo.add_argument("--force", action="store_true", help="run --size full on a CPU anyway")
     demo.add_argument("--steps", type=_positive_int, default=None,
                       help="denoising steps (default: 6, small: 4, full: 30)")
     demo.add_argument("--preset", choices=("base", "turbo"), default="base",
-                      help="Wan preset (default: base; turbo's 0.75 first stage needs --size full, whose "
-                           "48-pixel stage is a multiple of 16 as WanPipeline requires)")
+                      help="Wan preset (default: base). turbo runs at every size with its two drop rates and dense "
+                           "first steps, but its 0.75 first stage is at reduced resolution (48x48) only with --size "
+                           "full: at 32 pixels 0.75 rounds back to 32, as WanPipeline needs multiples of 16 (the demo "
+                           "says so when it happens)")
     demo.add_argument("--cdf-threshold", type=float, default=None,
                       help="p, the block-score mass to keep (default: the preset's, 0.9)")
     demo.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
@@ -144,6 +148,21 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=("attention", "pipeline"), help="which benchmark")
     bench.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     bench.set_defaults(run=_cmd_bench)
+
+    doctor = sub.add_parser(
+        "doctor", parents=[common], formatter_class=formatter, epilog=EXIT_CODES,
+        help="print what a bug report needs: versions, GPU, kernel path, cached models",
+        description=_wrap(
+            "Print the versions of jenga, Python, torch, Triton, diffusers, transformers and huggingface_hub; "
+            "the GPU and its compute capability; which attention path jenga will use here (our Triton kernel "
+            "with tensor-descriptor or pointer loads, or PyTorch SDPA on a CPU), the tile configurations its "
+            "autotuner will try, and, with --model, whether the local Hugging Face cache holds that pipeline. "
+            "Never touches the network."
+        ),
+    )
+    doctor.add_argument("--model", action="append", default=[],
+                        help="hub id or folder to look for in the offline cache (repeatable)")
+    doctor.set_defaults(run=_cmd_doctor)
     return parser
 
 
@@ -188,8 +207,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         Prompt.parse(args.prompt)
     except ValueError as err:
-        raise UsageError(f"--prompt: {err}") from None
+        raise UsageError(f"--prompt: {err} (e.g. 'a green square moving left')") from None
     device = _device(args.device)
+    if args.size == "full" and device == "cpu" and not args.force:
+        default, full = SIZES["default"], SIZES["full"]
+        work = (full.frames * full.height * full.width) / (default.frames * default.height * default.width)
+        work *= size.steps / default.steps
+        raise UsageError(f"--size full on a CPU is at least {work:.0f}x the default size's work (the default takes "
+                         "about a minute on 2 cores; attention grows with the square of the tokens, so expect well "
+                         "over an hour): use a GPU, the default size, or add --force")
     import torch
 
     threads = torch.get_num_threads()
@@ -227,16 +253,15 @@ def _device(name: str) -> str:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    _check_generate_arguments(args)  # every input error before torch, diffusers or the model is loaded
+    device = _device(args.device)
+    from .hub import availability_problem
+
+    problem = availability_problem(args.model)
+    if problem is not None:
+        raise UsageError(problem)
     import torch
 
-    for flag, path in (("--image", args.image), ("--last-image", args.last_image)):
-        if path is not None and not path.is_file():
-            raise UsageError(f"{flag} {path}: no such file")
-    if args.last_image is not None and args.image is None:
-        raise UsageError("--last-image needs --image (the first frame)")
-    if args.out.suffix.lower() != ".mp4":
-        raise UsageError(f"--out must end in .mp4, got {args.out}")
-    device = _device(args.device)
     pipe = _load_pipeline(args.model, getattr(torch, args.dtype))
 
     import jenga
@@ -276,6 +301,28 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return OK
 
 
+def _check_generate_arguments(args: argparse.Namespace) -> None:
+    """What can be checked without the model: files, sizes, the output name, the preset's name."""
+    for flag, path in (("--image", args.image), ("--last-image", args.last_image)):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{flag} {path}: no such file")
+    if args.last_image is not None and args.image is None:
+        raise UsageError("--last-image needs --image (the first frame)")
+    for flag, value in (("--height", args.height), ("--width", args.width)):
+        if value is not None and value % 16:
+            raise UsageError(f"{flag} {value}: must be a multiple of 16 (the VAE's 8x times the 2x2 patches), "
+                             f"e.g. {max(16, value // 16 * 16)} or {value // 16 * 16 + 16}")
+    if args.out.suffix.lower() != ".mp4":
+        raise UsageError(f"--out must end in .mp4, got {args.out}")
+    if args.preset is not None:
+        from .config import PRESETS
+
+        names = sorted({name for family in PRESETS.values() for name in family})
+        if args.preset not in names:
+            raise UsageError(f"unknown preset {args.preset!r}; accepted: {', '.join(names)} "
+                             "(flash and 3stage for HunyuanVideo only)")
+
+
 def _load_pipeline(model: str, dtype: Any) -> Any:
     """``DiffusionPipeline.from_pretrained`` with every "can't get the weights" failure turned into one line."""
     looks_local = model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1] or \
@@ -289,21 +336,29 @@ def _load_pipeline(model: str, dtype: Any) -> Any:
     from diffusers import DiffusionPipeline
     from huggingface_hub.errors import HFValidationError
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    from .hub import offline as hub_offline
+
+    offline = hub_offline()
     print(f"loading {model} ...", flush=True)
     try:
         return DiffusionPipeline.from_pretrained(str(path) if looks_local else model, dtype=dtype)
     except HFValidationError:
         raise UsageError(f"--model {model}: not a valid hub id or an existing folder") from None
     except OSError as err:  # missing files, no network, gated/unknown repo, disk full
-        hint = " (HF_HUB_OFFLINE is set: download it first with `huggingface-cli download " \
-               f"{model}`)" if offline else " (check the id, your network and `huggingface-cli login`)"
+        hint = f"HF_HUB_OFFLINE is set: download it first with `hf download {model}`" if offline else \
+            f"check the id, your network and `hf auth login`, or fetch it with `hf download {model}`"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"cannot load {model}: {first}{hint}") from None
+        raise UsageError(f"cannot load {model}: {_shorten(first)}; {hint}") from None
     except ValueError as err:  # e.g. a folder whose model_index.json names unknown classes
         raise UsageError(f"cannot load {model}: {err}") from None
     except ImportError as err:  # a component needing a package that is not installed (ftfy, sentencepiece)
         raise UsageError(f"cannot load {model}: {err}") from None
+
+
+def _shorten(text: str, limit: int = 160) -> str:
+    """The first sentence of a library's message, cut to ``limit`` characters: the one line stays one line."""
+    sentence = text.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
 
 
 def _call_arguments(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -349,6 +404,89 @@ def _generate(pipe: Any, call: dict[str, Any], seed: int, label: str) -> tuple[f
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - start, frames
+
+
+# ----------------------------------------------------------------------------------------------------
+# doctor
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    for line in doctor_report(args.model):
+        print(line)
+    return OK
+
+
+def doctor_report(models: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The lines ``jenga doctor`` prints (no network: the model check reads only the local cache)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    lines = [f"jenga {_version()} ({Path(__file__).resolve().parent})",
+             f"python {platform.python_version()} ({sys.executable}), {platform.platform()}"]
+    lines += [f"{name} {installed(name)}" for name in ("torch", "triton", "diffusers", "transformers",
+                                                       "huggingface_hub", "imageio-ffmpeg")]
+    import torch
+
+    from .attention import triton_available
+
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(index)
+            lines.append(f"GPU {index}: {torch.cuda.get_device_name(index)}, compute capability {major}.{minor}, "
+                         f"CUDA {torch.version.cuda}")
+        major = torch.cuda.get_device_capability(0)[0]
+        loads = "tensor-descriptor (TMA) loads, sm_90+" if major >= 9 else "pointer loads (before sm_90)"
+        if triton_available():
+            lines.append(f"attention path (backend auto): jenga's Triton kernel, {loads}")
+        else:
+            lines.append("attention path (backend auto): Triton is not importable here, so the torch backend "
+                         "(PyTorch SDPA with a token mask); pip install triton")
+        fused = os.environ.get("JENGA_FUSED_QK_PREP", "auto")
+        lines.append(f"fused Wan query/key RMSNorm + RoPE in eager mode: {'off' if fused == '0' else 'on'} "
+                     f"(JENGA_FUSED_QK_PREP={fused})")
+    else:
+        lines.append(f"GPU: none (torch {torch.__version__} sees no CUDA device)")
+        interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
+        lines.append("attention path (backend auto): the torch backend, PyTorch SDPA with a token mask (carving "
+                     "saves nothing on a CPU); backend='triton' runs " +
+                     ("in Triton's CPU interpreter (TRITON_INTERPRET=1: slow, tests only)" if interpreted else
+                      "only with TRITON_INTERPRET=1 (Triton's CPU interpreter, slow, tests only)"))
+    lines.append(_tuning_line())
+    from .hub import cached, offline
+
+    lines.append(f"Hugging Face cache: {os.environ.get('HF_HOME', '~/.cache/huggingface (default)')}, "
+                 f"HF_HUB_OFFLINE {'set' if offline() else 'not set'}")
+    for model in models:
+        path = Path(model).expanduser()
+        if path.exists():
+            state = "a local pipeline folder" if (path / "model_index.json").is_file() else \
+                "a folder without model_index.json (not a diffusers pipeline)"
+        else:
+            state = "in the offline cache" if cached(model) else f"NOT in the offline cache (`hf download {model}`)"
+        lines.append(f"model {model}: {state}")
+    return lines
+
+
+def _tuning_line() -> str:
+    """The tile configurations the kernel's autotuner will try, and whether picks persist across processes."""
+    try:
+        from .kernels import triton_block_sparse as kernel
+
+        configs = kernel._configs()
+    except (ImportError, AttributeError) as err:  # no Triton here, or the kernel module moved
+        return f"kernel tuning: not available ({type(err).__name__}: {err})"
+    tiles = sorted({f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}/{c.num_warps}w" for c in configs})
+    persisted = os.environ.get("TRITON_CACHE_AUTOTUNING", "0") == "1"
+    kept = "kept on disk (TRITON_CACHE_AUTOTUNING=1)" if persisted else "per process (TRITON_CACHE_AUTOTUNING=1 " \
+        "keeps them on disk)"
+    return (f"kernel tuning: up to {len(configs)} tile configurations ({', '.join(tiles)}; pruned per call to the "
+            f"block size and load path), tuned on the first call per head dim and length bucket; picks {kept}")
 
 
 # ----------------------------------------------------------------------------------------------------

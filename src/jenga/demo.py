@@ -149,6 +149,11 @@ def run_demo(
     say(f"demo pipeline: the toy Wan model shipped with jenga ({layers} layers, trained on moving shapes), "
         f"prompt {str(parsed)!r}, {size.frames} frames {size.width}x{size.height} -> token grid {size.grid} = "
         f"{size.video_blocks} blocks of {size.block_size}; {size.steps} steps, CFG on, {dev.type} {dtype}")
+    reduced = _first_stage_sides(config, size)
+    if reduced == (size.height, size.width) and len(config.stages) > 1:
+        say(f"note: the {preset} preset's {config.stages[0].scale:g} first stage rounds back to "
+            f"{size.width}x{size.height} at this size (WanPipeline needs multiples of 16), so only its drop "
+            "rates and dense steps apply; --size full runs the first stage at reduced resolution")
     # warm-up, one step without decoding: first-call allocations would otherwise count against the dense run
     generate(1, "latent")
     dense_seconds, dense = timed(size.steps)
@@ -177,12 +182,24 @@ def run_demo(
     result = DemoResult(size, config, str(parsed), str(dev), dense_seconds, jenga_seconds, kept_share, len(stats),
                         _psnr(dense, carved), reading(dense), reading(carved), [])
     out_dir.mkdir(parents=True, exist_ok=True)
-    result.files += _write_side_by_side(out_dir, dense, carved)
+    labels = (f"dense {dense_seconds:.1f} s", f"jenga {jenga_seconds:.1f} s")
+    result.files += _write_side_by_side(out_dir, dense, carved, labels)
     if capture.lists is not None:
         recorded = [s.kv_count for s in stats if s.layer == capture.layer]
         result.mask_matches = bool(recorded) and torch.equal(recorded[-1], capture.lists.kv_count)
-        result.files.append(_write_mask(out_dir / "block_mask.png", capture.lists))
+        title = (f"jenga block mask: layer {capture.layer} of {layers}, last sparse step, {preset} preset, "
+                 f"{size.video_blocks} blocks of {size.block_size}")
+        result.files.append(_write_mask(out_dir / "block_mask.png", capture.lists, title))
     return result
+
+
+def _first_stage_sides(config: JengaConfig, size: DemoSize) -> tuple[int, int]:
+    """Pixel height and width of the first stage, rounded to multiples of 16 as ``jenga.progressive`` does for
+    the toy's pixel-space pipeline."""
+    scale = config.stages[0].scale
+    height, width = (side if scale == 1.0 else math.floor(scale * side / 16 + 0.5) * 16
+                     for side in (size.height, size.width))
+    return height, width
 
 
 def _describe(config: JengaConfig) -> str:
@@ -237,13 +254,40 @@ def _to_uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _write_side_by_side(out_dir: Path, dense: np.ndarray, carved: np.ndarray, fps: int = 8) -> list[Path]:
-    """dense | jenga, frame by frame: a GIF (Pillow, a diffusers dependency) and an MP4 when imageio can."""
-    from PIL import Image
+def _font(size: int) -> Any:
+    """Pillow's bundled font at ``size`` pixels (a fixed small bitmap font on Pillow without FreeType)."""
+    from PIL import ImageFont
 
-    gap = np.ones((dense.shape[0], dense.shape[1], 4, 3), dtype=np.float32)
-    frames = _to_uint8(np.concatenate([dense, gap, carved], axis=2))
-    images = [Image.fromarray(frame) for frame in frames]
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow < 10.1, or no FreeType
+        return ImageFont.load_default()
+
+
+def _labelled_frames(dense: np.ndarray, carved: np.ndarray, labels: tuple[str, str], scale: int) -> list[Any]:
+    """dense | jenga per frame, each video scaled up ``scale`` times (nearest) under its label."""
+    from PIL import Image, ImageDraw
+
+    frames, height, width = dense.shape[:3]
+    tile_w, tile_h, gap, band = width * scale, height * scale, 8, 22
+    font = _font(14)
+    images = []
+    for t in range(frames):
+        canvas = Image.new("RGB", (2 * tile_w + gap, band + tile_h), "white")
+        draw = ImageDraw.Draw(canvas)
+        for i, (video, label) in enumerate(zip((dense, carved), labels, strict=True)):
+            tile = Image.fromarray(_to_uint8(video[t])).resize((tile_w, tile_h), Image.NEAREST)
+            x = i * (tile_w + gap)
+            canvas.paste(tile, (x, band))
+            draw.text((x + 2, 3), label, fill="black", font=font)
+        images.append(canvas)
+    return images
+
+
+def _write_side_by_side(out_dir: Path, dense: np.ndarray, carved: np.ndarray, labels: tuple[str, str] = ("dense",
+                        "jenga"), fps: int = 8, scale: int = 4) -> list[Path]:
+    """dense | jenga, frame by frame, scaled up and labelled: a GIF (Pillow) and an MP4 when imageio can."""
+    images = _labelled_frames(dense, carved, labels, scale)
     gif = out_dir / "dense_vs_jenga.gif"
     images[0].save(gif, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     written = [gif]
@@ -252,7 +296,7 @@ def _write_side_by_side(out_dir: Path, dense: np.ndarray, carved: np.ndarray, fp
 
         mp4 = out_dir / "dense_vs_jenga.mp4"
         # macro_block_size=1: the side-by-side width is not a multiple of 16; no resize warnings
-        imageio.mimwrite(mp4, list(frames), fps=fps, macro_block_size=1)
+        imageio.mimwrite(mp4, [np.asarray(image) for image in images], fps=fps, macro_block_size=1)
         written.append(mp4)
     except ImportError:
         logger.info("jenga demo: imageio not installed, no MP4 (pip install 'jenga-video[video]')")
@@ -261,19 +305,35 @@ def _write_side_by_side(out_dir: Path, dense: np.ndarray, carved: np.ndarray, fp
     return written
 
 
-def _write_mask(path: Path, lists: BlockLists, cell: int = 12) -> Path:
-    """Every head's kept (query block, key block) pairs of batch 0, side by side: white kept, dark dropped."""
-    from PIL import Image
+KEPT, DROPPED = 255, 24  # grey levels of the block mask picture
+
+
+def _write_mask(path: Path, lists: BlockLists, title: str, cell: int = 12) -> Path:
+    """Every head's kept (query block, key block) pairs of batch 0, side by side under a title and a legend:
+    white kept, dark dropped; rows are query blocks, columns key blocks."""
+    from PIL import Image, ImageDraw
 
     dense = lists.to_dense()[0].cpu().numpy()  # [H, Qb, Kb]
     heads, rows, cols = dense.shape
     sep = 1
-    canvas = np.full((rows, heads * cols + (heads - 1) * sep), 128, dtype=np.uint8)
+    grid = np.full((rows, heads * cols + (heads - 1) * sep), 128, dtype=np.uint8)
     for h in range(heads):
         start = h * (cols + sep)
-        canvas[:, start:start + cols] = np.where(dense[h], 255, 24)
-    image = Image.fromarray(canvas).resize((canvas.shape[1] * cell, rows * cell), Image.NEAREST)
-    image.save(path)
+        grid[:, start:start + cols] = np.where(dense[h], KEPT, DROPPED)
+    panel = Image.fromarray(grid).resize((grid.shape[1] * cell, rows * cell), Image.NEAREST)
+    font, small = _font(15), _font(12)
+    band = 58
+    canvas = Image.new("L", (max(panel.width, 560) + 16, panel.height + band + 8), 255)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, 4), title, fill=0, font=font)
+    draw.text((8, 22), f"{heads} heads side by side; rows: query blocks, columns: key blocks", fill=0, font=small)
+    x = 8
+    for value, label in ((KEPT, "kept (computed)"), (DROPPED, "dropped (skipped)")):
+        draw.rectangle((x, 40, x + 12, 52), fill=value, outline=0)
+        draw.text((x + 18, 39), label, fill=0, font=small)
+        x += 150
+    canvas.paste(panel, (8, band))
+    canvas.save(path)
     return path
 
 
