@@ -79,8 +79,8 @@ def test_demo_runs_offline_and_writes_its_files(tmp_path, capsys, monkeypatch):
         assert (np.asarray(image.convert("L"))[22:, :128] != 255).any(), "the dense video is blank"
     with Image.open(mask) as image:
         picture = np.asarray(image.convert("L"))
-    assert (picture[:58] < 128).sum() > 200, "the mask picture has no title and legend"
-    pixels = set(np.unique(picture[58:]).tolist())  # the panel, below the title and legend
+    assert (picture[:76] < 128).sum() > 200, "the mask picture has no title and legend"
+    pixels = set(np.unique(picture[76:]).tolist())  # the panels, below the title, legend and head labels
     assert {255, 24} <= pixels, "the mask picture shows no dropped (or no kept) blocks"
 
 

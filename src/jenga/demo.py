@@ -322,8 +322,8 @@ def _write_mask(path: Path, lists: BlockLists, title: str, cell: int = 12) -> Pa
         grid[:, start:start + cols] = np.where(dense[h], KEPT, DROPPED)
     panel = Image.fromarray(grid).resize((grid.shape[1] * cell, rows * cell), Image.NEAREST)
     font, small = _font(15), _font(12)
-    band = 58
-    canvas = Image.new("L", (max(panel.width, 560) + 16, panel.height + band + 8), 255)
+    top = 76  # title, subtitle, legend and head labels above the panel
+    canvas = Image.new("L", (max(panel.width, 560) + 16, panel.height + top + 8), 255)
     draw = ImageDraw.Draw(canvas)
     draw.text((8, 4), title, fill=0, font=font)
     draw.text((8, 22), f"{heads} heads side by side; rows: query blocks, columns: key blocks", fill=0, font=small)
@@ -332,7 +332,11 @@ def _write_mask(path: Path, lists: BlockLists, title: str, cell: int = 12) -> Pa
         draw.rectangle((x, 40, x + 12, 52), fill=value, outline=0)
         draw.text((x + 18, 39), label, fill=0, font=small)
         x += 150
-    canvas.paste(panel, (8, band))
+    canvas.paste(panel, (8, top))
+    for h in range(heads):
+        left = 8 + h * (cols + sep) * cell
+        draw.text((left, top - 16), f"head {h}", fill=0, font=small)
+        draw.rectangle((left - 1, top - 1, left + cols * cell, top + rows * cell), outline=96)
     canvas.save(path)
     return path
 
