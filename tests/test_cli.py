@@ -63,6 +63,7 @@ def test_demo_runs_offline_and_writes_its_files(tmp_path, capsys, monkeypatch):
     for needle in ("dense (stock diffusers):", "speed-up:", "blocks kept:", "PSNR", "task reading", "toy Wan model"):
         assert needle in text
     assert "does not match" not in text  # the mask picture shows the lists the layer really used
+    assert "first stage rounds back" not in text  # base has no reduced-resolution stage to round
     kept = float(text.split("blocks kept: ")[1].split("%")[0])
     assert 0.0 < kept < 100.0, "the selector kept every block (or none)"
     gif, mask = out / "dense_vs_jenga.gif", out / "block_mask.png"

@@ -150,7 +150,7 @@ def run_demo(
         f"prompt {str(parsed)!r}, {size.frames} frames {size.width}x{size.height} -> token grid {size.grid} = "
         f"{size.video_blocks} blocks of {size.block_size}; {size.steps} steps, CFG on, {dev.type} {dtype}")
     reduced = _first_stage_sides(config, size)
-    if reduced == (size.height, size.width) and len(config.stages) > 1:
+    if reduced == (size.height, size.width) and config.stages[0].scale < 1.0:
         say(f"note: the {preset} preset's {config.stages[0].scale:g} first stage rounds back to "
             f"{size.width}x{size.height} at this size (WanPipeline needs multiples of 16), so only its drop "
             "rates and dense steps apply; --size full runs the first stage at reduced resolution")
