@@ -35,6 +35,7 @@ _EXPORTS = {
     "Stage": "config",
     "block_adjacency": "curves",
     "curve_permutation": "curves",
+    "enable_parallelism": "parallel",
     "TokenLayout": "layout",
     "token_layout": "layout",
     "is_patched": "patching",
@@ -54,6 +55,7 @@ __all__ = [
     "block_sparse_attention",
     "curve_permutation",
     "dense_to_lists",
+    "enable_parallelism",
     "is_patched",
     "lists_to_dense",
     "patch",
@@ -71,6 +73,7 @@ if TYPE_CHECKING:
     from .config import JengaConfig, Stage
     from .curves import block_adjacency, curve_permutation
     from .layout import TokenLayout, token_layout
+    from .parallel import enable_parallelism
     from .patching import is_patched, patch, patched, selection_stats, unpatch
     from .selection import select_blocks
 

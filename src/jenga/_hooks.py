@@ -24,6 +24,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
+from . import parallel
 from ._state import BranchClock, CarvingRuntime
 
 LAYOUT_HOOK = "jenga_layout"
@@ -45,6 +46,15 @@ def _replace_first_arg(args: tuple, kwargs: dict, name: str, value: Any) -> tupl
     return args, {**kwargs, name: value}
 
 
+def _per_token_to_carved(layout: Any, x: torch.Tensor, dim: int) -> torch.Tensor:
+    if x.shape[dim] != layout.num_tokens:  # split before this hook: context parallelism's plan
+        raise NotImplementedError(
+            f"per-token modulation of {x.shape[dim]} tokens for a grid of {layout.num_tokens} (Wan 2.2 TI2V "
+            "under context parallelism) is not supported: the plan splits the timesteps before jenga can order them"
+        )
+    return x.index_select(dim, layout.perm)
+
+
 class JengaHook(ModelHook):
     """Base of the four hooks: remembers the forward wrapper it installed (see :func:`unregister`)."""
 
@@ -60,7 +70,10 @@ class LayoutHook(JengaHook):
         self.adapter = adapter
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
-        self.runtime.begin_forward(_first_tensor_arg(args, kwargs, "hidden_states"))
+        parallel.check_attached(self.runtime)
+        layout = self.runtime.begin_forward(_first_tensor_arg(args, kwargs, "hidden_states"))
+        if layout is not None:
+            parallel.check_grid(self.runtime, layout.num_tokens)
         return args, kwargs
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
@@ -103,7 +116,7 @@ class ClockHook(JengaHook):
         layout = self.runtime.plan.layout
         if layout is None:
             return output
-        return self.adapter.reorder_time(output, lambda x, dim: x.index_select(dim, layout.perm))
+        return self.adapter.reorder_time(output, lambda x, dim: _per_token_to_carved(layout, x, dim))
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state_manager.reset()
@@ -153,7 +166,7 @@ class ExitHook(JengaHook):
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         layout = self.runtime.plan.layout
         self.runtime.end_forward()
-        if layout is None:
+        if layout is None or self.runtime.parallel is not None:  # sharded here: undone after the gather
             return args, kwargs
         hidden = _first_tensor_arg(args, kwargs, self.arg_name)
         return _replace_first_arg(args, kwargs, self.arg_name, hidden.index_select(1, layout.inverse))

@@ -132,6 +132,8 @@ class CarvingRuntime:
     skip_blocks: list[torch.nn.Module] | None = field(default=None, repr=False)  # the stack skipping bypasses
     # ``(layer, processor)`` of every carving processor: their ``pending_stats`` become LayerStats at end_forward
     processors: list[tuple[int, Any]] = field(default_factory=list, repr=False)
+    # context parallelism (jenga.parallel.ParallelState) when the transformer runs under Ulysses, else None
+    parallel: Any = field(default=None, repr=False)
     _ordinal: tuple[int, int] = field(default=(-1, 0), repr=False)
     _last_reason: str | None = field(default=None, repr=False)
     _regional_warned: bool = field(default=False, repr=False)

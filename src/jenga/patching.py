@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from . import _hooks, progressive, skipping
+from . import _hooks, parallel, progressive, skipping
 from ._state import CarvingRuntime, LayerStats
 from .adapters import ModelAdapter, adapter_for, supported_transformers
 from .config import JengaConfig
@@ -281,6 +281,7 @@ def _install(transformer, adapter: ModelAdapter, cfg: JengaConfig, pipeline: Any
         ):
             had_registry, had_forward = _hooks.register(module, hook, name)
             record.hooks.append((module, name, had_registry, had_forward))
+        parallel.attach(transformer, record)
         _invalidate_hook_cache(transformer)
     except Exception:
         _uninstall(transformer)

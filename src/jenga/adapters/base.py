@@ -134,6 +134,19 @@ class ModelAdapter:
         """Per-token outputs of the time embedding (Wan 2.2 TI2V) follow the order; default: none."""
         return output
 
+    # context parallelism (jenga.parallel)
+
+    def cp_plan(self, transformer: torch.nn.Module) -> dict | None:
+        """The context-parallel plan ``jenga.enable_parallelism`` passes (None: the model's own ``_cp_plan``)."""
+        return None
+
+    def after_parallelism(self, transformer: torch.nn.Module) -> None:
+        """Hooks the family's plan needs beyond diffusers' split and gather (registered once, kept)."""
+
+    def parallel_exit_module(self, transformer: torch.nn.Module) -> torch.nn.Module:
+        """The module whose output the plan gathers (full sequence, carved order, per token)."""
+        raise NotImplementedError
+
 
 def carve_attention(
     q: torch.Tensor,

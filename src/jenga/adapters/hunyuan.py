@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 from diffusers import HunyuanVideoTransformer3DModel
+from diffusers.hooks import ModelHook
 from diffusers.models.embeddings import apply_rotary_emb
 
+from ..parallel import carve_attention_ulysses, shard_bounds, video_tokens_seen
 from .base import AttentionSite, CarvingProcessor, HookSites, ModelAdapter, carve_attention
 
 __all__ = ["HunyuanVideoAdapter", "HunyuanVideoCarvingProcessor"]
@@ -40,11 +42,12 @@ class HunyuanVideoCarvingProcessor(CarvingProcessor):
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         plan = self.runtime.plan
-        amplify = self.runtime.text_bias > 0 and plan.active and plan.num_tokens == hidden_states.shape[1]
+        num_video = video_tokens_seen(self.runtime, hidden_states.shape[1])
+        amplify = self.runtime.text_bias > 0 and plan.active and plan.num_tokens == num_video
         if (
             encoder_hidden_states is None
             or (attention_mask is not None and attention_mask.dtype != torch.bool)
-            or not (amplify or (not self.dense and plan.carves(hidden_states.shape[1])))
+            or not (amplify or (not self.dense and plan.carves(num_video)))
         ):
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
@@ -82,11 +85,15 @@ class HunyuanVideoCarvingProcessor(CarvingProcessor):
             key = torch.cat([key, text_key], dim=1)
             value = torch.cat([value, text_value], dim=1)
 
-        key_lengths = None
-        if attention_mask is not None:
-            key_lengths = attention_mask.reshape(attention_mask.shape[0], -1).sum(-1)
-        out = carve_attention(query, key, value, self.runtime, owner=self, key_lengths=key_lengths,
-                              dense=self.dense)
+        if self.runtime.parallel is not None:
+            out = carve_attention_ulysses(query, key, value, self.runtime, owner=self, attention_mask=attention_mask,
+                                          dense=self.dense)
+        else:
+            key_lengths = None
+            if attention_mask is not None:
+                key_lengths = attention_mask.reshape(attention_mask.shape[0], -1).sum(-1)
+            out = carve_attention(query, key, value, self.runtime, owner=self, key_lengths=key_lengths,
+                                  dense=self.dense)
         out = out.flatten(2, 3).to(query.dtype)
 
         video_out, text_out = out[:, :-num_text], out[:, -num_text:]
@@ -139,3 +146,127 @@ class HunyuanVideoAdapter(ModelAdapter):
     def reorder_rope(self, output: Any, reorder) -> Any:
         cos, sin = output
         return reorder(cos, 0), reorder(sin, 0)
+
+    def cp_plan(self, transformer: torch.nn.Module) -> dict:
+        return hunyuan_cp_plan()
+
+    def after_parallelism(self, transformer: torch.nn.Module) -> None:
+        register_shard_hooks(transformer)
+
+    def parallel_exit_module(self, transformer: torch.nn.Module) -> torch.nn.Module:
+        return transformer.proj_out
+
+
+# ----------------------------------------------------------------------------------------------------
+# context parallelism: diffusers 0.42 ships no ``_cp_plan`` for HunyuanVideo
+
+
+def hunyuan_cp_plan() -> dict:
+    """Context-parallel plan of ``HunyuanVideoTransformer3DModel`` (T2V and I2V).
+
+    Split along the sequence: the RoPE tables (``[N, D]``, dim 0), the video tokens after ``x_embedder`` and
+    the text tokens after ``context_embedder`` (the token refiner runs whole on every rank: its pooling and
+    self-attention need all text tokens); gather after ``proj_out``. Every joint attention then sees, per
+    rank, (video shard, text shard), which the Ulysses all-to-all assembles into each token once. The padded
+    text mask and I2V's first-frame token count are made per rank by :func:`register_shard_hooks`.
+    """
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    return {
+        "rope": {
+            0: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+            1: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+        },
+        "x_embedder": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},
+        "context_embedder": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
+
+SHARD_CAPTURE_HOOK = "jenga_cp_capture"
+SHARD_BLOCK_HOOK = "jenga_cp_shard"
+# positions in both block types' forward: (hidden, text, temb, attention_mask, freqs, token_replace_emb, num_tokens)
+_MASK_ARG, _FIRST_FRAME_ARG = 3, 6
+
+
+class _ShardFacts:
+    """Full lengths of this forward, read before the plan splits them."""
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        cfg = transformer.config
+        self.patch = (int(cfg.patch_size_t), int(cfg.patch_size), int(cfg.patch_size))
+        self.num_video = 0
+        self.text_valid: torch.Tensor | None = None  # int[B]: valid text tokens per sample
+        self.num_text = 0
+        self._mask_in: torch.Tensor | None = None
+        self._mask_out: torch.Tensor | None = None
+
+
+class _CaptureHook(ModelHook):
+    """``x_embedder`` (latent → video length) and ``context_embedder`` (text mask → valid lengths)."""
+
+    def __init__(self, facts: _ShardFacts, what: str) -> None:
+        super().__init__()
+        self.facts, self.what = facts, what
+
+    def pre_forward(self, module, *args, **kwargs):
+        facts = self.facts
+        if self.what == "video":
+            latent = args[0] if args else kwargs["hidden_states"]
+            pt, p, _ = facts.patch
+            facts.num_video = (latent.shape[2] // pt) * (latent.shape[3] // p) * (latent.shape[4] // p)
+        else:
+            text = args[0] if args else kwargs["hidden_states"]
+            mask = args[2] if len(args) > 2 else kwargs.get("attention_mask")
+            facts.num_text = text.shape[1]
+            facts.text_valid = None if mask is None else mask.sum(dim=1, dtype=torch.int)
+        return args, kwargs
+
+
+class _BlockShardHook(ModelHook):
+    """Every block: the forward's mask (built from local lengths) becomes this rank's slice of the global
+    mask, and I2V's first-frame token count this rank's share of frame 0."""
+
+    def __init__(self, facts: _ShardFacts, cp: Any) -> None:
+        super().__init__()
+        self.facts, self.cp = facts, cp
+
+    def _rank(self) -> tuple[int, int, bool]:
+        import torch.distributed as dist
+
+        return (dist.get_rank(self.cp._flattened_mesh.get_group()), self.cp._world_size,
+                bool(self.cp.ulysses_anything or self.cp.ring_anything))
+
+    def pre_forward(self, module, *args, **kwargs):
+        args = list(args)
+        rank, world, anything = self._rank()
+        facts = self.facts
+        v0, v1 = shard_bounds(facts.num_video, world, rank, anything)
+        mask = args[_MASK_ARG] if len(args) > _MASK_ARG else kwargs.get("attention_mask")
+        if mask is not None and facts.text_valid is not None:
+            if mask is not facts._mask_in:
+                t0, t1 = shard_bounds(facts.num_text, world, rank, anything)
+                positions = torch.arange(t0, t1, device=mask.device)
+                text = positions.unsqueeze(0) < facts.text_valid.to(mask.device).unsqueeze(1)
+                video = torch.ones(text.shape[0], v1 - v0, dtype=torch.bool, device=mask.device)
+                facts._mask_in, facts._mask_out = mask, torch.cat([video, text], dim=1)[:, None, None, :]
+            if len(args) > _MASK_ARG:
+                args[_MASK_ARG] = facts._mask_out
+            else:
+                kwargs["attention_mask"] = facts._mask_out
+        if len(args) > _FIRST_FRAME_ARG and isinstance(args[_FIRST_FRAME_ARG], int):
+            args[_FIRST_FRAME_ARG] = max(0, min(args[_FIRST_FRAME_ARG] - v0, v1 - v0))
+        return tuple(args), kwargs
+
+
+def register_shard_hooks(transformer: torch.nn.Module) -> None:
+    """The hooks :func:`hunyuan_cp_plan` needs (after ``enable_parallelism``; kept with it)."""
+    from diffusers.hooks import HookRegistry
+
+    cp = transformer._parallel_config.context_parallel_config
+    facts = _ShardFacts(transformer)
+    for module, what in ((transformer.x_embedder, "video"), (transformer.context_embedder, "text")):
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(_CaptureHook(facts, what),
+                                                                          SHARD_CAPTURE_HOOK)
+    for block in [*transformer.transformer_blocks, *transformer.single_transformer_blocks]:
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(_BlockShardHook(facts, cp), SHARD_BLOCK_HOOK)

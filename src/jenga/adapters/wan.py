@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from diffusers import WanTransformer3DModel
 
+from ..parallel import carve_attention_ulysses, video_tokens_seen
 from .base import AttentionSite, CarvingProcessor, HookSites, ModelAdapter, carve_attention
 
 __all__ = ["WanAdapter", "WanCarvingProcessor"]
@@ -136,14 +137,17 @@ class WanCarvingProcessor(CarvingProcessor):
             self.dense
             or encoder_hidden_states is not None
             or attention_mask is not None
-            or not self.runtime.plan.carves(hidden_states.shape[1])
+            or not self.runtime.plan.carves(video_tokens_seen(self.runtime, hidden_states.shape[1]))
         ):
             if encoder_hidden_states is None and getattr(attn, "add_k_proj", None) is None:
                 return self._dense(attn, hidden_states, attention_mask, rotary_emb)
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
         query, key, value = self_attention_qkv(attn, hidden_states, rotary_emb)
-        out = carve_attention(query, key, value, self.runtime, owner=self)
+        if self.runtime.parallel is not None:
+            out = carve_attention_ulysses(query, key, value, self.runtime, owner=self)
+        else:
+            out = carve_attention(query, key, value, self.runtime, owner=self)
         out = out.flatten(2, 3).type_as(query)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
@@ -197,6 +201,13 @@ class WanAdapter(ModelAdapter):
     def reorder_rope(self, output: Any, reorder) -> Any:
         cos, sin = output
         return reorder(cos, 1), reorder(sin, 1)
+
+    def cp_plan(self, transformer: torch.nn.Module) -> dict | None:
+        """diffusers' own ``WanTransformer3DModel._cp_plan`` (None: the model's)."""
+        return None
+
+    def parallel_exit_module(self, transformer: torch.nn.Module) -> torch.nn.Module:
+        return transformer.proj_out
 
     def reorder_time(self, output: Any, reorder) -> Any:
         temb, timestep_proj, text, image = output

@@ -1,0 +1,158 @@
+"""Carving under diffusers' Ulysses context parallelism: 2 gloo processes on the CPU, tiny Wan and HunyuanVideo.
+
+Each worker computes the single-process references itself (same seeds on both ranks), then enables
+``ContextParallelConfig(ulysses_degree=2)`` and checks: patched with no block dropped equals stock; with real
+sparsity equals the single-process patched output and the same block lists; ``unpatch`` gives the parallel
+stock output back; both orders of ``enable_parallelism`` and ``jenga.patch``. diffusers 0.42.1 divides by
+``torch.accelerator.device_count()`` (0 on a CPU): the workers shim it to 1.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import traceback
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from diffusers import ContextParallelConfig
+
+import jenga
+from tests import _tiny
+
+WORLD = 2
+TIMEOUT_S = 50
+
+
+def _wan_case():
+    transformer = _tiny.wan_transformer()
+    gen = torch.Generator().manual_seed(5)
+    latent = torch.randn(2, 16, *_tiny.GRID[:1], 16, 16, generator=gen)
+    inputs = dict(hidden_states=latent, timestep=torch.tensor([500.0, 500.0]),
+                  encoder_hidden_states=torch.randn(2, 12, _tiny.WAN_TEXT_DIM, generator=gen), return_dict=False)
+    return transformer, inputs
+
+
+def _hunyuan_case(kind: str = "t2v"):
+    extra = {"image_condition_type": "token_replace"} if kind == "token_replace" else {}
+    transformer = _tiny.hunyuan_transformer(**extra)
+    gen = torch.Generator().manual_seed(5)
+    latent = torch.randn(2, 4, _tiny.GRID[0], 16, 16, generator=gen)
+    mask = torch.zeros(2, 10, dtype=torch.int64)
+    mask[0, :10], mask[1, :4] = 1, 1  # sample 1: padded text, its valid tokens all on rank 0
+    inputs = dict(hidden_states=latent, timestep=torch.tensor([500, 500]),
+                  encoder_hidden_states=torch.randn(2, 10, _tiny.HUNYUAN_TEXT_DIM, generator=gen),
+                  encoder_attention_mask=mask, pooled_projections=torch.randn(2, _tiny.HUNYUAN_POOLED_DIM, generator=gen),
+                  guidance=torch.tensor([3500.0, 3500.0]), return_dict=False)
+    return transformer, inputs
+
+
+def _lists(transformer):
+    stats = jenga.selection_stats(transformer, clear=True)
+    return [s.kv_count for s in stats]
+
+
+def _run_checks(case: str, rank: int) -> None:
+    make = {"wan": _wan_case, "hunyuan": _hunyuan_case, "hunyuan-i2v": lambda: _hunyuan_case("token_replace")}[case]
+    sparse = dict(block_size=16, drop_rates=0.6, dense_steps=0.0, cdf_threshold=0.3, collect_stats=True)
+    exact = dict(block_size=16, drop_rates=0.3, dense_threshold=0.0, cdf_threshold=1.0, dense_steps=0.0)
+
+    def run(t, inputs):
+        with torch.no_grad():
+            return t(**inputs)[0]
+
+    transformer, inputs = make()
+    stock = run(transformer, inputs)
+    jenga.patch(transformer, **sparse)
+    sparse_single = run(transformer, inputs)
+    lists_single = _lists(transformer)
+    jenga.unpatch(transformer)
+    assert lists_single and not torch.equal(sparse_single, stock)
+
+    # order 1: enable_parallelism, then patch
+    jenga.enable_parallelism(transformer, ContextParallelConfig(ulysses_degree=WORLD))
+    stock_parallel = run(transformer, inputs)
+    torch.testing.assert_close(stock_parallel, stock, atol=1e-5, rtol=1e-5)
+    jenga.patch(transformer, **exact)  # cdf 1.0 keeps every block: carving, no block dropped
+    torch.testing.assert_close(run(transformer, inputs), stock, atol=1e-5, rtol=1e-5)
+    jenga.unpatch(transformer)
+    jenga.patch(transformer, **sparse)
+    torch.testing.assert_close(run(transformer, inputs), sparse_single, atol=1e-5, rtol=1e-5)
+    lists = _lists(transformer)
+    heads = lists_single[0].shape[1] // WORLD
+    assert len(lists) == len(lists_single)
+    for mine, full in zip(lists, lists_single, strict=True):
+        assert torch.equal(mine, full[:, rank * heads:(rank + 1) * heads]), "block lists differ from one process"
+    jenga.unpatch(transformer)
+    torch.testing.assert_close(run(transformer, inputs), stock_parallel, atol=0, rtol=0)
+
+    # order 2: patch, then enable_parallelism (through jenga); the transformer's own call raises clearly
+    transformer, inputs = make()
+    jenga.patch(transformer, **sparse)
+    jenga.enable_parallelism(transformer, ContextParallelConfig(ulysses_degree=WORLD))
+    torch.testing.assert_close(run(transformer, inputs), sparse_single, atol=1e-5, rtol=1e-5)
+    jenga.unpatch(transformer)
+    torch.testing.assert_close(run(transformer, inputs), stock_parallel, atol=0, rtol=0)
+
+    if case == "wan":
+        transformer, inputs = make()
+        jenga.patch(transformer, **sparse)
+        transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD))
+        try:
+            run(transformer, inputs)
+        except RuntimeError as err:
+            assert "jenga.enable_parallelism" in str(err)
+        else:
+            raise AssertionError("enable_parallelism after jenga.patch did not raise")
+        transformer, _ = make()
+        try:
+            jenga.enable_parallelism(transformer, ContextParallelConfig(ring_degree=WORLD))
+            jenga.patch(transformer, **sparse)
+        except NotImplementedError as err:
+            assert "ring" in str(err)
+        else:
+            raise AssertionError("ring attention did not raise")
+
+
+def _worker(rank: int, init_file: str, case: str, errors) -> None:
+    import torch.distributed as dist
+
+    torch.accelerator.device_count = lambda: 1  # test-only shim: diffusers 0.42.1 divides by it (0 on a CPU)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        _run_checks(case, rank)
+    except BaseException:
+        errors.put((rank, traceback.format_exc()))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _drain(errors) -> str:
+    details = []
+    while not errors.empty():
+        details.append("rank %d:\n%s" % errors.get())
+    return "\n".join(details)
+
+
+@pytest.mark.parametrize("case", ["wan", "hunyuan", "hunyuan-i2v"])
+def test_ulysses_two_processes(case: str) -> None:
+    ctx = mp.get_context("fork")  # the workers share this process's imports (spawn re-imports diffusers)
+    errors = ctx.SimpleQueue()
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = mp.start_processes(_worker, args=(os.path.join(tmp, "init"), case, errors), nprocs=WORLD,
+                                   join=False, start_method="fork")
+        deadline = time.monotonic() + TIMEOUT_S
+        try:
+            while not procs.join(timeout=1):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the {WORLD} gloo workers did not finish within {TIMEOUT_S} s\n" + _drain(errors))
+        except mp.ProcessRaisedException:
+            pytest.fail(_drain(errors) or "a worker failed")
+        finally:
+            for p in procs.processes:
+                if p.is_alive():
+                    p.terminate()
