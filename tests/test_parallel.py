@@ -23,13 +23,13 @@ import jenga
 from tests import _tiny
 
 WORLD = 2
-TIMEOUT_S = 50
+TIMEOUT_S = 55
 
 
-def _wan_case():
+def _wan_case(height: int = 16, width: int = 16):
     transformer = _tiny.wan_transformer()
     gen = torch.Generator().manual_seed(5)
-    latent = torch.randn(2, 16, *_tiny.GRID[:1], 16, 16, generator=gen)
+    latent = torch.randn(2, 16, *_tiny.GRID[:1], height, width, generator=gen)
     inputs = dict(hidden_states=latent, timestep=torch.tensor([500.0, 500.0]),
                   encoder_hidden_states=torch.randn(2, 12, _tiny.WAN_TEXT_DIM, generator=gen), return_dict=False)
     return transformer, inputs
@@ -55,7 +55,8 @@ def _lists(transformer):
 
 
 def _run_checks(case: str, rank: int) -> None:
-    make = {"wan": _wan_case, "hunyuan": _hunyuan_case, "hunyuan-i2v": lambda: _hunyuan_case("token_replace")}[case]
+    make = {"wan": _wan_case, "hunyuan": _hunyuan_case, "hunyuan-i2v": lambda: _hunyuan_case("token_replace"),
+            "wan-uneven": lambda: _wan_case(14, 18)}[case]  # 3 x 7 x 9 = 189 tokens: shards of 95 and 94
     sparse = dict(block_size=16, drop_rates=0.6, dense_steps=0.0, cdf_threshold=0.3, collect_stats=True)
     exact = dict(block_size=16, drop_rates=0.3, dense_threshold=0.0, cdf_threshold=1.0, dense_steps=0.0)
 
@@ -70,6 +71,19 @@ def _run_checks(case: str, rank: int) -> None:
     lists_single = _lists(transformer)
     jenga.unpatch(transformer)
     assert lists_single and not torch.equal(sparse_single, stock)
+
+    uneven = case.endswith("uneven")
+    if uneven:  # equal shards cannot cut 189 tokens: a clear error names the mode that can
+        jenga.enable_parallelism(transformer, ContextParallelConfig(ulysses_degree=WORLD))
+        jenga.patch(transformer, **sparse)
+        try:
+            run(transformer, inputs)
+        except ValueError as err:
+            assert "ulysses_anything=True" in str(err)
+        else:
+            raise AssertionError("uneven shards without ulysses_anything did not raise")
+        # ulysses_anything itself cannot run here: gloo's all_gather takes equal sizes only (NCCL: uneven)
+        return
 
     # order 1: enable_parallelism, then patch
     jenga.enable_parallelism(transformer, ContextParallelConfig(ulysses_degree=WORLD))
@@ -116,19 +130,51 @@ def _run_checks(case: str, rank: int) -> None:
             raise AssertionError("ring attention did not raise")
 
 
-def _worker(rank: int, init_file: str, case: str, errors) -> None:
+CASES = ("wan", "wan-uneven", "hunyuan", "hunyuan-i2v")
+
+
+def _worker(rank: int, init_file: str, errors) -> None:
     import torch.distributed as dist
 
     torch.accelerator.device_count = lambda: 1  # test-only shim: diffusers 0.42.1 divides by it (0 on a CPU)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        _run_checks(case, rank)
+        for case in CASES:  # one process group for all: workers start once
+            _run_checks(case, rank)
     except BaseException:
         errors.put((rank, traceback.format_exc()))
         raise
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("n", [7, 189, 256, 32760])
+@pytest.mark.parametrize("world", [2, 3, 8])
+def test_shard_bounds_match_diffusers_sharders(n: int, world: int) -> None:
+    """Our shard arithmetic is diffusers' (``chunk`` for equal shards, ``tensor_split`` for ulysses_anything)."""
+    from jenga.parallel import shard_bounds
+
+    x = torch.arange(n)
+    for rank, part in enumerate(x.tensor_split(world)):
+        start, stop = shard_bounds(n, world, rank, anything=True)
+        assert torch.equal(x[start:stop], part)
+    if n % world == 0:
+        for rank, part in enumerate(x.chunk(world)):
+            start, stop = shard_bounds(n, world, rank, anything=False)
+            assert torch.equal(x[start:stop], part)
+
+
+def test_video_then_text_order() -> None:
+    """The gathered (video shard, text shard) per rank, uneven shards, back into (video, text)."""
+    from jenga.parallel import ParallelState, _video_then_text
+
+    state = ParallelState(config=None, world=3, rank=0, anything=True)
+    video, text = torch.arange(10), 100 + torch.arange(4)
+    gathered = torch.cat([torch.cat([v, t]) for v, t in zip(video.tensor_split(3), text.tensor_split(3), strict=True)])
+    order = _video_then_text(state, 10, 14, local_text=2, device=torch.device("cpu"))
+    assert torch.equal(gathered[order], torch.cat([video, text]))
+    assert _video_then_text(state, 10, 10, local_text=0, device=torch.device("cpu")) is None
 
 
 def _drain(errors) -> str:
@@ -138,12 +184,11 @@ def _drain(errors) -> str:
     return "\n".join(details)
 
 
-@pytest.mark.parametrize("case", ["wan", "hunyuan", "hunyuan-i2v"])
-def test_ulysses_two_processes(case: str) -> None:
+def test_ulysses_two_processes() -> None:
     ctx = mp.get_context("fork")  # the workers share this process's imports (spawn re-imports diffusers)
     errors = ctx.SimpleQueue()
     with tempfile.TemporaryDirectory() as tmp:
-        procs = mp.start_processes(_worker, args=(os.path.join(tmp, "init"), case, errors), nprocs=WORLD,
+        procs = mp.start_processes(_worker, args=(os.path.join(tmp, "init"), errors), nprocs=WORLD,
                                    join=False, start_method="fork")
         deadline = time.monotonic() + TIMEOUT_S
         try:
