@@ -44,7 +44,8 @@ def _hunyuan_case(kind: str = "t2v"):
     mask[0, :10], mask[1, :4] = 1, 1  # sample 1: padded text, its valid tokens all on rank 0
     inputs = dict(hidden_states=latent, timestep=torch.tensor([500, 500]),
                   encoder_hidden_states=torch.randn(2, 10, _tiny.HUNYUAN_TEXT_DIM, generator=gen),
-                  encoder_attention_mask=mask, pooled_projections=torch.randn(2, _tiny.HUNYUAN_POOLED_DIM, generator=gen),
+                  encoder_attention_mask=mask,
+                  pooled_projections=torch.randn(2, _tiny.HUNYUAN_POOLED_DIM, generator=gen),
                   guidance=torch.tensor([3500.0, 3500.0]), return_dict=False)
     return transformer, inputs
 
@@ -180,7 +181,8 @@ def test_video_then_text_order() -> None:
 def _drain(errors) -> str:
     details = []
     while not errors.empty():
-        details.append("rank %d:\n%s" % errors.get())
+        rank, text = errors.get()
+        details.append(f"rank {rank}:\n{text}")
     return "\n".join(details)
 
 

@@ -69,11 +69,12 @@ def shard_bounds(n: int, world: int, rank: int, anything: bool) -> tuple[int, in
 
 
 def context_parallel_config(parallel_config: Any):
-    """The ``ContextParallelConfig`` inside a processor's ``_parallel_config`` when it spans > 1 rank."""
+    """The set-up ``ContextParallelConfig`` inside a processor's or model's ``_parallel_config``, else None
+    (a one-rank mesh counts: it runs the parallel code path with identity split, gather and all-to-all)."""
     if parallel_config is None:
         return None
     cp = getattr(parallel_config, "context_parallel_config", None)
-    if cp is None or (cp._world_size or 1) <= 1:
+    if cp is None or cp._world_size is None:
         return None
     return cp
 
@@ -175,6 +176,8 @@ def carve_attention_ulysses(
             out = out.index_select(1, torch.argsort(order))
         return out
 
+    if state.world == 1:  # diffusers' dispatch runs no context-parallel op on one rank either
+        return forward_op(None, query, key, value, attention_mask, 0.0, False, None, False, False)
     return _templated_context_parallel_attention(
         query, key, value, attention_mask, 0.0, False, None, False, False,
         forward_op=forward_op, backward_op=None, _parallel_config=state.config,
