@@ -162,7 +162,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.tiny:
         # the tiny configs stand in for the full ones of the same family (Wan 14B -> the tiny Wan)
         tiny_of = {"wan14b": "wan1.3b"}
-        args.models = list(dict.fromkeys(tiny_of.get(m, m) for m in args.models if tiny_of.get(m, m) in single.TINY_MODELS))
+        tiny = (tiny_of.get(m, m) for m in args.models)
+        args.models = list(dict.fromkeys(m for m in tiny if m in single.TINY_MODELS))
     args.steps = args.steps or (4 if args.tiny else 50)
     if args.ulysses_anything is None:
         args.ulysses_anything = not args.tiny

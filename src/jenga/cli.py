@@ -266,8 +266,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     import jenga
 
+    from . import _cli_parallel
+
+    parallel = _cli_parallel.launched_by_torchrun()
+    if parallel and args.offload:
+        raise UsageError("--offload does not combine with torchrun (one GPU per process)")
+    main_rank = True
     try:
-        if args.offload:
+        if parallel:
+            main_rank = _cli_parallel.setup(pipe)
+        elif args.offload:
             pipe.enable_model_cpu_offload()
         else:
             pipe.to(device)
@@ -289,6 +297,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as err:
         print(f"jenga generate failed: {type(err).__name__}: {err}", file=sys.stderr)
         return FAILED
+
+    if parallel:
+        _cli_parallel.finish()
+        if not main_rank:
+            return OK
 
     from diffusers.utils import export_to_video
 
