@@ -56,6 +56,9 @@ def _lists(transformer):
 
 
 def _run_checks(case: str, rank: int) -> None:
+    if case == "wan-pipeline":
+        _run_pipeline_checks()
+        return
     make = {"wan": _wan_case, "hunyuan": _hunyuan_case, "hunyuan-i2v": lambda: _hunyuan_case("token_replace"),
             "wan-uneven": lambda: _wan_case(14, 18)}[case]  # 3 x 7 x 9 = 189 tokens: shards of 95 and 94
     sparse = dict(block_size=16, drop_rates=0.6, dense_steps=0.0, cdf_threshold=0.3, collect_stats=True)
@@ -131,7 +134,32 @@ def _run_checks(case: str, rank: int) -> None:
             raise AssertionError("ring attention did not raise")
 
 
-CASES = ("wan", "wan-uneven", "hunyuan", "hunyuan-i2v")
+CASES = ("wan", "wan-uneven", "hunyuan", "hunyuan-i2v", "wan-pipeline")
+
+
+def _run_pipeline_checks() -> None:
+    """A tiny WanPipeline (CFG, 4 steps) with progressive resolution and a skipped step: the same latents
+    with Ulysses degree 2 as in one process."""
+    config = dict(block_size=16, drop_rates=0.6, dense_steps=0.0, cdf_threshold=0.3,
+                  stages=((0.5, 0.5), (1.0, 1.0)), skip_steps=(0.75,))  # stage grids 3x4x4 and 3x8x8; step 3 skipped
+
+    def run(pipe):
+        return _tiny.run(pipe, _tiny.wan_inputs(pipe, steps=4))
+
+    pipe = _tiny.wan_pipeline("t2v")
+    jenga.patch(pipe, **{**config, "skip_steps": ()})
+    computed = run(pipe)
+    jenga.unpatch(pipe)
+    jenga.patch(pipe, **config)
+    single = run(pipe)
+    jenga.unpatch(pipe)
+    assert not torch.allclose(single, computed), "the skipped step changed nothing"
+    stock = run(pipe)
+    jenga.enable_parallelism(pipe, ContextParallelConfig(ulysses_degree=WORLD))
+    jenga.patch(pipe, **config)
+    torch.testing.assert_close(run(pipe), single, atol=1e-5, rtol=1e-5)
+    jenga.unpatch(pipe)
+    torch.testing.assert_close(run(pipe), stock, atol=1e-5, rtol=1e-5)
 
 
 def _worker(rank: int, init_file: str, errors) -> None:
