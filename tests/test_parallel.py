@@ -231,3 +231,13 @@ def test_ulysses_two_processes() -> None:
             for p in procs.processes:
                 if p.is_alive():
                     p.terminate()
+
+
+def test_generate_under_torchrun_refuses_offload(monkeypatch, capsys) -> None:
+    """``jenga generate`` launched by torchrun (WORLD_SIZE > 1) takes one GPU per rank: no CPU offload."""
+    from jenga import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = cli.main(["generate", "--model", "unused", "--prompt", "p", "--out", "clip.mp4", "--offload"])
+    assert code == 2
+    assert "--offload does not combine with torchrun" in capsys.readouterr().err

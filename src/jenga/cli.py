@@ -254,6 +254,11 @@ def _device(name: str) -> str:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     _check_generate_arguments(args)  # every input error before torch, diffusers or the model is loaded
+    from . import _cli_parallel
+
+    parallel = _cli_parallel.launched_by_torchrun()
+    if parallel and args.offload:
+        raise UsageError("--offload does not combine with torchrun (one GPU per process)")
     device = _device(args.device)
     from .hub import availability_problem
 
@@ -266,11 +271,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     import jenga
 
-    from . import _cli_parallel
-
-    parallel = _cli_parallel.launched_by_torchrun()
-    if parallel and args.offload:
-        raise UsageError("--offload does not combine with torchrun (one GPU per process)")
     main_rank = True
     try:
         if parallel:

@@ -303,8 +303,8 @@ def enable_parallelism(target: Any, config: Any, *, cp_plan: dict | None = None)
         adapter = adapter_for(transformer)
         plan = cp_plan if cp_plan is not None else adapter.cp_plan(transformer)
         cp = getattr(config, "context_parallel_config", config)
-        if getattr(cp, "ring_degree", 1) and cp.ring_degree > 1 and _RECORD in transformer.__dict__:
-            _check_supported(cp)
+        if cp is not None and _RECORD in transformer.__dict__:
+            _check_supported(cp)  # before sharding: a patched transformer is left as it was
         transformer.enable_parallelism(config=config, cp_plan=plan)
         adapter.after_parallelism(transformer)
         record = transformer.__dict__.get(_RECORD)

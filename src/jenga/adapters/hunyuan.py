@@ -198,6 +198,7 @@ class _ShardFacts:
         self.num_video = 0
         self.text_valid: torch.Tensor | None = None  # int[B]: valid text tokens per sample
         self.num_text = 0
+        self.world, self.anything = 1, False
         self._mask_in: torch.Tensor | None = None
         self._mask_out: torch.Tensor | None = None
 
@@ -219,6 +220,11 @@ class _CaptureHook(ModelHook):
             text = args[0] if args else kwargs["hidden_states"]
             mask = args[2] if len(args) > 2 else kwargs.get("attention_mask")
             facts.num_text = text.shape[1]
+            if not facts.anything and facts.num_text % facts.world:
+                raise ValueError(
+                    f"{facts.num_text} text tokens do not divide by the context-parallel degree {facts.world}: use "
+                    f"ContextParallelConfig(ulysses_degree={facts.world}, ulysses_anything=True) for uneven shards"
+                )
             facts.text_valid = None if mask is None else mask.sum(dim=1, dtype=torch.int)
         return args, kwargs
 
@@ -265,6 +271,7 @@ def register_shard_hooks(transformer: torch.nn.Module) -> None:
 
     cp = transformer._parallel_config.context_parallel_config
     facts = _ShardFacts(transformer)
+    facts.world, facts.anything = cp._world_size, bool(cp.ulysses_anything or cp.ring_anything)
     for module, what in ((transformer.x_embedder, "video"), (transformer.context_embedder, "text")):
         HookRegistry.check_if_exists_or_initialize(module).register_hook(_CaptureHook(facts, what),
                                                                           SHARD_CAPTURE_HOOK)
