@@ -278,7 +278,6 @@ def attach(transformer: torch.nn.Module, record: Any) -> None:
         return
     if runtime.parallel is not None:
         return
-    sites = record.adapter.hook_sites(transformer)
     exit_module = record.adapter.parallel_exit_module(transformer)
     hook = ParallelExitHook(runtime)
     had_registry, had_forward = _hooks.register(exit_module, hook, PARALLEL_EXIT_HOOK)
@@ -287,8 +286,8 @@ def attach(transformer: torch.nn.Module, record: Any) -> None:
     for module in modules.values():
         _arrange(module)
     runtime.parallel = state
-    logger.debug("jenga: carving under Ulysses degree %d (rank %d) on %s, enter at %s",
-                 state.world, state.rank, type(transformer).__name__, type(sites.enter).__name__)
+    logger.debug("jenga: carving under Ulysses degree %d (rank %d) on %s", state.world, state.rank,
+                 type(transformer).__name__)
 
 
 def enable_parallelism(target: Any, config: Any, *, cp_plan: dict | None = None) -> Any:
