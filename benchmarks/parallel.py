@@ -104,7 +104,7 @@ def run_rank(spec: Any, columns: list[Any], args: argparse.Namespace, device: to
         result["all_to_all_s"] = round(timer.seconds, 4)
         result["all_to_all_calls"] = timer.calls
         result["sparse_pairs"] = work["pairs"]
-        results[column.name] = result
+        results[single.column_key(column, args)] = result  # "jenga-full@p0" with --cdf-threshold 0, as pipeline.py
     del pipe, transformer
     single._free(device)
     return results
@@ -133,7 +133,7 @@ def combine(per_rank: list[dict[str, Any]], reference: dict[str, Any] | None, wo
             entry["single_gpu_total_s"] = single_total
             entry["parallel_efficiency"] = round(single_total / (world * entry["total_s"]), 3)
         out[name] = entry
-    stock = out.get("stock-cudnn", {}).get("total_s")
+    stock = next((e.get("total_s") for k, e in out.items() if k.startswith("stock-cudnn")), None)
     for entry in out.values():
         if stock and "total_s" in entry:
             entry["speedup_vs_parallel_stock"] = round(stock / entry["total_s"], 2)
@@ -195,8 +195,7 @@ def main_rank(args: argparse.Namespace) -> int:
         mine = run_rank(spec, columns, args, device, dtype, world, log)
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, mine)
-        ref_columns = {k: v for k, v in reference.get(name, {}).get("columns", {}).items()}
-        models[name] = combine(gathered, {k.split("@")[0]: v for k, v in ref_columns.items()}, world)
+        models[name] = combine(gathered, reference.get(name, {}).get("columns", {}), world)
         for column, entry in models[name].items():
             log(f"  {column:16s} {json.dumps(entry)}")
     if rank == 0:
