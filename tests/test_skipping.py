@@ -10,7 +10,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 import jenga
 from jenga import JengaConfig
 from jenga.config import HUNYUAN_23_OF_50
-from jenga.skipping import skipped_steps
+
+skipped_steps = JengaConfig.skipped_steps  # (config, num_steps) -> frozenset of skipped steps
 
 # dense attention (no token reordering), only skipping changes the computation
 DENSE = dict(block_size=16, drop_rates=0.0, backend="torch", stages=((1.0, 1.0),))

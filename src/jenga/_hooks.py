@@ -26,6 +26,7 @@ from diffusers.hooks.hooks import StateManager
 
 from . import parallel
 from ._state import BranchClock, CarvingRuntime
+from .skipping import check_skip_stack
 
 LAYOUT_HOOK = "jenga_layout"
 CLOCK_HOOK = "jenga_clock"
@@ -110,6 +111,7 @@ class ClockHook(JengaHook):
         except ValueError:  # no cache_context around this call (custom loops, HunyuanVideo pipelines)
             context = None
         clock = self.state_manager.get_state() if context is not None else self.default_clock
+        check_skip_stack(self.runtime)  # a diffusers block cache attached after patching would fight us
         self.runtime.set_step(context, timestep, clock)
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:

@@ -25,7 +25,6 @@ import torch
 from .attention import triton_available
 from .config import JengaConfig
 from .layout import TokenLayout, token_layout
-from .skipping import check_no_block_cache, skipped_steps
 
 logger = logging.getLogger("jenga")
 
@@ -136,7 +135,7 @@ class CarvingRuntime:
     parallel: Any = field(default=None, repr=False)
     _ordinal: tuple[int, int] = field(default=(-1, 0), repr=False)
     _last_reason: str | None = field(default=None, repr=False)
-    _regional_warned: bool = field(default=False, repr=False)
+    regional_compile_warned: bool = field(default=False, repr=False)  # jenga.skipping.check_skip_stack
 
     def __post_init__(self) -> None:
         # a weak reference: the pipeline owns the transformer, not the other way round
@@ -187,16 +186,13 @@ class CarvingRuntime:
         plan.branch = getattr(context, "name", None)
         plan.skip, plan.residual = False, None
         if cfg.skip_steps:
-            if self.skip_blocks is not None:  # a diffusers block cache attached after patching would fight us
-                check_no_block_cache(self.skip_blocks)
-                self._warn_regional_compile(self.skip_blocks)
             # without a branch name (custom loops), the k-th forward of a step is branch k
             ordinal = self._ordinal[1] + 1 if self._ordinal[0] == step else 0
             self._ordinal = (step, ordinal)
             plan.skip_key = plan.branch if plan.branch is not None else ordinal
             cached = self.residuals.get(plan.skip_key)
             plan.skip = (not stage_start and total > 0 and cached is not None
-                         and step in skipped_steps(cfg, total))
+                         and step in cfg.skipped_steps(total))
             plan.residual = cached if plan.skip else None
         if plan.layout is None:
             plan.sparse = False
@@ -281,20 +277,6 @@ class CarvingRuntime:
         """Drop what a forward that never reached its end (an exception half-way) left on the processors."""
         for _, processor in self.processors:
             processor.pending_stats = None
-
-    def _warn_regional_compile(self, blocks: list[torch.nn.Module]) -> None:
-        """Once: skipping hooks on individually compiled blocks make dynamo compile one graph per block role
-        (first, middle, last) and kind of step, which can pass its recompile limit (with ``dynamic=False`` it
-        does on the tiny test models); the whole transformer compiles fine."""
-        if self._regional_warned or not any(getattr(b, "_compiled_call_impl", None) is not None for b in blocks):
-            return
-        self._regional_warned = True
-        logger.warning(
-            "jenga: the transformer blocks are compiled one by one (compile_repeated_blocks) and skip_steps is set: "
-            "each block role (first, middle, last) and kind of step needs its own graph, which can exceed "
-            "torch.compile's recompile limit (blocks past it run uncompiled). Compile the whole transformer "
-            "(torch.compile(pipe.transformer)) or patch with skip_steps=()"
-        )
 
     def _note(self, reason: str) -> None:
         """Debug log on changes only, so a 50-step run logs a handful of lines, not one per forward."""

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import numbers
@@ -164,6 +165,11 @@ class JengaConfig:
         pairs = zip(self.stages, self.stages[1:], spans[1:], strict=False)
         return frozenset(span[0] for a, b, span in pairs if (a.scale, a.shift) != (b.scale, b.shift))
 
+    def skipped_steps(self, num_steps: int) -> frozenset[int]:
+        """Steps of a ``num_steps`` run that reuse the cached residual (``skip_steps``; never step 0 nor a
+        step of :meth:`switch_steps`). The rule: ``tests/test_skipping.py``."""
+        return _skipped_steps(self, num_steps)
+
     def carves(self, drop_rate: float) -> bool:
         """Whether a stage with this drop rate runs block-sparse attention at all (``dense_threshold=None``:
         always, even at drop rate 0, which keeps every block)."""
@@ -216,6 +222,27 @@ class JengaConfig:
 
 # ----------------------------------------------------------------------------------------------------
 # validation helpers: each names the field, the value and what is accepted
+
+
+# a skip fraction this close to the midpoint between two steps skips neither (a tie)
+_SKIP_TIE = 1e-6
+
+
+@functools.lru_cache(maxsize=64)
+def _skipped_steps(config: JengaConfig, num_steps: int) -> frozenset[int]:
+    """Step ``i`` is skipped when a fraction lies closer to ``i / n`` than both half a step of the run and
+    half the smallest spacing of ``skip_steps`` (so a coarse run does not skip everything)."""
+    starts = config.switch_steps(num_steps)
+    fractions = config.skip_steps
+    reach = 0.5 / num_steps
+    if len(fractions) > 1:
+        reach = min(reach, min(b - a for a, b in zip(fractions, fractions[1:], strict=False)) / 2)
+    out = set()
+    for fraction in fractions:
+        step = round(fraction * num_steps)
+        if abs(fraction - step / num_steps) < reach - _SKIP_TIE and 0 < step < num_steps and step not in starts:
+            out.add(step)
+    return frozenset(out)
 
 
 def _is_int(value: object) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._record import record_of
 from .blocks import BlockLists
 from .config import JengaConfig
 from .patching import patch, selection_stats, unpatch
@@ -236,7 +237,7 @@ class _MaskCapture:
     def _hook(self, attn: torch.nn.Module, args: tuple) -> None:
         from .adapters.wan import self_attention_qkv
 
-        record = self.transformer.__dict__.get("_jenga_patch")
+        record = record_of(self.transformer)
         if record is None:
             return
         hidden, rotary = args[0], args[3]

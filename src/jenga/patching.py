@@ -31,12 +31,12 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from . import _hooks, parallel, progressive, skipping
+from ._record import RECORD_ATTR, PatchRecord, record_of
 from ._state import CarvingRuntime, LayerStats
 from .adapters import ModelAdapter, adapter_for, supported_transformers
 from .config import JengaConfig
@@ -45,39 +45,12 @@ __all__ = ["is_patched", "patch", "patched", "selection_stats", "unpatch"]
 
 logger = logging.getLogger("jenga")
 
-_RECORD = "_jenga_patch"
 SUPPORTED_PIPELINES = (
     "WanPipeline",
     "WanImageToVideoPipeline",
     "HunyuanVideoPipeline",
     "HunyuanVideoImageToVideoPipeline",
 )
-
-
-@dataclass
-class PatchRecord:
-    """Everything needed to undo a patch exactly, kept on the transformer while it is patched."""
-
-    config: JengaConfig
-    adapter: ModelAdapter
-    runtime: CarvingRuntime
-    processors: list[tuple[torch.nn.Module, Any]]
-    hooks: list[tuple[torch.nn.Module, str, bool, bool]]
-
-    def same_patch(self, config: JengaConfig, pipeline: Any, scheduler: Any) -> bool:
-        """Whether patching again with these arguments would change nothing."""
-        runtime = self.runtime
-        return (self.config == config and runtime.pipeline_object() is pipeline
-                and runtime.scheduler is scheduler)
-
-    def __repr__(self) -> str:
-        carving = sum(not getattr(module.processor, "dense", True) for module, _ in self.processors)
-        return (
-            f"JengaPatch(model={self.adapter.name}, carving_processors={carving}/{len(self.processors)}, "
-            f"hooks={list(dict.fromkeys(name for _, name, _, _ in self.hooks))}, "
-            f"first_frame={self.runtime.first_frame}, "
-            f"config={self.config})"
-        )
 
 
 def patch(
@@ -106,7 +79,7 @@ def patch(
     for transformer, adapter in zip(transformers, adapters, strict=True):
         _check_layers(cfg, adapter, transformer)
 
-    records = [transformer.__dict__.get(_RECORD) for transformer in transformers]
+    records = [record_of(transformer) for transformer in transformers]
     if any(r is not None for r in records):
         if all(r is not None and r.same_patch(cfg, pipeline, scheduler) for r in records):
             logger.debug("jenga: %s is already patched with this config", type(target).__name__)
@@ -162,7 +135,7 @@ def patched(target: Any, config: JengaConfig | str | None = None, **kwargs: Any)
 def is_patched(target: Any) -> bool:
     """Whether ``target`` (a supported pipeline or transformer) carries jenga's patch."""
     transformers, _ = _targets(target, "jenga.is_patched")
-    return any(_RECORD in t.__dict__ for t in transformers)
+    return any(record_of(t) is not None for t in transformers)
 
 
 def selection_stats(target: Any, clear: bool = False) -> list[LayerStats]:
@@ -170,7 +143,7 @@ def selection_stats(target: Any, clear: bool = False) -> list[LayerStats]:
     transformers, _ = _targets(target, "jenga.selection_stats")
     out: list[LayerStats] = []
     for transformer in transformers:
-        record = transformer.__dict__.get(_RECORD)
+        record = record_of(transformer)
         if record is None:
             continue
         out.extend(record.runtime.stats)
@@ -255,7 +228,7 @@ def _install(transformer, adapter: ModelAdapter, cfg: JengaConfig, pipeline: Any
         scheduler=scheduler,
     )
     record = PatchRecord(cfg, adapter, runtime, processors=[], hooks=[])
-    transformer.__dict__[_RECORD] = record  # before the first change, so a failure can be undone
+    transformer.__dict__[RECORD_ATTR] = record  # before the first change, so a failure can be undone
     try:
         for site in adapter.attention_sites(transformer):
             stock = site.module.processor
@@ -266,7 +239,7 @@ def _install(transformer, adapter: ModelAdapter, cfg: JengaConfig, pipeline: Any
         if cfg.skip_steps:  # first: inside the token-order hooks, so residuals are in the blocks' order
             blocks = adapter.block_stack(transformer)
             skipping.check_no_block_cache(blocks)
-            runtime.skip_blocks = blocks  # checked again at every forward (set_step), outside traced code
+            runtime.skip_blocks = blocks  # checked again at every forward (skipping.check_skip_stack)
             for index, block in enumerate(blocks):
                 hook = skipping.BlockSkipHook(runtime, blocks, first=index == 0, last=index == len(blocks) - 1,
                                               pair=adapter.blocks_return_pair)
@@ -290,7 +263,7 @@ def _install(transformer, adapter: ModelAdapter, cfg: JengaConfig, pipeline: Any
 
 
 def _uninstall(transformer: torch.nn.Module) -> None:
-    record = transformer.__dict__.pop(_RECORD, None)
+    record = transformer.__dict__.pop(RECORD_ATTR, None)
     if record is None:
         return
     pipeline = record.runtime.pipeline_object()

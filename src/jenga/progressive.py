@@ -59,13 +59,13 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
+from ._record import record_of
 from .config import JengaConfig
 
 __all__ = ["StagePlan", "install_driver", "needs_driver", "plan_stages", "remove_driver", "renoise", "shift_sigmas"]
 
 logger = logging.getLogger("jenga")
 
-_RECORD = "_jenga_patch"  # the attribute jenga.patching keeps its PatchRecord under
 _STOCK_CLASS = "_jenga_stock_class"
 _INTERRUPTED = "_jenga_interrupted"
 _STAGED_CLASSES: dict[type, type] = {}
@@ -177,7 +177,7 @@ def _staged_call(self, *args: Any, **kwargs: Any) -> Any:
     stock = type(self).__dict__[_STOCK_CLASS].__call__
     # a transformer swapped for torch.compile's wrapper after patching keeps its record on the original
     transformers = (getattr(self, "transformer", None), getattr(self, "transformer_2", None))
-    records = [getattr(t, "_orig_mod", t).__dict__.get(_RECORD) for t in transformers if t is not None]
+    records = [record_of(t) for t in transformers]
     records = [r for r in records if r is not None]
     if not records:
         return stock(self, *args, **kwargs)

@@ -28,7 +28,6 @@ that combination raises a ``RuntimeError``; without ``skip_steps`` they compose 
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +36,8 @@ from diffusers.hooks import ModelHook
 
 if TYPE_CHECKING:
     from ._state import CarvingRuntime
-    from .config import JengaConfig
 
-__all__ = ["SKIP_HOOK", "BlockSkipHook", "check_no_block_cache", "skipped_steps"]
+__all__ = ["SKIP_HOOK", "BlockSkipHook", "check_no_block_cache", "check_skip_stack"]
 
 logger = logging.getLogger("jenga")
 
@@ -47,24 +45,6 @@ SKIP_HOOK = "jenga_skip"
 # block-level hooks of diffusers' caches that decide on their own whether a block runs
 _CONFLICTING_HOOKS = ("fbc_leader_block_hook", "fbc_block_hook", "mag_cache_leader_block_hook",
                       "mag_cache_block_hook", "sea_cache_leader_block", "sea_cache_block")
-_TIE = 1e-6
-
-
-@functools.lru_cache(maxsize=64)
-def skipped_steps(config: JengaConfig, num_steps: int) -> frozenset[int]:
-    """Steps of a ``num_steps`` run that reuse the residual (never step 0 nor the first step of a stage that
-    changes scale or shift)."""
-    starts = config.switch_steps(num_steps)
-    fractions = config.skip_steps
-    reach = 0.5 / num_steps  # half a step of this run
-    if len(fractions) > 1:  # and half the spacing of the list, so a coarse run does not skip everything
-        reach = min(reach, min(b - a for a, b in zip(fractions, fractions[1:], strict=False)) / 2)
-    out = set()
-    for fraction in fractions:
-        step = round(fraction * num_steps)
-        if abs(fraction - step / num_steps) < reach - _TIE and 0 < step < num_steps and step not in starts:
-            out.add(step)
-    return frozenset(out)
 
 
 def check_no_block_cache(blocks: list[torch.nn.Module]) -> None:
@@ -78,6 +58,29 @@ def check_no_block_cache(blocks: list[torch.nn.Module]) -> None:
                 "which steps run the block stack. Use one of them: patch with skip_steps=() to keep the diffusers "
                 "cache, or remove it (transformer.disable_cache()) to use skip_steps"
             )
+
+
+def check_skip_stack(runtime: CarvingRuntime) -> None:
+    """Before each forward that may skip (called by the clock hook, outside traced code): no diffusers block
+    cache attached since patching, and a one-time warning for blocks compiled one by one."""
+    blocks = runtime.skip_blocks
+    if not runtime.config.skip_steps or blocks is None:
+        return
+    check_no_block_cache(blocks)
+    if runtime.regional_compile_warned or not any(
+        getattr(b, "_compiled_call_impl", None) is not None for b in blocks
+    ):
+        return
+    # skipping hooks on individually compiled blocks make dynamo compile one graph per block role (first,
+    # middle, last) and kind of step, which can pass its recompile limit (with ``dynamic=False`` it does on
+    # the tiny test models); the whole transformer compiles fine
+    runtime.regional_compile_warned = True
+    logger.warning(
+        "jenga: the transformer blocks are compiled one by one (compile_repeated_blocks) and skip_steps is set: "
+        "each block role (first, middle, last) and kind of step needs its own graph, which can exceed "
+        "torch.compile's recompile limit (blocks past it run uncompiled). Compile the whole transformer "
+        "(torch.compile(pipe.transformer)) or patch with skip_steps=()"
+    )
 
 
 @torch.compiler.disable
