@@ -42,6 +42,8 @@ _EXPORTS = {
     "patch": "patching",
     "patched": "patching",
     "selection_stats": "patching",
+    "Supported": "patching",
+    "supported": "patching",
     "unpatch": "patching",
     "select_blocks": "selection",
 }
@@ -50,6 +52,7 @@ __all__ = [
     "BlockLists",
     "JengaConfig",
     "Stage",
+    "Supported",
     "TokenLayout",
     "block_adjacency",
     "block_sparse_attention",
@@ -62,6 +65,7 @@ __all__ = [
     "patched",
     "select_blocks",
     "selection_stats",
+    "supported",
     "token_layout",
     "unpatch",
 ]
@@ -74,7 +78,7 @@ if TYPE_CHECKING:
     from .curves import block_adjacency, curve_permutation
     from .layout import TokenLayout, token_layout
     from .parallel import enable_parallelism
-    from .patching import is_patched, patch, patched, selection_stats, unpatch
+    from .patching import Supported, is_patched, patch, patched, selection_stats, supported, unpatch
     from .selection import select_blocks
 
 

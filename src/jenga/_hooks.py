@@ -37,14 +37,15 @@ HOOK_NAMES = (LAYOUT_HOOK, CLOCK_HOOK, ENTER_HOOK, EXIT_HOOK)
 logger = logging.getLogger("jenga")
 
 
-def _first_tensor_arg(args: tuple, kwargs: dict, name: str) -> torch.Tensor:
-    return args[0] if args else kwargs[name]
+def _tensor_arg(args: tuple, kwargs: dict, name: str) -> torch.Tensor:
+    """The argument ``name`` (``HookSites``' ``*_arg``): its keyword, else the first positional argument."""
+    return kwargs[name] if name in kwargs else args[0]
 
 
-def _replace_first_arg(args: tuple, kwargs: dict, name: str, value: Any) -> tuple[tuple, dict]:
-    if args:
-        return (value, *args[1:]), kwargs
-    return args, {**kwargs, name: value}
+def _replace_tensor_arg(args: tuple, kwargs: dict, name: str, value: Any) -> tuple[tuple, dict]:
+    if name in kwargs:
+        return args, {**kwargs, name: value}
+    return (value, *args[1:]), kwargs
 
 
 def _per_token_to_carved(layout: Any, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -53,7 +54,7 @@ def _per_token_to_carved(layout: Any, x: torch.Tensor, dim: int) -> torch.Tensor
             f"per-token modulation of {x.shape[dim]} tokens for a grid of {layout.num_tokens} (Wan 2.2 TI2V "
             "under context parallelism) is not supported: the plan splits the timesteps before jenga can order them"
         )
-    return x.index_select(dim, layout.perm)
+    return layout.to_carved(x, dim)
 
 
 class JengaHook(ModelHook):
@@ -65,14 +66,15 @@ class JengaHook(ModelHook):
 class LayoutHook(JengaHook):
     """RoPE module: start the forward plan from the latent, reorder the RoPE tables."""
 
-    def __init__(self, runtime: CarvingRuntime, adapter: Any) -> None:
+    def __init__(self, runtime: CarvingRuntime, adapter: Any, arg_name: str) -> None:
         super().__init__()
         self.runtime = runtime
         self.adapter = adapter
+        self.arg_name = arg_name
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         parallel.check_attached(self.runtime)
-        layout = self.runtime.begin_forward(_first_tensor_arg(args, kwargs, "hidden_states"))
+        layout = self.runtime.begin_forward(_tensor_arg(args, kwargs, self.arg_name))
         if layout is not None:
             parallel.check_grid(self.runtime, layout.num_tokens)
         return args, kwargs
@@ -81,7 +83,7 @@ class LayoutHook(JengaHook):
         layout = self.runtime.plan.layout
         if layout is None:
             return output
-        return self.adapter.reorder_rope(output, lambda x, dim: x.index_select(dim, layout.perm))
+        return self.adapter.reorder_rope(output, layout.to_carved)
 
     def __repr__(self) -> str:
         return f"LayoutHook(curve={self.runtime.config.curve!r}, block_size={self.runtime.config.block_size})"
@@ -92,16 +94,17 @@ class ClockHook(JengaHook):
 
     _is_stateful = True
 
-    def __init__(self, runtime: CarvingRuntime, adapter: Any) -> None:
+    def __init__(self, runtime: CarvingRuntime, adapter: Any, arg_name: str) -> None:
         super().__init__()
         self.runtime = runtime
         self.adapter = adapter
+        self.arg_name = arg_name
         # diffusers' cache_context(name, ...) sets the branch on every StateManager of a stateful hook
         self.state_manager = StateManager(BranchClock)
         self.default_clock = BranchClock()
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
-        self._tick(_first_tensor_arg(args, kwargs, "timestep"))
+        self._tick(_tensor_arg(args, kwargs, self.arg_name))
         return args, kwargs
 
     @torch.compiler.disable
@@ -133,25 +136,26 @@ class ClockHook(JengaHook):
 class EnterHook(JengaHook):
     """Row-major hidden states into carved order, once per forward."""
 
-    def __init__(self, runtime: CarvingRuntime, on: str) -> None:
+    def __init__(self, runtime: CarvingRuntime, on: str, arg_name: str) -> None:
         super().__init__()
         if on not in ("input", "output"):
             raise ValueError(f"EnterHook on must be 'input' or 'output', got {on!r}")
         self.runtime = runtime
         self.on = on
+        self.arg_name = arg_name
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         layout = self.runtime.plan.layout
         if self.on == "output" or layout is None:
             return args, kwargs
-        hidden = _first_tensor_arg(args, kwargs, "hidden_states")
-        return _replace_first_arg(args, kwargs, "hidden_states", hidden.index_select(1, layout.perm))
+        hidden = _tensor_arg(args, kwargs, self.arg_name)
+        return _replace_tensor_arg(args, kwargs, self.arg_name, layout.to_carved(hidden))
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
         layout = self.runtime.plan.layout
         if self.on == "input" or layout is None:
             return output
-        return output.index_select(1, layout.perm)
+        return layout.to_carved(output)
 
     def __repr__(self) -> str:
         return f"EnterHook(on={self.on!r})"
@@ -170,8 +174,8 @@ class ExitHook(JengaHook):
         self.runtime.end_forward()
         if layout is None or self.runtime.parallel is not None:  # sharded here: undone after the gather
             return args, kwargs
-        hidden = _first_tensor_arg(args, kwargs, self.arg_name)
-        return _replace_first_arg(args, kwargs, self.arg_name, hidden.index_select(1, layout.inverse))
+        hidden = _tensor_arg(args, kwargs, self.arg_name)
+        return _replace_tensor_arg(args, kwargs, self.arg_name, layout.to_rowmajor(hidden))
 
     def __repr__(self) -> str:
         return "ExitHook()"

@@ -31,26 +31,32 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from . import _hooks, parallel, progressive, skipping
 from ._record import RECORD_ATTR, PatchRecord, record_of
 from ._state import CarvingRuntime, LayerStats
-from .adapters import ModelAdapter, adapter_for, supported_transformers
+from .adapters import ModelAdapter, adapter_for, supported_pipelines, supported_transformers
 from .config import JengaConfig
 
-__all__ = ["is_patched", "patch", "patched", "selection_stats", "unpatch"]
+__all__ = ["Supported", "is_patched", "patch", "patched", "selection_stats", "supported", "unpatch"]
 
 logger = logging.getLogger("jenga")
 
-SUPPORTED_PIPELINES = (
-    "WanPipeline",
-    "WanImageToVideoPipeline",
-    "HunyuanVideoPipeline",
-    "HunyuanVideoImageToVideoPipeline",
-)
+
+
+class Supported(NamedTuple):
+    """What :func:`supported` returns: diffusers class names jenga can patch."""
+
+    pipelines: tuple[str, ...]
+    transformers: tuple[str, ...]
+
+
+def supported() -> Supported:
+    """Every pipeline and transformer class name jenga patches (from the registered model adapters)."""
+    return Supported(supported_pipelines(), supported_transformers())
 
 
 def patch(
@@ -167,19 +173,17 @@ def _targets(target: Any, caller: str = "jenga.patch") -> tuple[list[torch.nn.Mo
         if not transformers:
             raise TypeError(
                 f"{type(target).__name__} has no transformer to patch; supported pipelines: "
-                f"{', '.join(SUPPORTED_PIPELINES)} (any pipeline built on {', '.join(supported_transformers())})"
+                f"{', '.join(supported_pipelines())} (any pipeline built on {', '.join(supported_transformers())})"
             )
         for transformer in transformers:
             try:
                 adapter_for(transformer)
             except TypeError as err:
-                raise TypeError(
-                    f"{type(target).__name__}: {err}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}"
-                ) from None
+                raise TypeError(f"{type(target).__name__}: {err}") from None
         return transformers, target
     raise TypeError(
         f"{caller} expects a diffusers pipeline or transformer, got {type(target).__name__}; supported "
-        f"pipelines: {', '.join(SUPPORTED_PIPELINES)}; transformers: {', '.join(supported_transformers())}"
+        f"pipelines: {', '.join(supported_pipelines())}; transformers: {', '.join(supported_transformers())}"
     )
 
 
@@ -239,17 +243,18 @@ def _install(transformer, adapter: ModelAdapter, cfg: JengaConfig, pipeline: Any
         if cfg.skip_steps:  # first: inside the token-order hooks, so residuals are in the blocks' order
             blocks = adapter.block_stack(transformer)
             skipping.check_no_block_cache(blocks)
+            for block in blocks:  # before any hook: a block diffusers has no metadata for fails here
+                skipping.block_metadata(block)
             runtime.skip_blocks = blocks  # checked again at every forward (skipping.check_skip_stack)
             for index, block in enumerate(blocks):
-                hook = skipping.BlockSkipHook(runtime, blocks, first=index == 0, last=index == len(blocks) - 1,
-                                              pair=adapter.blocks_return_pair)
+                hook = skipping.BlockSkipHook(runtime, blocks, first=index == 0, last=index == len(blocks) - 1)
                 had_registry, had_forward = _hooks.register(block, hook, skipping.SKIP_HOOK)
                 record.hooks.append((block, skipping.SKIP_HOOK, had_registry, had_forward))
         sites = adapter.hook_sites(transformer)
         for module, hook, name in (
-            (sites.rope, _hooks.LayoutHook(runtime, adapter), _hooks.LAYOUT_HOOK),
-            (sites.clock, _hooks.ClockHook(runtime, adapter), _hooks.CLOCK_HOOK),
-            (sites.enter, _hooks.EnterHook(runtime, sites.enter_on), _hooks.ENTER_HOOK),
+            (sites.rope, _hooks.LayoutHook(runtime, adapter, sites.rope_arg), _hooks.LAYOUT_HOOK),
+            (sites.clock, _hooks.ClockHook(runtime, adapter, sites.clock_arg), _hooks.CLOCK_HOOK),
+            (sites.enter, _hooks.EnterHook(runtime, sites.enter_on, sites.enter_arg), _hooks.ENTER_HOOK),
             (sites.exit, _hooks.ExitHook(runtime, sites.exit_arg), _hooks.EXIT_HOOK),
         ):
             had_registry, had_forward = _hooks.register(module, hook, name)

@@ -211,10 +211,11 @@ def _run_stages(pipe: Any, stock: Callable, records: list[Any], params: dict[str
     num_steps = int(params["num_inference_steps"])
     height, width = int(params["height"]), int(params["width"])
     vae_scale = int(pipe.vae_scale_factor_spatial)
-    # the pipelines' check_inputs want pixel sizes divisible by 16: with Wan's and HunyuanVideo's VAEs (x8)
-    # that is any even latent size, with a pixel-space "VAE" (x1) a latent multiple of 16
-    pixel_multiple = 16 // vae_scale if vae_scale and 16 % vae_scale == 0 else 1
-    multiple = math.lcm(2, pixel_multiple, *runtimes[0].patch_size[1:])
+    # the pipelines' check_inputs want pixel sizes divisible by the adapter's pixel_multiple (16): with Wan's
+    # and HunyuanVideo's VAEs (x8) that is any even latent size, with a pixel-space "VAE" (x1) a latent multiple of 16
+    pixel = records[0].adapter.pixel_multiple
+    latent_multiple = pixel // vae_scale if vae_scale and pixel % vae_scale == 0 else 1
+    multiple = math.lcm(2, latent_multiple, *runtimes[0].patch_size[1:])
     full_hw = (height // vae_scale, width // vae_scale)
     plans = plan_stages(cfg, num_steps, full_hw, multiple)
     original = pipe.scheduler

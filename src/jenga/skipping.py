@@ -33,18 +33,33 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.hooks import ModelHook
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+from diffusers.hooks.first_block_cache import _FBC_BLOCK_HOOK, _FBC_LEADER_BLOCK_HOOK
+from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK, _MAG_CACHE_LEADER_BLOCK_HOOK
+from diffusers.hooks.sea_cache import _SEA_CACHE_BLOCK_HOOK, _SEA_CACHE_LEADER_BLOCK_HOOK
 
 if TYPE_CHECKING:
     from ._state import CarvingRuntime
 
-__all__ = ["SKIP_HOOK", "BlockSkipHook", "check_no_block_cache", "check_skip_stack"]
+__all__ = ["SKIP_HOOK", "BlockSkipHook", "block_metadata", "check_no_block_cache", "check_skip_stack"]
 
 logger = logging.getLogger("jenga")
 
 SKIP_HOOK = "jenga_skip"
 # block-level hooks of diffusers' caches that decide on their own whether a block runs
-_CONFLICTING_HOOKS = ("fbc_leader_block_hook", "fbc_block_hook", "mag_cache_leader_block_hook",
-                      "mag_cache_block_hook", "sea_cache_leader_block", "sea_cache_block")
+_CONFLICTING_HOOKS = (_FBC_LEADER_BLOCK_HOOK, _FBC_BLOCK_HOOK, _MAG_CACHE_LEADER_BLOCK_HOOK,
+                      _MAG_CACHE_BLOCK_HOOK, _SEA_CACHE_LEADER_BLOCK_HOOK, _SEA_CACHE_BLOCK_HOOK)
+
+
+def block_metadata(block: torch.nn.Module) -> TransformerBlockMetadata:
+    """diffusers' record of what ``block`` takes and returns; ``TypeError`` for a block class it lacks."""
+    try:
+        return TransformerBlockRegistry.get(type(block))
+    except ValueError:
+        raise TypeError(
+            f"step skipping needs diffusers' TransformerBlockMetadata for {type(block).__name__}; register it "
+            "(diffusers.hooks._helpers.TransformerBlockRegistry.register) or patch with skip_steps=()"
+        ) from None
 
 
 def check_no_block_cache(blocks: list[torch.nn.Module]) -> None:
@@ -91,25 +106,30 @@ def _log_no_residual(step: int, branch: Any) -> None:
 class BlockSkipHook(ModelHook):
     """One block of the stack: run it, or pass its input through (the last block adds the cached residual).
 
-    ``pair``: the block returns ``(hidden_states, encoder_hidden_states)`` (HunyuanVideo); only the video
-    hidden states carry a residual, the text states pass through unchanged on skipped steps (the forward
-    drops them after the stack).
+    What the block takes and returns comes from diffusers' ``TransformerBlockRegistry`` (as its own block
+    caches read it): a block that also returns ``encoder_hidden_states`` (HunyuanVideo) passes its text
+    states through unchanged on skipped steps (the forward drops them after the stack); only the video
+    hidden states carry a residual.
     """
 
-    def __init__(self, runtime: CarvingRuntime, blocks: list[torch.nn.Module], *, first: bool, last: bool,
-                 pair: bool) -> None:
+    def __init__(self, runtime: CarvingRuntime, blocks: list[torch.nn.Module], *, first: bool, last: bool) -> None:
         super().__init__()
         self.runtime = runtime
         self.blocks = blocks
         self.first = first
         self.last = last
-        self.pair = pair
+        self.metadata: TransformerBlockMetadata | None = None  # the block's, set when registered
         self.skipping = False  # this forward's decision, taken by the first block
         self.stack_input: torch.Tensor | None = None
         self.installed_forward: Any = None
 
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.metadata = block_metadata(module)
+        return module
+
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
+        meta = self.metadata
+        hidden = meta._get_parameter_from_args_kwargs(meta.hidden_states_argument_name, args, kwargs)
         state = self._shared()
         plan = self.runtime.plan  # decided eagerly by the clock hook: the traced code reads flags only
         if self.first:
@@ -122,13 +142,17 @@ class BlockSkipHook(ModelHook):
         if state.skipping:
             if self.last:
                 hidden = hidden + plan.residual
-            if self.pair:
-                text = args[1] if len(args) > 1 else kwargs["encoder_hidden_states"]
-                return hidden, text
-            return hidden
+            if meta.return_encoder_hidden_states_index is None:
+                return hidden
+            text = meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
+            out = [None, None]
+            out[meta.return_hidden_states_index] = hidden
+            out[meta.return_encoder_hidden_states_index] = text
+            return tuple(out)
         output = self.fn_ref.original_forward(*args, **kwargs)
         if self.last and state.stack_input is not None:
-            out_hidden = output[0] if self.pair else output
+            paired = meta.return_encoder_hidden_states_index is not None
+            out_hidden = output[meta.return_hidden_states_index] if paired else output
             plan.new_residual = out_hidden - state.stack_input  # filed under the branch by end_forward
             state.stack_input = None
         return output

@@ -19,6 +19,7 @@ __all__ = [
     "adapter_for",
     "carve_attention",
     "register_adapter",
+    "supported_pipelines",
     "supported_transformers",
 ]
 
@@ -32,7 +33,13 @@ def register_adapter(adapter: ModelAdapter) -> ModelAdapter:
 
 
 def supported_transformers() -> tuple[str, ...]:
+    """Class names of the transformers an adapter is registered for."""
     return tuple(sorted(cls.__name__ for cls in _REGISTRY))
+
+
+def supported_pipelines() -> tuple[str, ...]:
+    """Pipeline class names the registered adapters declare (``ModelAdapter.pipelines``), in their order."""
+    return tuple(dict.fromkeys(name for adapter in _REGISTRY.values() for name in adapter.pipelines))
 
 
 def adapter_for(transformer: torch.nn.Module) -> ModelAdapter:
@@ -41,7 +48,7 @@ def adapter_for(transformer: torch.nn.Module) -> ModelAdapter:
     if adapter is None:
         raise TypeError(
             f"jenga cannot patch {type(transformer).__name__}; supported transformers: "
-            f"{', '.join(supported_transformers())}"
+            f"{', '.join(supported_transformers())}; supported pipelines: {', '.join(supported_pipelines())}"
         )
     return adapter
 

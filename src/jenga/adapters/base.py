@@ -1,8 +1,15 @@
 """What a model-family adapter tells the patch, and the carving call every sparse processor shares.
 
 An adapter holds the per-model facts: which attention modules go sparse and their layer ids, where the
-token order is applied (RoPE module, time embedding, first block or patch embedder, output norm), the
-patch size, and how to recognise image conditioning. The hooks and processors do the work.
+token order is applied (RoPE module, time embedding, first block or patch embedder, output norm) and under
+which argument names, the patch size, the pipelines it serves, the pixel multiple those pipelines check,
+and how to recognise image conditioning. The hooks and processors do the work.
+
+A new family: subclass :class:`ModelAdapter`, set the class attributes, implement the methods that raise
+``NotImplementedError``, and register an instance in :mod:`jenga.adapters`. What each block of
+:meth:`ModelAdapter.block_stack` takes and returns (for step skipping) comes from diffusers'
+``TransformerBlockRegistry``; a block class diffusers does not register needs a
+``TransformerBlockRegistry.register(cls, TransformerBlockMetadata(...))`` in the adapter's module.
 """
 
 from __future__ import annotations
@@ -72,9 +79,11 @@ class AttentionSite:
 class HookSites:
     """Submodules the per-forward hooks attach to (never the transformer itself, which offloading wraps).
 
-    ``rope`` runs first in every forward and sees the latent; ``clock`` sees the timestep; ``enter``
-    yields (``enter_on="output"``) or takes (``"input"``) the row-major hidden states; ``exit`` takes them
-    after the last block as its first argument (named ``exit_arg`` in its signature).
+    ``rope`` runs first in every forward and sees the latent ``[B, C, F, H, W]`` (argument ``rope_arg``);
+    ``clock`` sees the timestep (``clock_arg``); ``enter`` yields (``enter_on="output"``) or takes
+    (``"input"``, argument ``enter_arg``) the row-major hidden states; ``exit`` takes them after the last
+    block (``exit_arg``). Each tensor is read from the keyword of that name, else the first positional
+    argument.
     """
 
     rope: torch.nn.Module
@@ -83,6 +92,9 @@ class HookSites:
     enter_on: str
     exit: torch.nn.Module
     exit_arg: str
+    rope_arg: str = "hidden_states"
+    clock_arg: str = "timestep"
+    enter_arg: str = "hidden_states"
 
 
 class ModelAdapter:
@@ -90,7 +102,12 @@ class ModelAdapter:
 
     name: str = ""
     transformer_class: type = object
+    # diffusers pipeline class names this family runs in (``jenga.supported()``); the image-to-video ones
+    # also appear in ``image_to_video_pipelines`` (they turn ``first_frame=None`` on)
+    pipelines: tuple[str, ...] = ()
     image_to_video_pipelines: tuple[str, ...] = ()
+    # the pipelines' ``check_inputs`` want pixel height and width divisible by this (progressive stages keep it)
+    pixel_multiple: int = 16
 
     def preset_model(self, transformer: torch.nn.Module) -> str:
         """The preset family (``JengaConfig.preset(model=...)``) matching this checkpoint."""
@@ -112,11 +129,9 @@ class ModelAdapter:
         raise NotImplementedError
 
     def block_stack(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
-        """The transformer blocks in the order the forward runs them (what step skipping bypasses)."""
+        """The transformer blocks in the order the forward runs them (what step skipping bypasses); each
+        block's class must be in diffusers' ``TransformerBlockRegistry`` (see the module docstring)."""
         raise NotImplementedError
-
-    # whether each block returns ``(hidden_states, encoder_hidden_states)`` instead of the hidden states
-    blocks_return_pair: bool = False
 
     def image_conditioned(self, transformer: torch.nn.Module) -> bool:
         """Whether a bare transformer is an image-to-video checkpoint (for ``first_frame=None``)."""

@@ -108,6 +108,7 @@ class HunyuanVideoCarvingProcessor(CarvingProcessor):
 class HunyuanVideoAdapter(ModelAdapter):
     name = "hunyuan"
     transformer_class = HunyuanVideoTransformer3DModel
+    pipelines = ("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline")
     image_to_video_pipelines = ("HunyuanVideoImageToVideoPipeline",)
 
     def preset_model(self, transformer: torch.nn.Module) -> str:
@@ -131,8 +132,6 @@ class HunyuanVideoAdapter(ModelAdapter):
 
     def make_processor(self, stock: Any, site: AttentionSite, runtime: Any, dense: bool):
         return HunyuanVideoCarvingProcessor(stock, site.layer, runtime, dense)
-
-    blocks_return_pair = True
 
     def block_stack(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
         return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]

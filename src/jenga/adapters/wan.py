@@ -171,6 +171,7 @@ class WanCarvingProcessor(CarvingProcessor):
 class WanAdapter(ModelAdapter):
     name = "wan"
     transformer_class = WanTransformer3DModel
+    pipelines = ("WanPipeline", "WanImageToVideoPipeline")
     image_to_video_pipelines = ("WanImageToVideoPipeline",)
 
     def preset_model(self, transformer: torch.nn.Module) -> str:
