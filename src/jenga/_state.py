@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .attention import triton_available
+from .backends import triton_available
 from .config import JengaConfig
 from .layout import TokenLayout, token_layout
 

@@ -12,22 +12,58 @@ from typing import Literal
 
 import torch
 
+from .backends import BackendRegistry, Constraint, interpreting, triton_available, triton_importable
 from .kernels import reference
 
 Backend = Literal["auto", "triton", "torch", "flex"]
-BACKENDS = ("auto", "triton", "torch", "flex")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SUPPORTED_BLOCK_SIZES = (16, 32, 64, 128, 256)
 TRITON_HEAD_DIMS = (16, 32, 64, 128, 256)
 
+# name -> function ``(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value,
+# return_lse) -> (out, lse or None)`` and what it needs of ``q``
+ATTENTION_BACKENDS = BackendRegistry("attention")
 
-def triton_available() -> bool:
-    """True when the Triton kernel can run here: a CUDA device, or the CPU interpreter."""
-    try:
-        from .kernels import triton_block_sparse
-    except ImportError:
-        return False
-    return torch.cuda.is_available() or triton_block_sparse.interpreting()
+_TRITON_NEEDS = (
+    Constraint("the triton package", lambda q: triton_importable()),
+    Constraint("a CUDA device (or TRITON_INTERPRET=1 for CPU tensors)", lambda q: triton_available()),
+    Constraint("CUDA tensors (or TRITON_INTERPRET=1 to run it on the CPU)", lambda q: q.is_cuda or interpreting(),
+               lambda q: f"{q.device} tensors"),
+    Constraint(f"head dims {TRITON_HEAD_DIMS}", lambda q: q.shape[-1] in TRITON_HEAD_DIMS, lambda q: q.shape[-1]),
+    Constraint("float16, bfloat16 or float32 (float64: backend='torch')", lambda q: q.dtype in SUPPORTED_DTYPES,
+               lambda q: q.dtype),
+)
+
+
+@ATTENTION_BACKENDS.register("triton", _TRITON_NEEDS)
+def _attention_triton(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse):
+    return torch.ops.jenga.block_sparse_attention(
+        q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse
+    )
+
+
+@ATTENTION_BACKENDS.register("torch")
+def _attention_torch(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse):
+    if not return_lse and q.dtype != torch.float64:
+        out = reference.block_sparse_attention_masked_sdpa(
+            q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value
+        )
+        return out, None
+    return reference.block_sparse_attention_reference(
+        q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value
+    )
+
+
+@ATTENTION_BACKENDS.register("flex")
+def _attention_flex(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse):
+    from .kernels.flex import block_sparse_attention_flex
+
+    return block_sparse_attention_flex(
+        q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse
+    )
+
+
+BACKENDS = ("auto", *ATTENTION_BACKENDS.names())
 
 
 def block_sparse_attention(
@@ -68,7 +104,7 @@ def block_sparse_attention(
     if backend == "auto":
         backend = "triton" if q.is_cuda and triton_available() else "torch"
     if backend == "triton":
-        _check_triton(q)
+        ATTENTION_BACKENDS.check("triton", q=q, fix="Use backend='torch' or 'flex'")
     if check_indices:
         _check_list_contents(kv_index, kv_count, math.ceil(k.shape[1] / block_size))
     if key_lengths is not None:
@@ -77,24 +113,9 @@ def block_sparse_attention(
     kv_index = kv_index.to(torch.int32).contiguous()
     kv_count = kv_count.to(torch.int32).contiguous()
 
-    if backend == "triton":
-        out, lse = torch.ops.jenga.block_sparse_attention(
-            q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse
-        )
-    elif backend == "flex":
-        from .kernels.flex import block_sparse_attention_flex
-
-        out, lse = block_sparse_attention_flex(
-            q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse
-        )
-    elif not return_lse and q.dtype != torch.float64:
-        out = reference.block_sparse_attention_masked_sdpa(
-            q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value
-        )
-    else:
-        out, lse = reference.block_sparse_attention_reference(
-            q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value
-        )
+    out, lse = ATTENTION_BACKENDS.get(backend).fn(
+        q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse
+    )
     return (out, lse) if return_lse else out
 
 
@@ -185,25 +206,6 @@ def _check_inputs(q, k, v, kv_index, kv_count, block_size, key_lengths, key_bias
             raise TypeError(f"key_lengths must be integer, got {key_lengths.dtype}")
     if key_bias is not None and (not isinstance(key_bias, (tuple, list)) or len(key_bias) != 2):
         raise ValueError(f"key_bias must be a (start, value) pair, got {key_bias!r}")
-
-
-def _check_triton(q: torch.Tensor) -> None:
-    head_dim = q.shape[-1]
-    if head_dim not in TRITON_HEAD_DIMS:
-        raise ValueError(f"the triton backend supports head dims {TRITON_HEAD_DIMS}, got {head_dim}; "
-                         "use backend='torch' or 'flex' for other sizes")
-    if q.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"the triton backend supports float16, bfloat16, float32; got {q.dtype} "
-                        "(use backend='torch' for float64)")
-    if not triton_available():
-        raise ValueError("the triton backend needs a CUDA device (or TRITON_INTERPRET=1 for CPU tensors); "
-                         "use backend='torch' here")
-    if not q.is_cuda:
-        from .kernels.triton_block_sparse import interpreting
-
-        if not interpreting():
-            raise ValueError(f"the triton backend needs CUDA tensors, got {q.device} tensors; set "
-                             "TRITON_INTERPRET=1 to run it on the CPU, or use backend='torch'")
 
 
 def _check_list_contents(kv_index: torch.Tensor, kv_count: torch.Tensor, num_kb: int) -> None:

@@ -27,10 +27,14 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .backends import BackendRegistry, Constraint, interpreting, triton_importable
 from .blocks import BlockLists, dense_to_lists
 
 SelectBackend = Literal["auto", "triton", "torch"]
 SELECT_BACKENDS = ("auto", "triton", "torch")
+# name -> ``(probs, adjacency, always_keep, num_blocks, first_text_block, top_k, mass_limit) -> (kv_index,
+# kv_count)`` and the constraints on ``q`` and the row length (registered below)
+SELECT_REGISTRY = BackendRegistry("selector")
 # Probabilities are summed as integers in units of 2**-60: exact and order-free, so the Triton kernel and
 # the torch reference agree bit for bit (a softmax row sums to about 2**60, far below the int64 limit).
 MASS_SCALE = float(2**60)
@@ -91,7 +95,7 @@ def select_blocks(
     # a block that holds any text token is a "text block": always kept, and attends densely
     first_text_block = num_video // block_size if num_video < seq else num_blocks
     _check_tables(adjacency, always_keep, video_blocks, q.device)
-    use_triton = _resolve_backend(backend, q, num_blocks)
+    run_lists = SELECT_REGISTRY.get(_resolve_backend(backend, q, num_blocks)).fn
 
     if drop_rate <= 0.0:
         return _all_blocks(batch, heads, num_blocks, q.device)
@@ -102,16 +106,11 @@ def select_blocks(
     probs = torch.softmax(torch.matmul(q_pool, k_pool.transpose(-1, -2)).div_(math.sqrt(dim)), dim=-1)
     top_k = max(1, math.floor((1.0 - drop_rate) * video_blocks))
     mass_limit = _mass_limit(cdf_threshold)
-    if use_triton:
-        # under torch.compile the launch goes through a custom op, so the graph does not break
-        lists = _select_lists_op if torch.compiler.is_compiling() else _select_lists_triton
-        kv_index, kv_count = lists(probs, adjacency, always_keep, num_blocks, first_text_block, top_k, mass_limit)
-    else:
-        kv_index, kv_count = _select_lists_torch(probs, adjacency, always_keep, num_blocks, first_text_block,
-                                                 top_k, mass_limit)
+    kv_index, kv_count = run_lists(probs, adjacency, always_keep, num_blocks, first_text_block, top_k, mass_limit)
     return BlockLists(kv_index, kv_count, num_key_blocks=num_blocks)
 
 
+@SELECT_REGISTRY.register("torch")
 def _select_lists_torch(
     probs: torch.Tensor,
     adjacency: torch.Tensor | None,
@@ -158,45 +157,32 @@ def _mass_limit(cdf_threshold: float) -> int:
     return math.ceil(float(np.float32(cdf_threshold)) * MASS_SCALE)
 
 
-_TRITON_IMPORTABLE: list[bool] = []  # filled on first use: importing triton costs time, so not at import
+def _max_blocks() -> int:
+    from .kernels.triton_select import MAX_BLOCKS
+
+    return MAX_BLOCKS
 
 
-@torch.compiler.assume_constant_result  # fixed for the process: torch.compile needs no guard on the cache
-def _triton_importable() -> bool:
-    """Whether the Triton kernel module loads here (CPU-only installs may lack triton)."""
-    if not _TRITON_IMPORTABLE:
-        try:
-            from .kernels import triton_select  # noqa: F401
-
-            _TRITON_IMPORTABLE.append(True)
-        except ImportError:
-            _TRITON_IMPORTABLE.append(False)
-    return _TRITON_IMPORTABLE[0]
+_TRITON_NEEDS = (
+    Constraint("the triton package", lambda q, num_blocks: triton_importable()),
+    Constraint("CUDA tensors (or TRITON_INTERPRET=1 on the CPU)", lambda q, num_blocks: q.is_cuda or interpreting(),
+               lambda q, num_blocks: f"q on {q.device}"),
+    Constraint("at most the kernel's blocks per row (or a larger block_size)",
+               lambda q, num_blocks: not triton_importable() or num_blocks <= _max_blocks(),
+               lambda q, num_blocks: f"{num_blocks} blocks, the kernel handles up to {_max_blocks()}"),
+)
 
 
-def _resolve_backend(backend: str, q: torch.Tensor, num_blocks: int) -> bool:
-    """True to run the Triton kernel; it needs a CUDA tensor, or Triton's CPU interpreter (tests)."""
+def _resolve_backend(backend: str, q: torch.Tensor, num_blocks: int) -> str:
+    """The registered backend to run: ``"auto"`` takes Triton on CUDA tensors when it can."""
     if backend not in SELECT_BACKENDS:
         accepted = ", ".join(repr(b) for b in SELECT_BACKENDS)
         raise ValueError(f"unknown selector backend {backend!r}; accepted: {accepted}")
-    if backend == "torch":
-        return False
-    if not _triton_importable():
-        if backend == "triton":
-            raise ValueError("backend='triton' needs the triton package; use backend='torch'")
-        return False
-    from .kernels.triton_block_sparse import interpreting
-    from .kernels.triton_select import MAX_BLOCKS
-
     if backend == "auto":
-        return q.is_cuda and num_blocks <= MAX_BLOCKS
-    if not (q.is_cuda or interpreting()):
-        raise ValueError(f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU), got q on "
-                         f"{q.device}; use backend='torch' or 'auto'")
-    if num_blocks > MAX_BLOCKS:
-        raise ValueError(f"backend='triton' handles up to {MAX_BLOCKS} blocks per row, got {num_blocks}; use "
-                         "backend='torch' or a larger block_size")
-    return True
+        return "triton" if triton_importable() and q.is_cuda and num_blocks <= _max_blocks() else "torch"
+    if backend == "triton":
+        SELECT_REGISTRY.check("triton", q=q, num_blocks=num_blocks, fix="Use backend='torch' or 'auto'")
+    return backend
 
 
 def _select_lists_triton(
@@ -235,6 +221,13 @@ def _(probs, adjacency, always_keep, num_blocks, first_text_block, top_k, mass_l
     batch, heads = probs.shape[:2]
     kv_index = probs.new_empty((batch, heads, num_blocks, num_blocks), dtype=torch.int32)
     return kv_index, probs.new_empty((batch, heads, num_blocks), dtype=torch.int32)
+
+
+@SELECT_REGISTRY.register("triton", _TRITON_NEEDS)
+def _select_lists_triton_any(probs, adjacency, always_keep, num_blocks, first_text_block, top_k, mass_limit):
+    """The Triton selector; under torch.compile the launch goes through a custom op, so the graph does not break."""
+    lists = _select_lists_op if torch.compiler.is_compiling() else _select_lists_triton
+    return lists(probs, adjacency, always_keep, num_blocks, first_text_block, top_k, mass_limit)
 
 
 def _check_selection_args(q, k, drop_rate, cdf_threshold, block_size, num_video_tokens) -> None:

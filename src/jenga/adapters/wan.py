@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from diffusers import WanTransformer3DModel
 
+from ..backends import interpreting
 from ..parallel import carve_attention_ulysses, video_tokens_seen
 from .base import AttentionSite, CarvingProcessor, HookSites, ModelAdapter, carve_attention
 
@@ -45,8 +46,6 @@ def _fused_prep_allowed(attn: torch.nn.Module, rotary_emb: tuple[torch.Tensor, t
     setting = os.environ.get("JENGA_FUSED_QK_PREP", "auto")
     if setting == "0":
         return False
-    from ..kernels.triton_block_sparse import interpreting
-
     if not (rotary_emb[0].is_cuda and not interpreting()) and not (setting == "1" and interpreting()):
         return False
     return all(type(n) is torch.nn.RMSNorm and n.weight is not None for n in (attn.norm_q, attn.norm_k))

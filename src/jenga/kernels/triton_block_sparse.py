@@ -19,19 +19,15 @@ LSE is ``float32[B, H, Nq]`` in natural-log units.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from ..backends import interpreting
+
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels on the CPU through its interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _configs() -> list[triton.Config]:

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_block_sparse import interpreting
+from ..backends import interpreting
 
 MAX_BLOCKS = 4096  # a row of key blocks stays in the registers of at most 4 warps
 
