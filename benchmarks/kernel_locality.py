@@ -28,7 +28,9 @@ import torch
 import triton
 from _common import BLOCK, SHAPES, bench, card_name, git_commit
 
-from jenga.kernels.triton_block_sparse import block_sparse_attention_triton, key_phases_for, last_tuned_config
+from jenga.kernels.triton_block_sparse import last_tuned_config
+from jenga.kernels.triton_key_phases import block_sparse_attention_key_phases as block_sparse_attention_triton
+from jenga.kernels.triton_key_phases import key_phases_for
 
 FIXED = dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
 

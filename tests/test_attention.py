@@ -82,7 +82,7 @@ def test_triton_matches_golden(case, dtype):
 @needs_triton
 @pytest.mark.parametrize("key_phases", [1, 3])
 def test_triton_key_lengths_bias_and_empty_rows(key_phases):
-    from jenga.kernels.triton_block_sparse import block_sparse_attention_triton
+    from jenga.kernels.triton_key_phases import block_sparse_attention_key_phases as block_sparse_attention_triton
 
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     block = 32
@@ -109,15 +109,15 @@ def test_triton_key_lengths_bias_and_empty_rows(key_phases):
 @pytest.mark.parametrize("key_phases", [1, 2])
 def test_triton_writes_every_output_element(key_phases):
     """Poison the outputs: the kernel must overwrite every element, full and partial tiles alike."""
-    from jenga.kernels import triton_block_sparse as tbs
+    from jenga.kernels import triton_key_phases as tbs
 
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     q, k, v, mask = random_case(1, 90, 90, 2, 16, torch.float32, 32, 0.5, gen)
     kv_index, kv_count = dense_to_lists(mask)
     out = torch.full_like(q, float("nan"))
     lse = torch.full((1, 2, 90), float("nan"))
-    tbs.block_sparse_attention_triton(q, k, v, kv_index, kv_count, 32, None, 90, 0.0, True, out=out, lse=lse,
-                                      key_phases=key_phases)
+    tbs.block_sparse_attention_key_phases(q, k, v, kv_index, kv_count, 32, None, 90, 0.0, True, out=out, lse=lse,
+                                          key_phases=key_phases)
     ref, ref_lse = golden(q, k, v, mask, 32)
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()
     assert rel_err(out, ref) < 2e-5
@@ -129,7 +129,7 @@ def test_triton_writes_every_output_element(key_phases):
 def test_key_phases_match_golden(key_phases, dtype):
     """Keys split into ranges run one after another (what long sequences get on the GPU): same result as
     one launch, including query blocks whose list has nothing in some ranges and a partial last block."""
-    from jenga.kernels.triton_block_sparse import block_sparse_attention_triton
+    from jenga.kernels.triton_key_phases import block_sparse_attention_key_phases as block_sparse_attention_triton
 
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     q, k, v, mask = random_case(2, 120, 230, 2, 32, dtype, 32, 0.45, gen)
@@ -151,7 +151,7 @@ def test_key_phases_match_golden(key_phases, dtype):
 def test_autotuner_timing_takes_several_runs_of_long_launches():
     """Triton's default autotuner timing judges a 100 ms launch on one run; ours takes the median of at least
     five, and about 100 ms of runs for short launches (the values the autotuner ranks: median first)."""
-    from jenga.kernels.triton_block_sparse import _summarize, _timed_runs
+    from jenga.kernels.triton_autotune_timer import _summarize, _timed_runs
 
     assert _timed_runs(350.0) == 5  # a dense HunyuanVideo 720p launch
     assert _timed_runs(3.0) == 33  # Wan 1.3B at density 0.25

@@ -79,7 +79,8 @@ def test_sparse_matches_float64(dtype, head_dim):
 def test_key_phases_on_the_gpu_match_one_launch_and_float64(dtype, head_dim):
     """Key phases (opt-in) on the compiled kernel, with key lengths, a key bias and LSE, against one launch
     and the float64 reference."""
-    from jenga.kernels.triton_block_sparse import block_sparse_attention_triton, key_phases_for
+    from jenga.kernels.triton_key_phases import block_sparse_attention_key_phases as block_sparse_attention_triton
+    from jenga.kernels.triton_key_phases import key_phases_for
 
     torch.manual_seed(torch.seed() % 2**31)
     batch, heads, n, block = 2, 3, 6_000, 128

@@ -6,11 +6,10 @@ keeping an online softmax in float32 with ``exp2``. Listed blocks are ascending,
 block that starts before the key limit (``min(Nk, key_lengths[b])``) is partial: every other block runs
 the unmasked loop, that one alone the masked path.
 
-Optionally (``key_phases``, off by default: it measured slower, see :func:`key_phases_for`) the key blocks
-are cut into contiguous ranges, one launch each, so that the keys and values one head's concurrently
-running programs touch could stay in L2 (lists ascend, so each range is a contiguous run of every list).
-A phase writes its normalised output and log-sum-exp in float32; the next folds them into its own, the
-last writes ``out`` (and the LSE).
+The kernel can also run over one contiguous range of key blocks (``SPLIT``), fold in the normalised output
+and log-sum-exp of earlier ranges (``MERGE_IN``) and write a float32 partial instead of ``out`` (not
+``FINAL``): the opt-in key phases of :mod:`jenga.kernels.triton_key_phases` (measured slower; off by
+default). The launcher here runs one phase over every key block.
 
 Layout: q/k/v/out are ``[B, N, H, D]`` (diffusers' layout, any strides with a unit last stride);
 LSE is ``float32[B, H, Nq]`` in natural-log units.
@@ -25,9 +24,14 @@ import triton
 import triton.language as tl
 
 from ..backends import interpreting
+from .triton_autotune_timer import tuning_bench
 
 _LOG2E = 1.4426950408889634
-_LN2 = 0.6931471805599453
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)  # the kernel works in log2 units; the LSE is stored in ln
+# list entries read per step when counting the blocks before the key limit (and, for key phases, before kb_lo)
+LIST_CHUNK: tl.constexpr = tl.constexpr(256)
+# stands in for list entries past the count: a block id above every real one (never below any limit)
+PAST_EVERY_BLOCK: tl.constexpr = tl.constexpr(0x3FFFFFFF)
 
 
 def _configs() -> list[triton.Config]:
@@ -201,9 +205,9 @@ def _block_sparse_fwd(
         if SPLIT:
             upper = tl.minimum(upper, kb_hi)
         n_valid = 0
-        for c in range(0, count, 256):
-            offs_c = c + tl.arange(0, 256)
-            ids = tl.load(idx_base + offs_c, mask=offs_c < count, other=0x3FFFFFFF)
+        for c in range(0, count, LIST_CHUNK):
+            offs_c = c + tl.arange(0, LIST_CHUNK)
+            ids = tl.load(idx_base + offs_c, mask=offs_c < count, other=PAST_EVERY_BLOCK)
             n_valid += tl.sum((ids < upper).to(tl.int32))
             if SPLIT:
                 first += tl.sum((ids < kb_lo).to(tl.int32))
@@ -259,59 +263,17 @@ def _block_sparse_fwd(
         tl.store(Out + b64 * stride_ob + h64 * stride_oh + o_rows + offs_d[None, :], out.to(Out.dtype.element_ty),
                  mask=row_ok[:, None])
         if WRITE_LSE:
-            tl.store(Lse + b64 * stride_lb + h64 * stride_lh + offs_m, lse2 * 0.6931471805599453, mask=row_ok)
+            tl.store(Lse + b64 * stride_lb + h64 * stride_lh + offs_m, lse2 * LN2, mask=row_ok)
     else:
         tl.store(p_ptrs, out, mask=row_ok[:, None])
         tl.store(pl_ptrs, lse2, mask=row_ok)
-
-
-# Autotuner timing. Triton's default times 100 ms of repetitions after a 5-run estimate, so a launch of 100 ms
-# or more (HunyuanVideo 720p) is judged on one timed run, and configs a few % apart swap places from one
-# process to the next. This times every config at least _MIN_RUNS times (about as many launches in all),
-# clearing L2 before each run as Triton does, and ranks by the median.
-_MIN_RUNS, _MAX_RUNS, _BENCH_MS = 5, 200, 100.0
-
-
-def _timed_runs(estimate_ms: float) -> int:
-    """Timed runs for a launch of about ``estimate_ms``: 100 ms of them, at least 5, at most 200."""
-    return max(_MIN_RUNS, min(_MAX_RUNS, int(_BENCH_MS / max(estimate_ms, 1e-6))))
-
-
-def _summarize(times_ms: list[float], quantiles) -> list[float] | float:
-    """What the autotuner expects back: the requested quantiles (median first), or the median."""
-    times = torch.tensor(times_ms, dtype=torch.float64)
-    if quantiles is None:
-        return float(times.median())
-    return torch.quantile(times, torch.tensor(quantiles, dtype=torch.float64)).tolist()
-
-
-def _tuning_bench(kernel_call, quantiles=None):
-    kernel_call()  # compiles; not timed
-    torch.cuda.synchronize()
-    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    flush.zero_()
-    start.record()
-    kernel_call()
-    end.record()
-    end.synchronize()
-    runs = _timed_runs(start.elapsed_time(end))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-    for first, last in zip(starts, ends, strict=True):
-        flush.zero_()
-        first.record()
-        kernel_call()
-        last.record()
-    torch.cuda.synchronize()
-    return _summarize([a.elapsed_time(b) for a, b in zip(starts, ends, strict=True)], quantiles)
 
 
 # Tuned per head dim, block size and length bucket -- never per list contents, so one tuning serves
 # every step. The interpreter cannot benchmark, so it calls the plain kernel with one small tile.
 _block_sparse_fwd_tuned = triton.autotune(
     configs=_configs(), key=["HEAD_DIM", "KV_BLOCK", "len_bucket", "IEEE", "USE_TMA"],
-    prune_configs_by={"early_config_prune": _prune_configs}, do_bench=_tuning_bench,
+    prune_configs_by={"early_config_prune": _prune_configs}, do_bench=tuning_bench,
 )(_block_sparse_fwd)
 
 
@@ -330,17 +292,26 @@ def block_sparse_attention_triton(
     lse: torch.Tensor | None = None,
     config: dict[str, int] | None = None,
     use_tma: bool | None = None,
-    key_phases: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel on validated inputs; returns ``(out, lse)`` (lse empty unless asked).
 
     ``out`` / ``lse`` may be given as preallocated buffers (tests poison them to catch unwritten elements).
     ``config`` (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``, optional ``Q_TMA``) bypasses the
     autotuner (benchmarks). ``use_tma`` loads keys and values (and, where the config says so, queries) through
-    tensor descriptors (default: on Hopper and newer when the layout of q, k and v allows it). ``key_phases``
-    splits the key blocks into that many contiguous ranges, one launch each, merged through a float32 partial
-    output (default 1: see :func:`key_phases_for`).
+    tensor descriptors (default: on Hopper and newer when the layout of q, k and v allows it). The opt-in
+    key-phase launcher is :mod:`jenga.kernels.triton_key_phases`.
     """
+    launch, out, lse = _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value,
+                                 return_lse, out, lse, config, use_tma)
+    # one phase over every key block: the partial output is never read nor written (FINAL with no MERGE_IN)
+    launch(out, lse, 0, triton.cdiv(k.shape[1], block_size), split=False, merge_in=False, final=True)
+    return out, lse
+
+
+def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse,
+              out, lse, config, use_tma):
+    """``(launch, out, lse)``: ``launch(part, part_lse, kb_lo, kb_hi, *, split, merge_in, final)`` runs the
+    kernel once over key blocks ``[kb_lo, kb_hi)`` with everything else fixed here."""
     batch, seq_q, heads, head_dim = q.shape
     seq_k = k.shape[1]
     if out is None:
@@ -370,18 +341,7 @@ def block_sparse_attention_triton(
     else:
         kernel, tiles = _block_sparse_fwd_tuned, {}
 
-    key_blocks = triton.cdiv(seq_k, block_size)
-    phases = 1 if key_phases is None else key_phases
-    phases = max(1, min(int(phases), key_blocks))
-    if phases > 1:
-        part = torch.empty((batch, seq_q, heads, head_dim), device=q.device, dtype=torch.float32)
-        part_lse = torch.empty((batch, heads, seq_q), device=q.device, dtype=torch.float32)
-    else:  # never read nor written: FINAL with no MERGE_IN
-        part, part_lse = out, lse
-    bounds = [i * key_blocks // phases for i in range(phases + 1)]
-    for phase in range(phases):
-        # every phase shares one autotuning key; the first (which reads no partial output) tunes it, so the
-        # benchmark never repeats a launch that merges in place
+    def launch(part, part_lse, kb_lo: int, kb_hi: int, *, split: bool, merge_in: bool, final: bool) -> None:
         kernel[grid](
             q, k, v, out, lse, kv_index, kv_count, key_lengths_arg, part, part_lse,
             q.stride(0), q.stride(1), q.stride(2),
@@ -394,30 +354,14 @@ def block_sparse_attention_triton(
             part.stride(0), part.stride(1), part.stride(2),
             part_lse.stride(0), part_lse.stride(1),
             batch, heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim), bias_start, bias_value * _LOG2E,
-            _length_bucket(seq_k), bounds[phase], bounds[phase + 1],
+            triton.next_power_of_2(seq_k), kb_lo, kb_hi,
             HEAD_DIM=head_dim, KV_BLOCK=block_size,
             HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=return_lse, UPCAST=upcast,
             IEEE=q.dtype == torch.float32, USE_TMA=use_tma,
-            SPLIT=phases > 1, MERGE_IN=phase > 0, FINAL=phase == phases - 1, **tiles,
+            SPLIT=split, MERGE_IN=merge_in, FINAL=final, **tiles,
         )
-    return out, lse
 
-
-# Keys and values of one head that the programs running at one time touch should stay in L2. On an H100
-# (50 MB of L2), random lists over a window of 16 MB of keys + values per head ran at 552 TFLOP/s, over
-# 61 MB at 444 (benchmarks/kernel_locality.py). Splitting the keys into ranges of this many bytes per head
-# did not recover that (HunyuanVideo dense 391 ms in 3 phases against 346 ms in one launch, H100,
-# benchmarks/RESULTS.md), so phases are opt-in (``key_phases``) until the cause is found.
-_PHASE_BYTES = 24 * 2**20
-
-
-def key_phases_for(k: torch.Tensor) -> int:
-    """Key ranges that keep each range's keys + values per head under :data:`_PHASE_BYTES` (1 on the CPU);
-    what ``key_phases`` would be set to for an experiment, not the default."""
-    if not k.is_cuda or interpreting():
-        return 1
-    per_head = 2 * k.shape[1] * k.shape[3] * k.element_size()
-    return max(1, math.ceil(per_head / _PHASE_BYTES))
+    return launch, out, lse
 
 
 def last_tuned_config() -> dict[str, int] | None:
@@ -454,8 +398,3 @@ def _ensure_descriptor_allocator() -> None:
 
         triton.set_allocator(alloc)
         _allocator_set = True
-
-
-def _length_bucket(n: int) -> int:
-    """Autotune key for the sequence length: powers of two, so close lengths share a tuning."""
-    return 1 << max(0, (n - 1).bit_length())
