@@ -23,15 +23,13 @@ from typing import Any
 import torch
 
 from .backends import triton_available
-from .config import JengaConfig
+from .config import PROGRESS_SLACK, JengaConfig
 from .layout import TokenLayout, token_layout
 
 logger = logging.getLogger("jenga")
 
 # flow-matching models are trained on timesteps in [0, 1000]: t / 1000 is the noise level
 _NUM_TRAIN_TIMESTEPS = 1000.0
-# progress from sigmas is inexact (1 - 900 / 1000 < 0.1): boundaries get this much slack
-_EPS = 1e-9
 
 
 @dataclass
@@ -196,7 +194,7 @@ class CarvingRuntime:
             plan.residual = cached if plan.skip else None
         if plan.layout is None:
             plan.sparse = False
-        elif progress < cfg.dense_steps - _EPS:
+        elif progress < cfg.dense_steps - PROGRESS_SLACK:
             plan.sparse = False
             self._note(f"dense: step {step} is inside dense_steps={cfg.dense_steps}")
         elif not cfg.carves(drop_rate):

@@ -25,12 +25,15 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from ._checks import is_int
 from .attention import BACKENDS, SUPPORTED_BLOCK_SIZES
 from .curves import CURVES
 
 __all__ = ["HUNYUAN_23_OF_50", "MODELS", "PRESETS", "SKIP_SCHEDULES", "UPSAMPLE_MODES", "JengaConfig", "Stage"]
 
 UPSAMPLE_MODES = ("trilinear", "area")
+# slack on comparisons of run fractions: progress from sigmas is inexact (1 - 900 / 1000 < 0.1)
+PROGRESS_SLACK = 1e-9
 
 
 class Stage(NamedTuple):
@@ -43,6 +46,10 @@ class Stage(NamedTuple):
     scale: float
     until: float
     shift: float | None = None
+
+    def continues(self, previous: Stage) -> bool:
+        """Same scale and shift as ``previous``: the trajectory goes on (no resize, no re-noise)."""
+        return (self.scale, self.shift) == (previous.scale, previous.shift)
 
 
 FULL_RESOLUTION = (Stage(1.0, 1.0, None),)
@@ -108,7 +115,7 @@ class JengaConfig:
         set_("stages", stages)
         set_("drop_rates", _check_drop_rates(self.drop_rates, len(stages)))
         set_("cdf_threshold", _check_fraction("cdf_threshold", self.cdf_threshold, upper_open=False))
-        if not _is_int(self.block_size) or self.block_size not in SUPPORTED_BLOCK_SIZES:
+        if not is_int(self.block_size) or self.block_size not in SUPPORTED_BLOCK_SIZES:
             raise ValueError(f"block_size must be one of {SUPPORTED_BLOCK_SIZES}, got {self.block_size!r}")
         if self.curve not in CURVES:
             raise ValueError(f"curve must be one of {CURVES}, got {self.curve!r}")
@@ -116,7 +123,7 @@ class JengaConfig:
         set_("dense_layers", _check_layers(self.dense_layers))
         if self.dense_threshold is not None:
             set_("dense_threshold", _check_fraction("dense_threshold", self.dense_threshold, upper_open=True))
-        if not _is_int(self.min_video_blocks) or self.min_video_blocks < 1:
+        if not is_int(self.min_video_blocks) or self.min_video_blocks < 1:
             raise ValueError(f"min_video_blocks must be an int >= 1, got {self.min_video_blocks!r}")
         for name in ("adjacency", "condition", "collect_stats"):
             if not isinstance(getattr(self, name), bool):
@@ -139,7 +146,7 @@ class JengaConfig:
     def stage_at(self, progress: float) -> int:
         """Index of the stage that runs at ``progress`` (share of the run already done, ``[0, 1]``)."""
         for index, stage in enumerate(self.stages):
-            if progress < stage.until - 1e-9:  # slack for progress computed from sigmas
+            if progress < stage.until - PROGRESS_SLACK:
                 return index
         return len(self.stages) - 1
 
@@ -149,7 +156,7 @@ class JengaConfig:
         spans, start = [], 0
         for index, stage in enumerate(self.stages):
             last = index == len(self.stages) - 1
-            end = num_steps if last else max(start, math.ceil((stage.until - 1e-9) * num_steps))
+            end = num_steps if last else max(start, math.ceil((stage.until - PROGRESS_SLACK) * num_steps))
             spans.append((start, end))
             start = end
         return spans
@@ -163,7 +170,7 @@ class JengaConfig:
         """Steps of a ``num_steps`` run that start a new resolution or shift (always computed)."""
         spans = self.stage_steps(num_steps)
         pairs = zip(self.stages, self.stages[1:], spans[1:], strict=False)
-        return frozenset(span[0] for a, b, span in pairs if (a.scale, a.shift) != (b.scale, b.shift))
+        return frozenset(span[0] for a, b, span in pairs if not b.continues(a))
 
     def skipped_steps(self, num_steps: int) -> frozenset[int]:
         """Steps of a ``num_steps`` run that reuse the cached residual (``skip_steps``; never step 0 nor a
@@ -245,10 +252,6 @@ def _skipped_steps(config: JengaConfig, num_steps: int) -> frozenset[int]:
     return frozenset(out)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -290,7 +293,7 @@ def _check_stages(stages: object) -> tuple[Stage, ...]:
 
 def _switch_points(stages: tuple[Stage, ...]) -> list[float]:
     """Stage ends where scale or shift changes (see :meth:`JengaConfig.switch_points`)."""
-    return [a.until for a, b in zip(stages, stages[1:], strict=False) if (a.scale, a.shift) != (b.scale, b.shift)]
+    return [a.until for a, b in zip(stages, stages[1:], strict=False) if not b.continues(a)]
 
 
 def _check_drop_rates(drop_rates: object, num_stages: int) -> tuple[float, ...]:
@@ -307,7 +310,7 @@ def _check_drop_rates(drop_rates: object, num_stages: int) -> tuple[float, ...]:
 
 
 def _check_layers(layers: object) -> tuple[int, ...]:
-    if not isinstance(layers, (tuple, list, set, frozenset)) or not all(_is_int(x) and x >= 0 for x in layers):
+    if not isinstance(layers, (tuple, list, set, frozenset)) or not all(is_int(x) and x >= 0 for x in layers):
         raise ValueError(f"dense_layers must be a collection of layer ids (ints >= 0), got {layers!r}")
     return tuple(sorted({int(x) for x in layers}))
 
@@ -321,7 +324,7 @@ def _check_skip_steps(skip: object, stages: tuple[Stage, ...]) -> tuple[float, .
     if any(b <= a for a, b in zip(values, values[1:], strict=False)):
         raise ValueError(f"skip_steps must increase strictly, got {values}")
     starts = _switch_points(stages)
-    clash = [x for x in values if any(abs(x - start) < 1e-9 for start in starts)]
+    clash = [x for x in values if any(abs(x - start) < PROGRESS_SLACK for start in starts)]
     if clash:
         raise ValueError(f"skip_steps {clash} fall on the first step of a stage (stage starts {starts}); the "
                          "first step of every stage is always computed: remove them")

@@ -30,11 +30,12 @@ All results are cached and shared between callers: treat the returned tensors as
 from __future__ import annotations
 
 import math
-import numbers
 from functools import lru_cache
 
 import numpy as np
 import torch
+
+from ._checks import is_int
 
 __all__ = ["CURVES", "block_adjacency", "block_bounding_volume", "curve_permutation"]
 
@@ -51,14 +52,9 @@ Piece = tuple[Vec, Vec, Vec, Vec]
 # ----------------------------------------------------------------------------------------------------
 
 
-def _is_int(value: object) -> bool:
-    """True for ints and numpy integers; bools are rejected because ``True`` as a side is a bug."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_grid(grid: object) -> Grid:
     """Normalise ``grid`` to a hashable tuple of 3 Python ints so that cache keys are consistent."""
-    if not isinstance(grid, (tuple, list)) or len(grid) != 3 or not all(_is_int(s) and s > 0 for s in grid):
+    if not isinstance(grid, (tuple, list)) or len(grid) != 3 or not all(is_int(s) and s > 0 for s in grid):
         raise ValueError(f"grid must be a tuple or list of 3 positive ints (T, H, W), got {grid!r}")
     return (int(grid[0]), int(grid[1]), int(grid[2]))
 
@@ -73,7 +69,7 @@ def _check_curve(curve: object) -> str:
 
 def _check_block_size(block_size: object) -> int:
     """Blocks must hold at least one token."""
-    if not _is_int(block_size) or block_size <= 0:
+    if not is_int(block_size) or block_size <= 0:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     return int(block_size)
 
@@ -352,11 +348,11 @@ def _shifted(size: int, offset: int) -> tuple[slice, slice]:
     return slice(max(0, -offset), size - max(0, offset)), slice(max(0, offset), size + min(0, offset))
 
 
-@lru_cache(maxsize=32)
-def _adjacency_cpu(grid: Grid, block_size: int, curve: str) -> torch.Tensor:
-    """Scatter the block pair of every neighbouring token pair into a dense table (no token loops)."""
-    _, inverse = _permutation_cpu(grid, curve, _curve_block(curve, block_size))
-    kb = -(-math.prod(grid) // block_size)
+def adjacency_of_order(grid: Grid, inverse: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``bool[Kb, Kb]`` block adjacency of the token order given by ``inverse`` (row-major index -> position;
+    any order, e.g. a layout with a first-frame prefix): scatter the block pair of every neighbouring token
+    pair (13 half-space offsets, then the transpose) into a dense table, no token loops."""
+    kb = -(-inverse.numel() // block_size)
     block = (inverse // block_size).view(grid)
     pairs = []
     for offset in _positive_offsets():
@@ -369,6 +365,12 @@ def _adjacency_cpu(grid: Grid, block_size: int, curve: str) -> torch.Tensor:
     table |= table.T.clone()
     table.fill_diagonal_(True)
     return table
+
+
+@lru_cache(maxsize=32)
+def _adjacency_cpu(grid: Grid, block_size: int, curve: str) -> torch.Tensor:
+    _, inverse = _permutation_cpu(grid, curve, _curve_block(curve, block_size))
+    return adjacency_of_order(grid, inverse, block_size)
 
 
 @lru_cache(maxsize=64)

@@ -32,7 +32,8 @@ from functools import lru_cache
 
 import torch
 
-from .curves import block_adjacency, curve_permutation
+from ._checks import is_int
+from .curves import adjacency_of_order, block_adjacency, curve_permutation
 
 __all__ = ["TokenLayout", "token_layout"]
 
@@ -93,7 +94,7 @@ def token_layout(
     grid = tuple(int(s) for s in grid)
     if len(grid) != 3 or min(grid) < 1:
         raise ValueError(f"grid must be 3 positive ints (T, H, W), got {grid!r}")
-    if not isinstance(block_size, int) or block_size < 1:
+    if not is_int(block_size) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     if last_frame_suffix and not first_frame_prefix:
         raise ValueError("last_frame_suffix=True needs first_frame_prefix=True")
@@ -127,7 +128,7 @@ def _layout_cpu(grid: Grid, block_size: int, curve: str, prefix: bool, suffix: b
         perm = torch.cat(parts)
         inverse = torch.empty_like(perm)
         inverse[perm] = torch.arange(n, dtype=torch.int64)
-        adjacency = _adjacency_of_order(grid, inverse, block_size)
+        adjacency = adjacency_of_order(grid, inverse, block_size)
     else:
         perm, inverse = curve_permutation(grid, curve, block_size=block_size)
         adjacency = block_adjacency(grid, block_size, curve)
@@ -137,28 +138,3 @@ def _layout_cpu(grid: Grid, block_size: int, curve: str, prefix: bool, suffix: b
     last = torch.zeros(num_blocks, dtype=torch.bool)
     last[torch.unique(inverse[(t - 1) * h * w :] // block_size)] = True
     return perm, inverse, adjacency, first, last
-
-
-def _adjacency_of_order(grid: Grid, inverse: torch.Tensor, block_size: int) -> torch.Tensor:
-    """``bool[Vb, Vb]`` block adjacency of any order given by ``inverse`` (same definition as
-    :func:`jenga.curves.block_adjacency`): shift the grid of block ids by each of the 13 half-space
-    neighbour offsets and mark every (block, neighbour block) pair, then symmetrise."""
-    num_blocks = math.ceil(inverse.numel() / block_size)
-    blocks = (inverse // block_size).view(grid)
-    pairs = []
-    for dt in (-1, 0, 1):
-        for dh in (-1, 0, 1):
-            for dw in (-1, 0, 1):
-                offset = (dt, dh, dw)
-                if next((x for x in offset if x != 0), 0) <= 0:
-                    continue  # the other half of the pairs comes from the transpose
-                src = blocks[tuple(slice(max(0, -d), s - max(0, d)) for d, s in zip(offset, grid, strict=True))]
-                dst = blocks[tuple(slice(max(0, d), s + min(0, d)) for d, s in zip(offset, grid, strict=True))]
-                pairs.append((src * num_blocks + dst).reshape(-1))
-    table = torch.zeros(num_blocks * num_blocks, dtype=torch.bool)
-    if pairs:
-        table[torch.cat(pairs)] = True
-    table = table.view(num_blocks, num_blocks)
-    table = table | table.T
-    table.fill_diagonal_(True)
-    return table

@@ -298,7 +298,7 @@ def _segments(config: JengaConfig) -> list[tuple[float, float | None, int, int]]
     """Runs of consecutive config stages with equal scale and shift: ``(scale, shift, first, last)``."""
     out: list[tuple[float, float | None, int, int]] = []
     for index, stage in enumerate(config.stages):
-        if out and out[-1][0] == stage.scale and out[-1][1] == stage.shift:
+        if out and stage.continues(config.stages[index - 1]):
             out[-1] = (*out[-1][:3], index)
         else:
             out.append((stage.scale, stage.shift, index, index))

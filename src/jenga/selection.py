@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ._checks import is_int
 from .backends import BackendRegistry, Constraint, interpreting, triton_importable
 from .blocks import BlockLists, dense_to_lists
 
@@ -237,7 +238,7 @@ def _check_selection_args(q, k, drop_rate, cdf_threshold, block_size, num_video_
         raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
     if not 0.0 <= cdf_threshold <= 1.0:
         raise ValueError(f"cdf_threshold must be in [0, 1], got {cdf_threshold}")
-    if not isinstance(block_size, int) or block_size <= 0:
+    if not is_int(block_size) or block_size <= 0:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     if num_video_tokens is not None and not 0 < num_video_tokens <= q.shape[1]:
         raise ValueError(f"num_video_tokens must be in [1, {q.shape[1]}], got {num_video_tokens}")
