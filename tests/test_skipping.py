@@ -152,3 +152,24 @@ def test_unpatch_removes_the_skip_hooks():
     assert all("_diffusers_hook" not in block.__dict__ and "forward" not in block.__dict__
                for block in pipe.transformer.blocks)
     assert torch.equal(run(pipe, inputs), stock)
+
+
+def test_stage_driver_resets_branch_state_after_an_exception():
+    """A call that raises half-way leaves no cached residual, branch clock or plan for the next call."""
+    pipe = wan_pipeline("t2v")
+    jenga.patch(pipe, **{**DENSE, "stages": ((0.5, 0.5), (1.0, 1.0))}, skip_steps=(0.25,))
+
+    def boom(pipe, step, timestep, kwargs):
+        if step == 2:
+            raise KeyboardInterrupt("stop")
+        return kwargs
+
+    with pytest.raises(KeyboardInterrupt):
+        run(pipe, wan_inputs(pipe, steps=8, callback_on_step_end=boom))
+    runtime = pipe.transformer._jenga_patch.runtime
+    assert runtime.residuals == {} and runtime.plan.layout is None and runtime.window is None
+    clock_hook = pipe.transformer.condition_embedder._diffusers_hook.get_hook("jenga_clock")
+    assert clock_hook.default_clock.step == -1 and clock_hook.state_manager._state_cache == {}
+    reference = wan_pipeline("t2v")
+    jenga.patch(reference, **{**DENSE, "stages": ((0.5, 0.5), (1.0, 1.0))}, skip_steps=(0.25,))
+    assert torch.equal(run(pipe, wan_inputs(pipe, steps=8)), run(reference, wan_inputs(reference, steps=8)))

@@ -36,6 +36,16 @@ class PatchRecord:
         return (self.config == config and runtime.pipeline_object() is pipeline
                 and runtime.scheduler is scheduler)
 
+    def reset_state(self) -> None:
+        """Reset the patch's stateful hooks (the clock hook: branch clocks and the runtime, cached residuals
+        included), as diffusers does at the end of a pipeline call; the stage driver also does it when a
+        call raises."""
+        for module, name, _, _ in self.hooks:
+            registry = module.__dict__.get("_diffusers_hook")
+            hook = registry.hooks.get(name) if registry is not None else None
+            if hook is not None and getattr(hook, "_is_stateful", False):
+                hook.reset_state(module)
+
     def __repr__(self) -> str:
         carving = sum(not getattr(module.processor, "dense", True) for module, _ in self.processors)
         return (

@@ -199,6 +199,7 @@ def _staged_call(self, *args: Any, **kwargs: Any) -> Any:
     finally:
         for record in records:
             record.runtime.last_frame = False
+            record.reset_state()  # after an exception too: the next call starts with no state of this one
 
 
 def _run_stages(pipe: Any, stock: Callable, records: list[Any], params: dict[str, Any]) -> Any:
