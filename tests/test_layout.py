@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from jenga import block_adjacency, curve_permutation, token_layout
-from jenga.layout import _adjacency_of_order
+from jenga.curves import adjacency_of_order as _adjacency_of_order
 
 
 @pytest.mark.parametrize("prefix", [False, True])

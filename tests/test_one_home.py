@@ -1,13 +1,13 @@
-"""Facts kept in one place: the integer check, the block adjacency of any order, where a stage changes."""
+"""Facts kept in one place: the integer check, where a stage changes (block adjacency of any order:
+test_layout.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from jenga import Stage, block_adjacency, curve_permutation, select_blocks, token_layout
+from jenga import Stage, select_blocks, token_layout
 from jenga.config import PROGRESS_SLACK, JengaConfig
-from jenga.curves import adjacency_of_order
 
 
 @pytest.mark.parametrize("make", [
@@ -18,18 +18,6 @@ from jenga.curves import adjacency_of_order
 def test_true_is_no_block_size(make):
     with pytest.raises(ValueError, match="block_size"):
         make()
-
-
-def test_adjacency_of_the_curve_order_is_block_adjacency():
-    grid = (3, 6, 5)
-    _, inverse = curve_permutation(grid, "hilbert", block_size=16)
-    assert torch.equal(adjacency_of_order(grid, inverse, 16), block_adjacency(grid, 16, "hilbert"))
-
-
-def test_prefix_layout_adjacency_is_symmetric_with_diagonal():
-    layout = token_layout((3, 4, 4), block_size=16, first_frame_prefix=True)
-    adjacency = layout.adjacency
-    assert torch.equal(adjacency, adjacency.T) and adjacency.diagonal().all()
 
 
 def test_stage_continues_only_with_same_scale_and_shift():
