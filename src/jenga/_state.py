@@ -3,8 +3,9 @@
 One :class:`CarvingRuntime` per patched transformer. Its :class:`ForwardPlan` is rebuilt at the start of
 every forward (by the hook on the RoPE module, the first thing both model families run), so nothing from
 an earlier forward -- the other CFG branch, or a call that raised half-way -- can leak into the next one.
-The only state that outlives a forward is the fallback step counter, kept per CFG branch and reset with
-the pipeline's stateful hooks.
+Two things outlive a forward, both per CFG branch and cleared with the pipeline's stateful hooks (at the end
+of every call, and by the stage driver also after an exception): the fallback step counter (in the clock
+hook) and the block-stack residuals that step skipping reuses (``CarvingRuntime.residuals``).
 
 The step comes, in this order, from the diffusers cache context (``transformer.cache_context(name,
 step_index=..., num_inference_steps=...)``, as WanPipeline passes it), from the scheduler of the patched

@@ -1,48 +1,16 @@
 """Progressive resolution inside the ordinary ``pipe(...)`` call: early steps on a smaller latent.
 
-How a patched pipeline runs a multi-stage config (stages differing in scale or shift):
-
-- **Planning** (:func:`plan_stages`): consecutive config stages with the same scale and shift merge (they
-  differ only in drop rate, which the clock handles). Each stage gets its steps ``[start, end)`` of the run
-  (``JengaConfig.stage_steps``), a latent height and width ``round(scale * size)`` rounded to a multiple of
-  the patch size, of 2 and of what keeps the pixel size divisible by 16 (the pipelines' check), and the
-  slice ``t[start:end]`` of one run-wide grid ``t_i = 1 - i / n`` (the grid HunyuanVideo's pipelines use).
-  The stage's scheduler shifts it with its own shift: ``sigma = s * t / (1 + (s - 1) * t)``.
-- **Driving**: the pipeline's own ``__call__`` runs once per stage (this module never re-implements a
-  denoising loop). Per stage it gets a fresh copy of the user's scheduler (new shift; fresh multistep
-  history, as UniPC needs at a switch) whose ``set_timesteps`` installs the stage's grid whatever the
-  pipeline asks, the stage's pixel size (so Wan I2V rebuilds its image condition at that size),
-  ``latents=`` (none for the first stage: the user's generator draws the initial noise exactly as stock),
-  ``output_type="latent"`` except for the last stage, which gets the user's ``output_type`` and
-  ``return_dict``. Text (and image) encoders run once: the first stage's ``encode_prompt`` /
-  ``encode_image`` results are replayed to the later stages.
-- **Switch** (:func:`renoise`): the schedulers append a terminal sigma 0, so a stage's last step lands on
-  the clean estimate: for Euler exactly ``x0 = x_t - sigma_t * v`` of the last (guided) prediction, for
-  UniPC the solver's final update to sigma 0 (built on the same prediction). The driver's own step
-  callback keeps that latent (all frames, after any user callback; HunyuanVideo I2V's latent output drops
-  the condition frame, so the output itself is not used). It is upsampled
-  (``config.upsample``: trilinear or area; frames unchanged) and re-noised with fresh noise from the
-  user's generator to the next stage's first sigma: ``x = (1 - sigma) * up(x0) + sigma * eps``. The token
-  order, adjacency and RoPE follow the new grid by themselves (they are built per forward from the latent).
-- **Step clock, progress bar, callbacks**: each patched transformer's runtime gets a ``window`` (offset
-  of the stage's first step, steps of the whole run), so drop rates, ``dense_steps`` and step skipping
-  see global steps; the first step of a stage is always computed. One tqdm bar over all steps (from
-  ``pipe.progress_bar``, so ``set_progress_bar_config`` applies); ``callback_on_step_end`` receives the
-  global step index.
-- **Text amplifier** (HunyuanVideo): in the first stage, when it is below full resolution,
-  ``rho * ln(N_full / N_stage)`` is added to the text-key logits (``runtime.text_bias``).
-
-Interrupting (a callback setting ``pipe._interrupt``) in an early stage skips the remaining steps: the
-reached latents are upsampled (not re-noised) and the last stage's call, interrupted from its start, only
-decodes them, as a stock interrupted call returns its current latents.
+The pipeline's own ``__call__`` runs once per stage (this module never re-implements a denoising loop):
+:func:`plan_stages` gives each stage its steps, latent size and slice of one run-wide timestep grid; at a
+switch the last clean estimate is upsampled and re-noised to the next stage's first sigma (:func:`renoise`).
+Each stage gets a fresh scheduler copy with its shift, encoders run once (their results are replayed), the
+step clock, progress bar and callbacks see global steps, and HunyuanVideo's text amplifier biases the text
+keys of a low-resolution first stage. An interrupt in an early stage decodes the reached latents, as stock.
+The driver is attached per instance by swapping the pipeline's class for a cached subclass overriding only
+``__call__``; ``unpatch`` restores the class. Worked examples: ``tests/test_progressive.py``.
 
 Known limit: HunyuanVideo I2V's ``prepare_latents`` blends given latents with the image latents
 (``0.999 * x + 0.001 * image``), so each later stage starts from that blend, as its first stage does.
-
-A single-stage config whose shift is set runs one call with the shifted scheduler copy; one without a
-shift runs the stock call untouched. The driver is attached per instance by swapping the pipeline's
-class for a cached subclass that only overrides ``__call__`` (same name, ``isinstance`` unchanged);
-``unpatch`` restores the class.
 """
 
 from __future__ import annotations

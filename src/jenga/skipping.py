@@ -1,29 +1,11 @@
-"""Step skipping: on a skipped step the block stack is not run; its output is the input plus the residual
-(output - input of the whole stack) of the previous computed step of the same CFG branch.
+"""Step skipping: on a skipped step the block stack does not run; its output is its input plus the residual
+(output - input of the whole stack) of the last computed step of the same CFG branch.
 
-Which steps are skipped (``JengaConfig.skip_steps``, fractions of the run): in a run of ``n`` steps, step
-``i`` is skipped when a fraction ``f`` lies closer to ``i / n`` than both half a step of the run and half the
-smallest spacing of the list (a tie skips nothing). With ``n = 50`` the HunyuanVideo schedule skips exactly
-the reference steps; with ``n = 25`` the even reference steps decide; a finer run skips each fraction's
-nearest step, a coarser one only the steps that fall inside a skipped region of the list (the HunyuanVideo
-schedule skips 27/50 steps, 15/25, 3/8, 27/100). Always computed: step 0, the first step of every stage
-(a "stage" being a run of config stages with the same scale and shift: stages that differ only in drop
-rate continue the same trajectory), and any step without a cached residual of its branch of the same
-shape (first forward of a transformer, new grid after a switch, Wan 2.2's second expert).
-
-Mechanics: one :class:`BlockSkipHook` (a diffusers ``ModelHook`` named :data:`SKIP_HOOK`) per block of
-the stack. The clock hook decides ``plan.skip`` and hands over the cached residual before the blocks run
-(:meth:`CarvingRuntime.set_step`); the first block records its input on computed steps and the last block
-leaves ``output - input`` on the plan, which :meth:`CarvingRuntime.end_forward` files under the branch key
-(the cache-context name, or the forward's ordinal within the step in custom loops). Every dictionary
-access happens in those two eager methods, so under ``torch.compile`` the traced blocks guard on the
-``skip`` flag only, never on a branch key. The cache lives on the runtime and is cleared with the
-pipeline's stateful hooks at the end of every call.
-
-Skip hooks sit inside jenga's token-order hooks (registered first), so residuals are in the same token
-order as the blocks see. diffusers' block caches (``apply_first_block_cache``, MagCache, SEA cache) also
-decide per block whether to run: combined with ``skip_steps`` they would fight over the same blocks, so
-that combination raises a ``RuntimeError``; without ``skip_steps`` they compose with carving as usual.
+Which steps skip is config arithmetic (:meth:`JengaConfig.skipped_steps`; worked examples in
+``tests/test_skipping.py``); step 0, the first step of a stage and any step without a residual of its
+branch and shape are always computed. One :class:`BlockSkipHook` per block: the clock hook decides and
+hands over the residual eagerly (:meth:`CarvingRuntime.set_step`), so traced blocks guard on a flag only.
+diffusers' block caches decide per block too: combined with ``skip_steps`` they raise a ``RuntimeError``.
 """
 
 from __future__ import annotations
