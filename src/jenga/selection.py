@@ -170,7 +170,7 @@ _TRITON_NEEDS = (
                lambda q, num_blocks: f"q on {q.device}"),
     Constraint("at most the kernel's blocks per row (or a larger block_size)",
                lambda q, num_blocks: not triton_importable() or num_blocks <= _max_blocks(),
-               lambda q, num_blocks: f"{num_blocks} blocks, the kernel handles up to {_max_blocks()}"),
+               lambda q, num_blocks: f"{num_blocks}; it handles up to {_max_blocks()} blocks"),
 )
 
 
