@@ -196,7 +196,8 @@ def test_shard_bounds_match_diffusers_sharders(n: int, world: int) -> None:
 
 def test_video_then_text_order() -> None:
     """The gathered (video shard, text shard) per rank, uneven shards, back into (video, text)."""
-    from jenga.parallel import ParallelState, _video_then_text
+    from jenga._parallel_state import ParallelState
+    from jenga._parallel_state import video_then_text as _video_then_text
 
     state = ParallelState(config=None, world=3, rank=0, anything=True)
     video, text = torch.arange(10), 100 + torch.arange(4)

@@ -24,7 +24,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
-from . import parallel
+from . import _parallel_state as parallel
 from ._state import BranchClock, CarvingRuntime
 from .skipping import check_skip_stack
 

@@ -35,7 +35,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import _hooks, parallel, progressive, skipping
+from . import _hooks, progressive, skipping
+from ._parallel_hooks import attach as attach_parallel
 from ._record import RECORD_ATTR, PatchRecord, record_of
 from ._state import CarvingRuntime, LayerStats
 from .adapters import ModelAdapter, adapter_for, supported_pipelines, supported_transformers
@@ -259,7 +260,7 @@ def _install(transformer, adapter: ModelAdapter, cfg: JengaConfig, pipeline: Any
         ):
             had_registry, had_forward = _hooks.register(module, hook, name)
             record.hooks.append((module, name, had_registry, had_forward))
-        parallel.attach(transformer, record)
+        attach_parallel(transformer, record)
         _invalidate_hook_cache(transformer)
     except Exception:
         _uninstall(transformer)

@@ -19,8 +19,9 @@ from diffusers import HunyuanVideoTransformer3DModel
 from diffusers.hooks import ModelHook
 from diffusers.models.embeddings import apply_rotary_emb
 
-from ..parallel import carve_attention_ulysses, shard_bounds, video_tokens_seen
+from .._parallel_state import shard_bounds, video_tokens_seen
 from .base import AttentionSite, CarvingProcessor, HookSites, ModelAdapter, carve_attention
+from .ulysses import carve_attention_ulysses
 
 __all__ = ["HunyuanVideoAdapter", "HunyuanVideoCarvingProcessor"]
 

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from diffusers import WanTransformer3DModel
 
+from .._parallel_state import video_tokens_seen
 from ..backends import interpreting
-from ..parallel import carve_attention_ulysses, video_tokens_seen
 from .base import AttentionSite, CarvingProcessor, HookSites, ModelAdapter, carve_attention
+from .ulysses import carve_attention_ulysses
 
 __all__ = ["WanAdapter", "WanCarvingProcessor"]
 
