@@ -1,0 +1,584 @@
+"""``jenga.calibrate``: measure what carving keeps on *your* model, and pick the fastest config within a budget.
+
+The speed-up of a preset depends on how many blocks its softmax-mass threshold ``p`` keeps on the model's
+real attention (random weights keep about 90 % at p = 0.9, the toy model 49 %, the top-k floor 26 %), and
+the quality on how much mass the kept blocks hold. :func:`calibrate` runs a short dense pass of the user's
+pipeline (``steps`` denoising steps spread over the whole noise schedule, latent output, no decode),
+captures the post-RoPE ``q, k, v`` of self-attention at sampled layers and steps (conditional branch, first
+clip), and for every candidate ``(curve, drop rate, p)`` measures, on the fly:
+
+- ``density``: kept share of the video key blocks (every query block, the sampled heads), with the exact
+  selector and 3D adjacency a patch uses;
+- ``recall``: share of the dense softmax mass inside the kept blocks;
+- ``output_error``: relative L2 error of the carved attention output against the dense one (float32).
+
+Memory stays bounded: heads are subsampled (``heads``), recall and error are computed one sampled query
+block at a time (``query_blocks`` per head), so at most ``heads x block x N`` scores exist at once, never an
+``N x N`` matrix; nothing of a layer is kept once its metrics are computed.
+
+The pick: per ``(curve, p)`` (both global in :class:`~jenga.config.JengaConfig`), each stage of ``base`` gets
+the highest drop rate whose measured layers all meet the budget (mean ``recall >= min_recall`` and/or mean
+``output_error <= max_error`` over that stage's captured steps); a measured layer that no candidate satisfies
+goes to ``dense_layers`` (JengaConfig has no per-layer drop rate: the per-layer best candidate is reported
+in :attr:`CalibrationReport.layers` instead, with the density it would give); a stage where carving never
+pays runs dense (drop rate 0). The fastest ``(curve, p)`` by predicted attention time wins.
+
+Predicted time: the dense pass measures, per layer, the stock self-attention time and the rest of the
+transformer call. A carved layer's attention is predicted from the kernel's per-block rate: on an H200 the
+measured TFLOP/s of ``benchmarks/RESULTS.md`` (:data:`KERNEL_TFLOPS`, per head dim); elsewhere the measured
+dense time times ``density / KERNEL_VS_DENSE`` (the kernel runs a kept block at 0.82-0.89 of cuDNN's dense
+rate on an H200, selector lists; 0.87 is used). The selector and permutation (1-12 % of the attention time,
+RESULTS.md) are not included. On a CPU carving saves nothing (the ``torch`` backend masks SDPA): the predicted
+times there are what the block counts imply on a GPU-like per-block cost, not what the CPU will run.
+
+Limits: Wan-family transformers (HunyuanVideo's joint attention is not captured yet); text-to-video (the
+first-frame rule of image-to-video is not applied to the candidates); all stages are measured at full
+resolution (a progressive stage at scale < 1 gets the full-resolution figures); with ``steps`` calibration
+steps the trajectory is coarser than the user's run, at the same fractions of the schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import JengaConfig
+from .curves import CURVES
+from .layout import token_layout
+
+__all__ = ["KERNEL_TFLOPS", "KERNEL_VS_DENSE", "CalibrationReport", "Measurement", "calibrate"]
+
+logger = logging.getLogger("jenga")
+
+# Block-sparse kernel throughput (effective TFLOP/s = 4 B H N^2 D density / time), NVIDIA H200, from
+# benchmarks/RESULTS.md (2026-11-28): head dim 128 at density 0.25, selector lists 472-488, random 469-493
+# (490 used); head dim 64, Wan 1.3B shape, density 0.25 random 401.
+KERNEL_TFLOPS: dict[str, dict[int, float]] = {"H200": {128: 490.0, 64: 401.0}}
+# A kept block's time relative to cuDNN's dense per-block time (RESULTS.md, H200, "per-block vs cuDNN":
+# 0.785-0.892; 0.87 typical of Wan shapes): used where no absolute rate is recorded for the device.
+KERNEL_VS_DENSE = 0.87
+DEFAULT_DROP_RATES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+DEFAULT_THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.9)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One candidate on one captured (layer, step): means over the sampled heads (and query blocks)."""
+
+    layer: int
+    step: int
+    progress: float
+    curve: str
+    drop_rate: float
+    cdf_threshold: float
+    density: float
+    recall: float
+    output_error: float
+
+
+@dataclass
+class CalibrationReport:
+    """What :func:`calibrate` measured and picked. ``config`` is ready for ``jenga.patch``."""
+
+    config: JengaConfig
+    budget: dict[str, float | None]
+    measurements: list[Measurement]
+    stages: list[dict[str, Any]]  # per stage of the picked config: drop rate, mean density / recall / error
+    layers: list[dict[str, Any]]  # per measured layer: dense or not, and its own best candidate per stage
+    timing: dict[str, Any]
+    grid: tuple[int, int, int]
+    block_size: int
+    meets_budget: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data; ``config`` as :meth:`JengaConfig.to_dict` gives it."""
+        return dict(config=self.config.to_dict(), budget=self.budget, stages=self.stages, layers=self.layers,
+                    timing=self.timing, grid=list(self.grid), block_size=self.block_size,
+                    meets_budget=self.meets_budget, notes=self.notes,
+                    measurements=[dataclasses.asdict(m) for m in self.measurements])
+
+    def table(self) -> str:
+        """A plain-text table: per measured layer and stage, density / recall / error of the picked config."""
+        cfg = self.config
+        lines = [f"grid {self.grid[0]}x{self.grid[1]}x{self.grid[2]} tokens, block {self.block_size}; "
+                 f"budget {_budget_text(self.budget)}; picked curve {cfg.curve}, p = {cfg.cdf_threshold}, "
+                 f"drop rates {list(cfg.drop_rates)}, dense layers {list(cfg.dense_layers)}",
+                 f"{'layer':>5} {'stage':>5} {'drop':>5} {'density':>8} {'recall':>7} {'error':>7}  own best (drop)"]
+        for row in self.layers:
+            for stage in row["stages"]:
+                lines.append(f"{row['layer']:>5} {stage['stage']:>5} {stage['drop_rate']:>5.2f} "
+                             f"{stage['density']:>8.3f} {stage['recall']:>7.3f} {stage['output_error']:>7.3f}  "
+                             f"{_own_text(stage['own_best'])}")
+        t = self.timing
+        for stage in self.stages:
+            base = stage.get("base")
+            text = "" if base is None else (
+                f"; base config (drop {base['drop_rate']}, p {base['cdf_threshold']}) density {base['density']:.3f} "
+                f"recall {base['recall']:.3f}, {base['layers_meeting_budget']} of {len(self.layers)} layers in budget")
+            lines.append(f"stage {stage['stage']}: picked density {stage['density']:.3f} recall {stage['recall']:.3f} "
+                         f"error {stage['output_error']:.3f}{text}")
+        lines.append(f"predicted per generation ({t['num_inference_steps']} steps): attention dense "
+                     f"{t['attention_dense_s']:.3g} s -> {t['attention_picked_s']:.3g} s, end to end "
+                     f"{t['generation_dense_s']:.3g} s -> {t['generation_picked_s']:.3g} s "
+                     f"({t['generation_dense_s'] / max(t['generation_picked_s'], 1e-12):.2f}x; rate: {t['rate_source']})")
+        lines.append(f"calibration took {t['calibration_s']:.3g} s = {100 * t['calibration_share']:.1f} % of one "
+                     f"dense generation (measured dense pass, predicted full run)")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def save_plot(self, path: Path | str) -> Path:
+        """A small PNG (Pillow): per measured layer, the picked config's kept-block density and recall."""
+        from PIL import Image, ImageDraw
+
+        path = Path(path)
+        width, height, left, bottom, top = 480, 260, 44, 34, 24
+        image = Image.new("RGB", (width, height), "white")
+        draw = ImageDraw.Draw(image)
+        plot_w, plot_h = width - left - 12, height - bottom - top
+        draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
+        for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+            y = top + plot_h * (1 - frac)
+            draw.line([left - 4, y, left, y], fill="black")
+            draw.text((4, y - 6), f"{frac:.2f}", fill="black")
+        layers = self.layers
+        n = max(len(layers), 1)
+        bar = plot_w / n
+        for i, row in enumerate(layers):
+            density = sum(s["density"] for s in row["stages"]) / max(len(row["stages"]), 1)
+            recall = sum(s["recall"] for s in row["stages"]) / max(len(row["stages"]), 1)
+            x0 = left + i * bar + bar * 0.15
+            draw.rectangle([x0, top + plot_h * (1 - density), x0 + bar * 0.35, top + plot_h], fill=(70, 110, 200))
+            draw.rectangle([x0 + bar * 0.35, top + plot_h * (1 - recall), x0 + bar * 0.7, top + plot_h],
+                           fill=(230, 140, 40))
+            draw.text((x0, top + plot_h + 4), str(row["layer"]), fill="black")
+        draw.text((left, 4), "per layer: density (blue), recall (orange)", fill="black")
+        draw.text((left + plot_w - 40, height - 14), "layer", fill="black")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        return path
+
+
+def calibrate(
+    pipe: Any,
+    *,
+    base: JengaConfig | str | None = None,
+    min_recall: float | None = 0.95,
+    max_error: float | None = None,
+    steps: int = 8,
+    num_inference_steps: int = 50,
+    layers: Sequence[int] | None = None,
+    heads: int = 2,
+    query_blocks: int = 8,
+    drop_rates: Sequence[float] = DEFAULT_DROP_RATES,
+    cdf_thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    curves: Sequence[str] | None = None,
+    seed: int = 0,
+    **call_kwargs: Any,
+) -> CalibrationReport:
+    """Run a short dense pass of ``pipe`` and return the fastest config meeting the quality budget.
+
+    Args:
+        pipe: an unpatched Wan-family diffusers pipeline (or its transformer's owner with ``.transformer``).
+        base: the config to tune (a :class:`JengaConfig` or a preset name of the model family; default
+            ``"base"``): its stages, dense steps and other fields stay; drop rates, ``p``, curve and dense
+            layers are chosen.
+        min_recall: budget on the mean attention-mass recall per layer and stage (``None``: no recall budget).
+        max_error: budget on the mean relative output error per layer and stage (``None``: none).
+        steps: denoising steps of the calibration pass (spread over the whole schedule).
+        num_inference_steps: steps of the run you plan, for the predicted times.
+        layers: transformer layers to measure (default: all).
+        heads: heads sampled per layer (evenly spread); query_blocks: query blocks per head for recall/error.
+        drop_rates, cdf_thresholds, curves: the candidates (curves default: ``base``'s).
+        seed: seed of the noise of the calibration pass.
+        call_kwargs: the pipeline call's own arguments (``prompt`` or ``prompt_embeds``, ``height``,
+            ``width``, ``num_frames``, ``guidance_scale``...).
+    """
+    from .patching import _targets, is_patched
+
+    if min_recall is None and max_error is None:
+        raise ValueError("give a quality budget: min_recall (e.g. 0.95) and/or max_error (e.g. 0.1)")
+    if min_recall is not None and not 0.0 < min_recall <= 1.0:
+        raise ValueError(f"min_recall must be in (0, 1], got {min_recall!r}")
+    if max_error is not None and not max_error > 0.0:
+        raise ValueError(f"max_error must be > 0 (a relative L2 error), got {max_error!r}")
+    for name, value in (("steps", steps), ("num_inference_steps", num_inference_steps), ("heads", heads),
+                        ("query_blocks", query_blocks)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if "num_inference_steps" in call_kwargs or "output_type" in call_kwargs:
+        raise ValueError("pass steps= (calibration) and num_inference_steps= (your run) instead of the pipeline's "
+                         "num_inference_steps / output_type")
+    if is_patched(pipe):
+        raise ValueError("calibrate needs the stock pipeline (it measures dense attention): jenga.unpatch(pipe) first")
+    transformers, _ = _targets(pipe)
+    transformer = transformers[0]
+    if not hasattr(transformer, "blocks") or not hasattr(transformer.blocks[0], "attn1"):
+        raise ValueError(f"calibrate supports Wan-family transformers (blocks[i].attn1), got "
+                         f"{type(transformer).__name__}")
+    cfg = _base_config(base)
+    curves = tuple(curves) if curves is not None else (cfg.curve,)
+    bad = [c for c in curves if c not in CURVES]
+    if bad or not curves:
+        raise ValueError(f"curves must be a non-empty subset of {CURVES}, got {curves!r}")
+    rates = tuple(sorted({float(r) for r in drop_rates}))
+    if not rates or any(not 0.0 < r < 1.0 for r in rates):
+        raise ValueError(f"drop_rates must be floats in (0, 1), got {drop_rates!r}")
+    rates = tuple(r for r in rates if cfg.carves(r))
+    if not rates:
+        raise ValueError(f"every drop rate in {drop_rates!r} is at or below dense_threshold={cfg.dense_threshold} "
+                         "(those run dense): give higher ones")
+    thresholds = tuple(sorted({float(p) for p in cdf_thresholds}))
+    if not thresholds or any(not 0.0 <= p <= 1.0 for p in thresholds):
+        raise ValueError(f"cdf_thresholds must be floats in [0, 1], got {cdf_thresholds!r}")
+    num_layers = len(transformer.blocks)
+    layers = tuple(range(num_layers)) if layers is None else tuple(sorted({int(x) for x in layers}))
+    if not layers or any(not 0 <= x < num_layers for x in layers):
+        raise ValueError(f"layers must be ids in [0, {num_layers}), got {layers!r}")
+
+    started = time.perf_counter()
+    probe = _Probe(transformer, layers, cfg, curves, rates, thresholds, heads, query_blocks, steps, seed)
+    try:
+        device = transformer.device
+        generator = torch.Generator(device).manual_seed(seed)
+        with torch.no_grad():
+            pipe(**call_kwargs, num_inference_steps=steps, output_type="latent", generator=generator)
+    finally:
+        probe.remove()
+    if not probe.measurements:
+        raise RuntimeError("the calibration pass captured nothing: no self-attention call reached the sampled layers")
+    calibration_s = time.perf_counter() - started
+    return _pick(cfg, probe, min_recall, max_error, num_inference_steps, calibration_s, layers, num_layers)
+
+
+def _base_config(base: JengaConfig | str | None) -> JengaConfig:
+    if base is None:
+        return JengaConfig.preset("base", model="wan")
+    if isinstance(base, str):
+        return JengaConfig.preset(base, model="wan")
+    if not isinstance(base, JengaConfig):
+        raise ValueError(f"base must be a JengaConfig, a preset name or None, got {type(base).__name__}")
+    return base
+
+
+class _Probe:
+    """Hooks of the calibration pass: step clock, per-layer dense attention timing, on-the-fly metrics."""
+
+    def __init__(self, transformer, layers, cfg, curves, rates, thresholds, heads, query_blocks, steps, seed):
+        self.cfg, self.curves, self.rates, self.thresholds = cfg, curves, rates, thresholds
+        self.heads, self.query_blocks, self.steps = heads, query_blocks, steps
+        self.generator = torch.Generator().manual_seed(seed)
+        self.patch_size = tuple(transformer.config.patch_size)
+        self.step, self.last_timestep, self.first_call = -1, None, False
+        self.grid: tuple[int, int, int] | None = None
+        self.measurements: list[Measurement] = []
+        self.call_seconds: list[float] = []  # per transformer call, excluding the probe's own work
+        self.attention_seconds: dict[int, list[float]] = {}  # per layer, dense self-attention per call
+        self.head_dim = 0
+        self.num_heads = 0
+        self.overhead = 0.0
+        self._call_start = 0.0
+        self._attn_start = 0.0
+        self.device = transformer.device
+        self.handles = [transformer.register_forward_pre_hook(self._before_call, with_kwargs=True),
+                        transformer.register_forward_hook(self._after_call)]
+        for index, block in enumerate(transformer.blocks):
+            self.handles.append(block.attn1.register_forward_pre_hook(self._before_attention))
+            self.handles.append(block.attn1.register_forward_hook(self._make_after_attention(index, index in layers)))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _before_call(self, module, args, kwargs) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        value = None if timestep is None else float(timestep.flatten()[0])
+        self.first_call = value != self.last_timestep
+        if self.first_call:
+            self.step += 1
+            self.last_timestep = value
+        p = self.patch_size
+        self.grid = (hidden.shape[2] // p[0], hidden.shape[3] // p[1], hidden.shape[4] // p[2])
+        self.overhead = 0.0
+        self._sync()
+        self._call_start = time.perf_counter()
+
+    def _after_call(self, module, args, output) -> None:
+        self._sync()
+        self.call_seconds.append(time.perf_counter() - self._call_start - self.overhead)
+
+    def _before_attention(self, module, args) -> None:
+        self._sync()
+        self._attn_start = time.perf_counter()
+
+    def _make_after_attention(self, layer: int, measured: bool):
+        def hook(attn, args, output) -> None:
+            self._sync()
+            done = time.perf_counter()
+            self.attention_seconds.setdefault(layer, []).append(done - self._attn_start)
+            if measured and self.first_call:
+                self._measure(layer, attn, args)
+            self.overhead += time.perf_counter() - done
+        return hook
+
+    def _measure(self, layer: int, attn, args) -> None:
+        from .adapters.wan import self_attention_qkv
+
+        hidden, rotary = args[0][:1], args[3] if len(args) > 3 else None
+        q, k, v = self_attention_qkv(attn, hidden, rotary)
+        total_heads, self.head_dim = q.shape[2], q.shape[3]
+        self.num_heads = total_heads
+        picked = _spread(total_heads, self.heads, self.generator)
+        q, k, v = (t[:, :, picked].float() for t in (q, k, v))
+        progress = self.step / self.steps
+        block = self.cfg.block_size
+        for curve in self.curves:
+            layout = token_layout(self.grid, block_size=block, curve=curve, device=q.device)
+            qc, kc, vc = (t.index_select(1, layout.perm) for t in (q, k, v))
+            candidates = [(p, rate) for p in self.thresholds for rate in self.rates]
+            masks = _candidate_masks(qc, kc, block, layout.adjacency, candidates)  # [C, h, Qb, Kb]
+            recall, error = _mass_and_error(qc, kc, vc, masks, block, self.query_blocks, self.generator)
+            density = masks.flatten(1).float().mean(1)
+            for i, (p, rate) in enumerate(candidates):
+                self.measurements.append(Measurement(layer, self.step, progress, curve, rate, p, float(density[i]),
+                                                     float(recall[i]), float(error[i])))
+
+
+def _spread(total: int, count: int, generator: torch.Generator) -> list[int]:
+    """``count`` of ``range(total)`` evenly spread, with a seeded offset (all when ``count >= total``)."""
+    if count >= total:
+        return list(range(total))
+    offset = int(torch.randint(total, (1,), generator=generator))
+    return sorted({(offset + round(i * total / count)) % total for i in range(count)})
+
+
+def _candidate_masks(q, k, block: int, adjacency, candidates) -> torch.Tensor:
+    """``bool[C, h, Qb, Kb]``: the kept blocks of each ``(p, drop rate)`` candidate, by the selector's own
+    rules (:func:`jenga.selection.select_blocks`, torch reference), pooled scores computed once."""
+    from .blocks import lists_to_dense
+    from .selection import _mass_limit, _select_lists_torch, pool_blocks
+
+    n, dim = q.shape[1], q.shape[3]
+    video_blocks = math.ceil(n / block)
+    probs = torch.softmax(pool_blocks(q, block, n) @ pool_blocks(k, block, n).transpose(-1, -2) / math.sqrt(dim), -1)
+    masks = []
+    for p, rate in candidates:
+        top_k = max(1, math.floor((1.0 - rate) * video_blocks))
+        kv_index, kv_count = _select_lists_torch(probs, adjacency, None, video_blocks, video_blocks, top_k,
+                                                 _mass_limit(p))
+        masks.append(lists_to_dense(kv_index, kv_count, video_blocks)[0])
+    return torch.stack(masks)
+
+
+def _mass_and_error(q, k, v, masks, block: int, query_blocks: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per candidate, recall and relative L2 error over sampled query blocks; ``q, k, v`` float32
+    ``[1, N, h, D]`` in curve order, ``masks`` ``bool[C, h, Qb, Kb]``. One query block at a time: its scores
+    ``[h, block, N]`` are summed per key block (mass ``[h, block, Kb]`` and value sums ``[h, block, Kb, D]``),
+    so every candidate's carved output is a masked sum of those, never a second softmax."""
+    n, dim = q.shape[1], q.shape[3]
+    count, heads, _, key_blocks = masks.shape
+    qt, kt, vt = (t[0].transpose(0, 1) for t in (q, k, v))  # [h, N, D]
+    pad = key_blocks * block - n
+    mass = torch.zeros(count, dtype=torch.float64)
+    err = torch.zeros(count, dtype=torch.float64)
+    ref, rows = 0.0, 0
+    for qb in _spread(masks.shape[2], query_blocks, generator):
+        lo, hi = qb * block, min((qb + 1) * block, n)
+        probs = (qt[:, lo:hi] @ kt.transpose(1, 2) / math.sqrt(dim)).softmax(-1)  # [h, r, N]
+        dense = probs @ vt  # [h, r, D]
+        padded = torch.nn.functional.pad(probs, (0, pad))
+        block_mass = padded.unflatten(-1, (key_blocks, block)).sum(-1)  # [h, r, Kb]
+        block_out = torch.einsum("hrkb,hkbd->hrkd", padded.unflatten(-1, (key_blocks, block)),
+                                 torch.nn.functional.pad(vt, (0, 0, 0, pad)).unflatten(1, (key_blocks, block)))
+        keep = masks[:, :, qb].float()  # [C, h, Kb]
+        kept_mass = torch.einsum("chk,hrk->chr", keep, block_mass)  # [C, h, r]
+        carved = torch.einsum("chk,hrkd->chrd", keep, block_out) / kept_mass.clamp_min(1e-30).unsqueeze(-1)
+        mass += kept_mass.sum((1, 2)).double()
+        err += (carved - dense).pow(2).sum((1, 2, 3)).double()
+        ref += float(dense.pow(2).sum())
+        rows += heads * (hi - lo)
+    return mass / rows, (err / max(ref, 1e-30)).sqrt()
+
+
+def _meets(recall: float, error: float, min_recall: float | None, max_error: float | None) -> bool:
+    return (min_recall is None or recall >= min_recall - 1e-12) and (max_error is None or error <= max_error + 1e-12)
+
+
+def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration_s: float, layers, num_layers):
+    """Choose per (curve, p) the per-stage drop rates and dense layers, then the fastest (curve, p)."""
+    stages = len(cfg.stages)
+    # (curve, p, stage, layer, rate) -> mean (density, recall, error) over the stage's captured steps
+    groups: dict[tuple, list[Measurement]] = {}
+    stage_steps: dict[int, set[int]] = {s: set() for s in range(stages)}
+    for m in probe.measurements:
+        if m.progress < cfg.dense_steps - 1e-9:
+            continue  # those steps run dense whatever the pick
+        stage = cfg.stage_at(m.progress)
+        stage_steps[stage].add(m.step)
+        groups.setdefault((m.curve, m.cdf_threshold, stage, m.layer, m.drop_rate), []).append(m)
+    mean = {key: tuple(sum(getattr(m, f) for m in ms) / len(ms) for f in ("density", "recall", "output_error"))
+            for key, ms in groups.items()}
+    measured_stages = [s for s in range(stages) if stage_steps[s]]
+    notes = []
+    if len(measured_stages) < stages:
+        notes.append(f"stages {[s for s in range(stages) if s not in measured_stages]} got no captured step "
+                     f"(raise steps); they keep base's drop rates")
+
+    def ok(c, p, s, layer, rate):
+        d, r, e = mean[(c, p, s, layer, rate)]
+        return _meets(r, e, min_recall, max_error)
+
+    def plan_for(c, p):
+        dense_layers: set[int] = set()
+        chosen: dict[int, float] = {}
+        for _ in range(2):  # second pass: re-pick with the dense layers of the first fixed
+            for s in measured_stages:
+                best = None
+                for rate in probe.rates:
+                    failing = {x for x in layers if x not in dense_layers and not ok(c, p, s, x, rate)}
+                    cost = sum(mean[(c, p, s, x, rate)][0] for x in layers if x not in dense_layers | failing)
+                    cost += (len(failing) + len(dense_layers)) / KERNEL_VS_DENSE
+                    if best is None or cost < best[0] - 1e-12 or (abs(cost - best[0]) <= 1e-12 and rate > best[1]):
+                        best = (cost, rate, failing)
+                dense_cost = len(layers) / KERNEL_VS_DENSE
+                if best[0] >= dense_cost - 1e-12:
+                    chosen[s], failing = 0.0, set()
+                else:
+                    chosen[s], failing = best[1], best[2]
+                dense_layers |= failing
+        cost = 0.0
+        for s in measured_stages:
+            n = len(stage_steps[s])
+            rate = chosen[s]
+            for x in layers:
+                carved = rate > 0 and x not in dense_layers
+                cost += n * (mean[(c, p, s, x, rate)][0] if carved else 1.0 / KERNEL_VS_DENSE)
+        return cost, chosen, dense_layers
+
+    best = None
+    for c in probe.curves:
+        for p in probe.thresholds:
+            cost, chosen, dense_layers = plan_for(c, p)
+            if best is None or cost < best[0] - 1e-12:
+                best = (cost, c, p, chosen, dense_layers)
+    _, curve, p, chosen, dense_layers = best
+    rates = tuple(chosen.get(s, cfg.drop_rates[s]) for s in range(stages))
+    picked = dataclasses.replace(cfg, curve=curve, cdf_threshold=p, drop_rates=rates,
+                                 dense_layers=tuple(sorted(set(cfg.dense_layers) | dense_layers)))
+    if len(layers) < num_layers:
+        notes.append(f"layers {sorted(set(range(num_layers)) - set(layers))} were not measured: they follow the "
+                     "picked drop rates without a check")
+    stage_rows, layer_rows, meets_all = [], [], True
+    for x in layers:
+        row = {"layer": x, "dense": x in picked.dense_layers, "stages": []}
+        for s in measured_stages:
+            rate = chosen[s]
+            carved = rate > 0 and x not in picked.dense_layers
+            d, r, e = mean[(curve, p, s, x, rate)] if carved else (1.0, 1.0, 0.0)
+            meets_all &= _meets(r, e, min_recall, max_error)
+            own = [(mean[(curve, p, s, x, q)][0], q) for q in probe.rates if ok(curve, p, s, x, q)]
+            own_best = None if not own else dict(drop_rate=min(own)[1], density=round(min(own)[0], 4))
+            row["stages"].append(dict(stage=s, drop_rate=rate if carved else 0.0, density=round(d, 4),
+                                      recall=round(r, 4), output_error=round(e, 4), own_best=own_best))
+        layer_rows.append(row)
+    for s in measured_stages:
+        cells = [st for row in layer_rows for st in row["stages"] if st["stage"] == s]
+        row = dict(stage=s, drop_rate=rates[s], steps_captured=sorted(stage_steps[s]),
+                   **{f: round(sum(c[f] for c in cells) / len(cells), 4) for f in ("density", "recall", "output_error")})
+        base_key = (cfg.curve, cfg.cdf_threshold, s)
+        if all((*base_key, x, cfg.drop_rates[s]) in mean for x in layers):
+            # the uncalibrated config on the same captures: what the pick is compared with
+            cells = [mean[(*base_key, x, cfg.drop_rates[s])] for x in layers]
+            row["base"] = dict(drop_rate=cfg.drop_rates[s], cdf_threshold=cfg.cdf_threshold,
+                               density=round(sum(c[0] for c in cells) / len(cells), 4),
+                               recall=round(sum(c[1] for c in cells) / len(cells), 4),
+                               output_error=round(sum(c[2] for c in cells) / len(cells), 4),
+                               layers_meeting_budget=sum(_meets(c[1], c[2], min_recall, max_error) for c in cells))
+        stage_rows.append(row)
+    if not meets_all:
+        notes.append("some layer misses the budget under the picked config")
+    timing = _predict(picked, probe, layer_rows, num_steps, calibration_s, num_layers)
+    budget = {"min_recall": min_recall, "max_error": max_error}
+    return CalibrationReport(picked, budget, probe.measurements, stage_rows, layer_rows, timing, probe.grid,
+                             cfg.block_size, meets_all, notes)
+
+
+def _predict(cfg: JengaConfig, probe: _Probe, layer_rows, num_steps: int, calibration_s: float, num_layers: int):
+    """Predicted attention and end-to-end seconds of a ``num_steps`` run, dense and with ``cfg``."""
+    calls = len(probe.call_seconds)
+    calls_per_step = calls / max(probe.step + 1, 1)
+    attn_dense = {x: sum(v) / len(v) for x, v in probe.attention_seconds.items()}  # seconds per call
+    all_attention = sum(attn_dense.values())
+    rest = max(sum(probe.call_seconds) / calls - all_attention, 0.0)
+    rate_source = f"measured dense attention x density / {KERNEL_VS_DENSE} (kernel per-block rate vs dense)"
+    tflops = None
+    if probe.device.type == "cuda":
+        name = torch.cuda.get_device_name(probe.device)
+        for key, table in KERNEL_TFLOPS.items():
+            if key in name and probe.head_dim in table:
+                tflops = table[probe.head_dim]
+                rate_source = f"{key} kernel {tflops} TFLOP/s at head dim {probe.head_dim} (benchmarks/RESULTS.md)"
+    else:
+        rate_source += "; CPU: carving saves nothing here, GPU-like per-block cost assumed"
+    n_tokens = math.prod(probe.grid)
+    per_layer_density = {}
+    for row in layer_rows:
+        per_layer_density[row["layer"]] = {st["stage"]: st["density"] for st in row["stages"]}
+    mean_density = {}
+    for s in range(len(cfg.stages)):
+        values = [d[s] for d in per_layer_density.values() if s in d]
+        mean_density[s] = sum(values) / len(values) if values else 1.0
+
+    def sparse_time(layer: int, density: float) -> float:
+        if tflops is not None:
+            return 4 * probe.num_heads * n_tokens**2 * probe.head_dim * density / (tflops * 1e12)
+        return attn_dense[layer] * density / KERNEL_VS_DENSE
+
+    dense_steps = math.ceil(cfg.dense_steps * num_steps - 1e-9)
+    picked_attention = 0.0
+    for step in range(num_steps):
+        progress = step / num_steps
+        stage = cfg.stage_at(progress)
+        rate = cfg.drop_rates[stage]
+        for x in range(num_layers):
+            if step < dense_steps or not cfg.carves(rate) or x in cfg.dense_layers:
+                picked_attention += attn_dense[x]
+            else:
+                density = per_layer_density.get(x, {}).get(stage, mean_density[stage])
+                picked_attention += sparse_time(x, density)
+    picked_attention *= calls_per_step
+    dense_attention = all_attention * num_steps * calls_per_step
+    rest_total = rest * num_steps * calls_per_step
+    generation_dense = dense_attention + rest_total
+    return dict(num_inference_steps=num_steps, calls_per_step=calls_per_step, rate_source=rate_source,
+                attention_dense_s=dense_attention, attention_picked_s=picked_attention,
+                generation_dense_s=generation_dense, generation_picked_s=picked_attention + rest_total,
+                dense_call_s=sum(probe.call_seconds) / calls, calibration_s=calibration_s,
+                calibration_share=calibration_s / max(generation_dense, 1e-12),
+                note="selector and permutation time not included; transformer time only (no text encoder, no VAE)")
+
+
+def _budget_text(budget: dict[str, float | None]) -> str:
+    parts = []
+    if budget.get("min_recall") is not None:
+        parts.append(f"recall >= {budget['min_recall']}")
+    if budget.get("max_error") is not None:
+        parts.append(f"output error <= {budget['max_error']}")
+    return " and ".join(parts)
+
+
+def _own_text(own: dict | None) -> str:
+    return "none meets the budget" if own is None else f"{own['drop_rate']:.2f} (density {own['density']:.3f})"
