@@ -129,7 +129,8 @@ class CalibrationReport:
         lines.append(f"predicted per generation ({t['num_inference_steps']} steps): attention dense "
                      f"{t['attention_dense_s']:.3g} s -> {t['attention_picked_s']:.3g} s, end to end "
                      f"{t['generation_dense_s']:.3g} s -> {t['generation_picked_s']:.3g} s "
-                     f"({t['generation_dense_s'] / max(t['generation_picked_s'], 1e-12):.2f}x; rate: {t['rate_source']})")
+                     f"({t['generation_dense_s'] / max(t['generation_picked_s'], 1e-12):.2f}x; "
+                     f"rate: {t['rate_source']})")
         lines.append(f"calibration took {t['calibration_s']:.3g} s = {100 * t['calibration_share']:.1f} % of one "
                      f"dense generation (measured dense pass, predicted full run)")
         lines += [f"note: {n}" for n in self.notes]
@@ -214,9 +215,9 @@ def calibrate(
                         ("query_blocks", query_blocks)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if "num_inference_steps" in call_kwargs or "output_type" in call_kwargs:
-        raise ValueError("pass steps= (calibration) and num_inference_steps= (your run) instead of the pipeline's "
-                         "num_inference_steps / output_type")
+    if {"output_type", "generator"} & set(call_kwargs):
+        raise ValueError("calibrate sets the pipeline's output_type (latent) and generator (from seed=); drop them "
+                         "(steps= is the calibration pass, num_inference_steps= the run you plan)")
     if is_patched(pipe):
         raise ValueError("calibrate needs the stock pipeline (it measures dense attention): jenga.unpatch(pipe) first")
     transformers, _ = _targets(pipe)
@@ -497,7 +498,8 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
     for s in measured_stages:
         cells = [st for row in layer_rows for st in row["stages"] if st["stage"] == s]
         row = dict(stage=s, drop_rate=rates[s], steps_captured=sorted(stage_steps[s]),
-                   **{f: round(sum(c[f] for c in cells) / len(cells), 4) for f in ("density", "recall", "output_error")})
+                   **{f: round(sum(c[f] for c in cells) / len(cells), 4)
+                      for f in ("density", "recall", "output_error")})
         base_key = (cfg.curve, cfg.cdf_threshold, s)
         if all((*base_key, x, cfg.drop_rates[s]) in mean for x in layers):
             # the uncalibrated config on the same captures: what the pick is compared with

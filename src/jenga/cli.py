@@ -1,4 +1,5 @@
-"""The ``jenga`` command: ``demo`` (offline, the shipped toy model), ``generate`` (a real model), ``bench``.
+"""The ``jenga`` command: ``demo`` (offline, the shipped toy model), ``generate`` (a real model), ``bench``,
+``calibrate`` (measure carving on your model and pick a config).
 
 Exit codes: 0 success; 1 the run failed (a runtime error while generating or benchmarking); 2 a usage or
 input problem (bad option, model not found or not downloadable offline, no CUDA for a GPU benchmark).
@@ -163,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--model", action="append", default=[],
                         help="hub id or folder to look for in the offline cache (repeatable)")
     doctor.set_defaults(run=_cmd_doctor)
+    _add_calibrate_parser(sub, common, formatter)
     return parser
 
 
@@ -531,3 +533,131 @@ def _benchmark_script(name: str) -> Path:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ----------------------------------------------------------------------------------------------------
+# calibrate (one parser function and one command function, kept apart from the others)
+
+
+def _add_calibrate_parser(sub: Any, common: argparse.ArgumentParser, formatter: Any) -> None:
+    cal = sub.add_parser(
+        "calibrate", parents=[common], formatter_class=formatter, epilog=EXIT_CODES,
+        help="measure carving on your model (short dense pass) and pick the fastest config within a budget",
+        description=_wrap(
+            "Run a short dense pass of the pipeline (--model) or of the shipped toy model (--toy), measure for "
+            "each candidate drop rate and p the kept-block density, attention-mass recall and output error per "
+            "layer and stage, pick the fastest config meeting the budget, print a table, and write "
+            "calibrated.json (a JengaConfig: JengaConfig.from_dict(json.load(...))), calibration.json (every "
+            "measurement) and calibration.png (density and recall per layer) to --out-dir."
+        ),
+    )
+    source = cal.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="hub id or local diffusers folder of a Wan-family pipeline")
+    source.add_argument("--toy", action="store_true", help="the toy model shipped with jenga (offline)")
+    cal.add_argument("--prompt", default=None,
+                     help="text prompt (--model: required; --toy: '<colour> <shape> <direction>', default "
+                          "'a red disc moving right')")
+    cal.add_argument("--size", choices=("default", "small", "full"), default="default",
+                     help="--toy clip size, as in `jenga demo` (default 8 frames 32x32, blocks of 64; full: the "
+                          "model's training size, 16 frames 64x64, blocks of 128)")
+    cal.add_argument("--height", type=_positive_int, default=None, help="--model: pixels (default: the pipeline's)")
+    cal.add_argument("--width", type=_positive_int, default=None, help="--model: pixels (default: the pipeline's)")
+    cal.add_argument("--frames", type=_positive_int, default=None, help="--model: frames (default: the pipeline's)")
+    cal.add_argument("--preset", default="base", help="config to tune: a preset of the model family (default base)")
+    cal.add_argument("--min-recall", type=float, default=None,
+                     help="budget: mean attention-mass recall per layer and stage (default 0.95 unless --max-error)")
+    cal.add_argument("--max-error", type=float, default=None,
+                     help="budget: mean relative output error of attention per layer and stage")
+    cal.add_argument("--steps", type=_positive_int, default=8, help="steps of the calibration pass (default 8)")
+    cal.add_argument("--run-steps", type=_positive_int, default=50,
+                     help="steps of the run you plan, for the predicted times (default 50)")
+    cal.add_argument("--heads", type=_positive_int, default=2, help="heads sampled per layer (default 2)")
+    cal.add_argument("--query-blocks", type=_positive_int, default=8,
+                     help="query blocks per head for recall and error (default 8)")
+    cal.add_argument("--curves", nargs="+", default=None, help="curves to try (default: the preset's)")
+    cal.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's; toy 4)")
+    cal.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                     help="weights dtype (default: bfloat16 on CUDA, float32 on the CPU)")
+    cal.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
+    cal.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    cal.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: torch's)")
+    cal.add_argument("--out-dir", type=Path, default=Path("jenga-calibration"),
+                     help="folder for calibrated.json, calibration.json and calibration.png")
+    cal.set_defaults(run=_cmd_calibrate)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import contextlib
+    import json
+
+    import torch
+
+    if args.min_recall is None and args.max_error is None:
+        args.min_recall = 0.95
+    device = _device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else
+                                                           torch.float32)
+    import jenga
+    from jenga.calibrate import calibrate
+
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quiet: Any = contextlib.nullcontext()
+    try:
+        if args.toy:
+            from .demo import SIZES
+            from .toy.data import Prompt
+            from .toy.model import build_pipeline, load_pretrained, quiet_frame_rounding
+
+            try:
+                prompt = Prompt.parse(args.prompt or "a red disc moving right")
+            except ValueError as err:
+                raise UsageError(f"--prompt: {err}") from None
+            size = SIZES[args.size]
+            transformer, encoder = load_pretrained(device=device, dtype=dtype)
+            pipe = build_pipeline(transformer)
+            with torch.no_grad():
+                embeds, negative = encoder([prompt]), encoder([None])
+            call = dict(prompt_embeds=embeds, negative_prompt_embeds=negative, height=size.height,
+                        width=size.width, num_frames=size.frames - 1,
+                        guidance_scale=4.0 if args.guidance is None else args.guidance)
+            block, model_family = size.block_size, "wan"
+            quiet = quiet_frame_rounding()
+        else:
+            if not args.prompt:
+                raise UsageError("--model needs --prompt")
+            pipe = _load_pipeline(args.model, dtype)
+            pipe.to(device)
+            call = {"prompt": args.prompt}
+            optional = {"height": args.height, "width": args.width, "num_frames": args.frames,
+                        "guidance_scale": args.guidance}
+            call.update({k: v for k, v in optional.items() if v is not None})
+            from .adapters import adapter_for
+
+            block, model_family = 128, adapter_for(pipe.transformer).preset_model(pipe.transformer)
+        try:
+            base = jenga.JengaConfig.preset(args.preset, model=model_family, block_size=block)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        pipe.set_progress_bar_config(disable=True)
+        try:
+            with quiet:
+                report = calibrate(pipe, base=base, min_recall=args.min_recall, max_error=args.max_error,
+                                   steps=args.steps, num_inference_steps=args.run_steps, heads=args.heads,
+                                   query_blocks=args.query_blocks, curves=args.curves, seed=args.seed, **call)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    except (RuntimeError, OSError) as err:
+        print(f"jenga calibrate failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return FAILED
+    finally:
+        torch.set_num_threads(threads)
+    print(report.table())
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    config_path, report_path = args.out_dir / "calibrated.json", args.out_dir / "calibration.json"
+    config_path.write_text(json.dumps(report.config.to_dict(), indent=1))
+    report_path.write_text(json.dumps(report.to_dict(), indent=1))
+    plot = report.save_plot(args.out_dir / "calibration.png")
+    print(f"wrote {config_path}, {report_path}, {plot}")
+    return OK

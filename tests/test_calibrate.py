@@ -1,0 +1,129 @@
+"""``jenga.calibrate`` and ``jenga calibrate``: the metrics against a direct computation, the pick against its
+budget, the config round trip into ``jenga.patch``, and the CLI's files (shipped toy model, CPU, small size)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import jenga
+from jenga import cli
+from jenga.calibrate import _candidate_masks, _mass_and_error, calibrate
+from jenga.toy.data import Prompt
+from jenga.toy.model import build_pipeline, load_pretrained, quiet_frame_rounding
+
+GRID = (4, 16, 16)  # the demo's "small" size: 4 frames of 32x32 pixels, 1,024 tokens
+BLOCK = 32
+
+
+def _qk(seed: int = 0, heads: int = 2, dim: int = 16) -> tuple[torch.Tensor, ...]:
+    """Smooth-ish fields (a random walk along the sequence) so that the pooled scores have structure."""
+    g = torch.Generator().manual_seed(seed)
+    n = math.prod(GRID)
+    return tuple(torch.randn(1, n, heads, dim, generator=g).cumsum(1) / 8 for _ in range(3))
+
+
+def test_candidate_masks_are_the_selector_s_lists():
+    q, k, _ = _qk()
+    layout = jenga.token_layout(GRID, block_size=BLOCK)
+    candidates = [(0.0, 0.75), (0.5, 0.9), (0.9, 0.5)]
+    masks = _candidate_masks(q, k, BLOCK, layout.adjacency, candidates)
+    for mask, (p, rate) in zip(masks, candidates, strict=True):
+        lists = jenga.select_blocks(q, k, drop_rate=rate, cdf_threshold=p, block_size=BLOCK,
+                                    adjacency=layout.adjacency, backend="torch")
+        assert torch.equal(mask, lists.to_dense()[0])
+
+
+def test_recall_and_error_match_a_direct_masked_softmax():
+    q, k, v = _qk(1)
+    layout = jenga.token_layout(GRID, block_size=BLOCK)
+    masks = _candidate_masks(q, k, BLOCK, layout.adjacency, [(0.0, 0.8), (0.3, 0.6)])
+    recall, error = _mass_and_error(q, k, v, masks, BLOCK, query_blocks=10**6, generator=torch.Generator())
+    qt, kt, vt = (t[0].transpose(0, 1) for t in (q, k, v))
+    scores = qt @ kt.transpose(1, 2) / math.sqrt(q.shape[-1])
+    probs = scores.softmax(-1)
+    dense = probs @ vt
+    token_block = torch.arange(q.shape[1]) // BLOCK
+    for i, mask in enumerate(masks):
+        allowed = mask[:, token_block][:, :, token_block]  # [h, N, N]
+        carved = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ vt
+        assert float(recall[i]) == pytest.approx(float((probs * allowed).sum() / probs.sum()), rel=1e-4)
+        expected = float((carved - dense).norm() / dense.norm())
+        assert float(error[i]) == pytest.approx(expected, rel=1e-3, abs=1e-6)
+    assert 0 < float(recall[0]) < 1 and float(error[0]) > 0
+
+
+@pytest.fixture(scope="module")
+def toy():
+    transformer, encoder = load_pretrained()
+    pipe = build_pipeline(transformer)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        call = dict(prompt_embeds=encoder([Prompt.parse("red disc right")]), negative_prompt_embeds=encoder([None]),
+                    height=32, width=32, num_frames=GRID[0] - 1, guidance_scale=4.0)
+    return pipe, call
+
+
+def test_calibrate_picks_a_config_within_its_budget_that_patch_accepts(toy):
+    pipe, call = toy
+    torch.set_num_threads(1)
+    base = jenga.JengaConfig.preset("base", model="wan", block_size=BLOCK)
+    hooks_before = len(pipe.transformer._forward_pre_hooks)
+    with quiet_frame_rounding():
+        report = calibrate(pipe, base=base, min_recall=0.9, steps=3, num_inference_steps=20, layers=(0, 3, 5),
+                           heads=1, query_blocks=4, drop_rates=(0.5, 0.75, 0.9), cdf_thresholds=(0.0, 0.9), **call)
+    assert len(pipe.transformer._forward_pre_hooks) == hooks_before, "calibrate left a hook behind"
+    cfg = report.config
+    assert jenga.JengaConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.stages == base.stages and cfg.dense_steps == base.dense_steps
+    # every measured layer of every carved stage meets the budget under the picked config
+    assert report.meets_budget
+    for row in report.layers:
+        for stage in row["stages"]:
+            assert stage["recall"] >= 0.9 - 1e-9
+            if stage["drop_rate"] > 0:
+                assert 0 < stage["density"] < 1
+    assert {m.layer for m in report.measurements} == {0, 3, 5}
+    assert len({(m.drop_rate, m.cdf_threshold) for m in report.measurements}) == 6
+    timing = report.timing
+    assert timing["generation_picked_s"] <= timing["generation_dense_s"] + 1e-9
+    assert timing["calibration_share"] > 0
+    assert "budget recall >= 0.9" in report.table()
+    with quiet_frame_rounding(), jenga.patched(pipe, cfg):
+        out = pipe(**call, num_inference_steps=2, output_type="latent", generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.frames if hasattr(out, "frames") else out[0]).all()
+
+
+def test_calibrate_rejects_bad_input(toy):
+    pipe, call = toy
+    with pytest.raises(ValueError, match="quality budget"):
+        calibrate(pipe, min_recall=None, max_error=None, **call)
+    with pytest.raises(ValueError, match="min_recall"):
+        calibrate(pipe, min_recall=1.5, **call)
+    with pytest.raises(ValueError, match="dense_threshold"):
+        calibrate(pipe, drop_rates=(0.1, 0.2), **call)
+    with pytest.raises(ValueError, match="layers"):
+        calibrate(pipe, layers=(99,), **call)
+    with pytest.raises(ValueError, match="output_type"):
+        calibrate(pipe, output_type="np", **call)
+    with jenga.patched(pipe, jenga.JengaConfig(block_size=BLOCK)), pytest.raises(ValueError, match="unpatch"):
+        calibrate(pipe, **call)
+
+
+def test_cli_calibrate_toy_writes_config_report_and_plot(tmp_path, capsys):
+    out = tmp_path / "cal"
+    code = cli.main(["calibrate", "--toy", "--size", "small", "--steps", "2", "--heads", "1", "--query-blocks", "2",
+                     "--min-recall", "0.9", "--device", "cpu", "--threads", "1", "--out-dir", str(out)])
+    text = capsys.readouterr().out
+    assert code == cli.OK, text
+    assert "layer stage" in text and "calibration took" in text
+    cfg = jenga.JengaConfig.from_dict(json.loads((out / "calibrated.json").read_text()))
+    assert cfg.block_size == BLOCK
+    report = json.loads((out / "calibration.json").read_text())
+    assert report["budget"] == {"min_recall": 0.9, "max_error": None} and report["measurements"]
+    from PIL import Image
+
+    assert Image.open(out / "calibration.png").size == (480, 260)
