@@ -10,6 +10,17 @@ full size gets more of the batches. Velocity target ``noise - clip`` (diffusers'
 sigmas from a logit-normal shifted like the pipeline's scheduler, 10 % of prompts dropped for
 classifier-free guidance, AdamW with warm-up and cosine decay over the time budget, an EMA of the weights is
 what gets saved. Seeds are fixed; the time budget makes the step count depend on the card (it is logged).
+
+Continuing the shipped model with a task-score target (issue 20), on one GPU:
+
+    python benchmarks/quality/train.py --init shipped --seed 3 --seconds 480 --steps 6000 --tokens 65536 \
+        --lr 3e-4 --eval-every 1000 --target 85 --out $OUT/toy-wan.safetensors --log $OUT/train.json
+
+``--eval-every N`` generates the 48 one-object prompts (``--eval-repeats`` copies, each its own noise) at the
+training size (16 frames x 64 x 64, ``--eval-steps`` Euler steps, guidance 4, fixed seed) from the EMA weights
+every N steps and at the end, scores them (:func:`jenga.toy.score.task_score`), and keeps the best EMA weights
+by ``min(direction, shape)`` in ``--out``; training stops early once both reach ``--target``. The log lists every
+evaluation. With a step budget (``--steps``) the learning-rate schedule runs over the steps, else over the time.
 """
 
 from __future__ import annotations
@@ -24,8 +35,18 @@ from pathlib import Path
 
 import torch
 
-from jenga.toy.data import random_prompts, render
-from jenga.toy.model import FLOW_SHIFT, PromptEncoder, build_transformer, load_pretrained, save_pretrained
+from jenga.toy.data import all_single_prompts, random_prompts, render
+from jenga.toy.model import (
+    FLOW_SHIFT,
+    WEIGHTS,
+    PromptEncoder,
+    build_pipeline,
+    build_transformer,
+    load_pretrained,
+    quiet_frame_rounding,
+    save_pretrained,
+)
+from jenga.toy.score import task_score
 
 # (frames, side, weight early, weight late); batch size keeps tokens per batch near TOKENS
 BUCKETS = [(8, 32, 2.0, 0.5), (16, 32, 2.0, 0.5), (8, 48, 1.0, 1.0), (16, 48, 1.0, 1.5), (8, 64, 0.5, 1.0),
@@ -33,6 +54,7 @@ BUCKETS = [(8, 32, 2.0, 0.5), (16, 32, 2.0, 0.5), (8, 48, 1.0, 1.0), (16, 48, 1.
 TOKENS = 16 * 16384
 TINY_BUCKETS = [(4, 16, 1.0, 1.0), (8, 16, 1.0, 1.0), (4, 24, 1.0, 1.0)]
 TINY_TOKENS = 4 * 512
+EVAL_SEED = 1000  # noise of the evaluation generations, independent of --seed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +71,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=None,
                         help=f"tokens per batch (default {TOKENS}; fewer gives more, noisier steps in the same time)")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run at tiny sizes")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="step budget: stop after this many steps (or --seconds, whichever comes first); the "
+                             "learning-rate schedule then runs over the steps")
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="every N steps (and at the end) score generations of the EMA weights; 0: never")
+    parser.add_argument("--eval-repeats", type=int, default=2, help="copies of the 48 prompts per evaluation")
+    parser.add_argument("--eval-steps", type=int, default=25, help="Euler steps of an evaluation generation")
+    parser.add_argument("--target", type=float, default=None,
+                        help="stop early once an evaluation has direction and shape both >= this (percent)")
     args = parser.parse_args(argv)
+    if args.init is not None and str(args.init) == "shipped":
+        args.init = WEIGHTS
+    for name in ("steps", "eval_repeats", "eval_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.eval_every < 0:
+        parser.error("--eval-every must be >= 0")
+    if args.target is not None and not args.eval_every:
+        parser.error("--target needs --eval-every")
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     buckets, tokens = (TINY_BUCKETS, TINY_TOKENS) if args.tiny else (BUCKETS, TOKENS)
     if args.tokens is not None:
@@ -77,8 +118,31 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     step, warmup = 0, 50
     losses: list[torch.Tensor] = []
-    while (elapsed := time.perf_counter() - started) < args.seconds:
-        progress = elapsed / args.seconds
+    eval_size = (4, 16, 3) if args.tiny else (16, 64, args.eval_steps)  # frames, side, steps
+    evaluations: list[dict] = []
+    best: dict | None = None
+    best_path = args.out
+
+    def evaluate_now() -> bool:
+        """Score the EMA weights; keep them in ``--out`` when best so far; True once the target is met."""
+        nonlocal best
+        started_eval = time.perf_counter()
+        score = _task_score(ema_t, ema_p, eval_size, args.eval_repeats, device)
+        entry = dict(step=step, seconds=round(time.perf_counter() - started, 1),
+                     eval_seconds=round(time.perf_counter() - started_eval, 1), clips=48 * args.eval_repeats,
+                     **{k: round(v, 2) for k, v in score.items()})
+        key = min(score["direction"], score["shape"])
+        if best is None or key > best["key"]:
+            best = dict(key=key, **entry)
+            save_pretrained(ema_t, ema_p, best_path)
+        entry["best"] = best["step"]
+        evaluations.append(entry)
+        print(json.dumps({"eval": entry}), flush=True)
+        return args.target is not None and min(score["direction"], score["shape"]) >= args.target
+
+    stopped_early = False
+    while (elapsed := time.perf_counter() - started) < args.seconds and (args.steps is None or step < args.steps):
+        progress = elapsed / args.seconds if args.steps is None else step / args.steps
         weights = torch.tensor([early + (late - early) * progress for *_, early, late in buckets])
         frames, side, *_ = buckets[int(torch.multinomial(weights, 1, generator=data_gen))]
         batch = max(1, tokens // (frames * side * side // 4))
@@ -115,17 +179,47 @@ def main(argv: list[str] | None = None) -> int:
             log.append(entry)
             losses.clear()
             print(json.dumps(entry), flush=True)
-    save_pretrained(ema_t, ema_p, args.out)
+        if args.eval_every and step % args.eval_every == 0 and evaluate_now():
+            stopped_early = True
+            break
+    if args.eval_every:
+        if not evaluations or evaluations[-1]["step"] != step:
+            evaluate_now()
+    else:
+        save_pretrained(ema_t, ema_p, args.out)
     summary = dict(steps=step, seconds=round(time.perf_counter() - started, 1), device=str(device),
                    card=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                    params=sum(p.numel() for p in transformer.parameters()), lr=args.lr, ema=args.ema,
                    seed=args.seed, init=None if args.init is None else str(args.init), buckets=buckets,
-                   tokens_per_batch=tokens, log=log,
+                   tokens_per_batch=tokens, step_budget=args.steps, target=args.target, stopped_early=stopped_early,
+                   evaluations=evaluations, best=best, log=log,
                    weights_bytes=args.out.stat().st_size)
-    print(json.dumps({k: v for k, v in summary.items() if k != "log"}), flush=True)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("log", "evaluations")}), flush=True)
     if args.log:
         args.log.write_text(json.dumps(summary, indent=1))
     return 0
+
+
+def _task_score(transformer: torch.nn.Module, prompts_module: torch.nn.Module, size: tuple[int, int, int],
+                repeats: int, device: torch.device) -> dict[str, float]:
+    """Task score of generations: the 48 one-object prompts x ``repeats``, fixed noise (the same in every
+    evaluation and run, so scores compare), guidance 4."""
+    frames, side, steps = size
+    prompts = all_single_prompts() * repeats
+    was_training = transformer.training
+    transformer.eval()
+    pipe = build_pipeline(transformer)
+    pipe.set_progress_bar_config(disable=True)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+    with torch.no_grad(), autocast, quiet_frame_rounding():
+        negative = prompts_module([None] * len(prompts))
+        videos = pipe(prompt_embeds=prompts_module(prompts), negative_prompt_embeds=negative, height=side, width=side,
+                      num_frames=frames - 1, num_inference_steps=steps, guidance_scale=4.0,
+                      generator=torch.Generator(device).manual_seed(EVAL_SEED), output_type="latent",
+                      return_dict=False)[0]
+    transformer.train(was_training)
+    return task_score(videos.float().clamp(-1, 1), prompts)
 
 
 if __name__ == "__main__":

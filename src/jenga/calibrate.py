@@ -174,7 +174,7 @@ def calibrate(
     base: JengaConfig | str | None = None,
     min_recall: float | None = 0.95,
     max_error: float | None = None,
-    steps: int = 8,
+    steps: int = 6,
     num_inference_steps: int = 50,
     layers: Sequence[int] | None = None,
     heads: int = 2,

@@ -531,10 +531,6 @@ def _benchmark_script(name: str) -> Path:
                      "(git clone), not the wheel: run from the repository root")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # ----------------------------------------------------------------------------------------------------
 # calibrate (one parser function and one command function, kept apart from the others)
 
@@ -568,7 +564,7 @@ def _add_calibrate_parser(sub: Any, common: argparse.ArgumentParser, formatter: 
                      help="budget: mean attention-mass recall per layer and stage (default 0.95 unless --max-error)")
     cal.add_argument("--max-error", type=float, default=None,
                      help="budget: mean relative output error of attention per layer and stage")
-    cal.add_argument("--steps", type=_positive_int, default=8, help="steps of the calibration pass (default 8)")
+    cal.add_argument("--steps", type=_positive_int, default=6, help="steps of the calibration pass (default 6)")
     cal.add_argument("--run-steps", type=_positive_int, default=50,
                      help="steps of the run you plan, for the predicted times (default 50)")
     cal.add_argument("--heads", type=_positive_int, default=2, help="heads sampled per layer (default 2)")
@@ -661,3 +657,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     plot = report.save_plot(args.out_dir / "calibration.png")
     print(f"wrote {config_path}, {report_path}, {plot}")
     return OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

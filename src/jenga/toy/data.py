@@ -1,10 +1,16 @@
 """Synthetic videos of coloured shapes moving over a textured background, and the prompts that describe them.
 
-Every clip has one or two objects (a disc or a square, each its own colour) that start moving up, down,
-left or right, bounce off the walls and pass over each other (the later object is drawn on top). Sizes and
-speeds are fractions of the frame, so the same prompt means the same motion at every resolution; an
-object never reaches a wall in its first :data:`CLEAR_FRAMES` frames, so the prompted direction is what
-the first frames show. Pixels are in ``[-1, 1]``, ``[B, 3, T, H, W]``: the toy model works in pixel space.
+Every clip has one or two objects (a disc or a square, each its own colour) that move up, down, left or
+right and pass over each other (the later object is drawn on top). Sizes and speeds are fractions of the
+frame, so the same prompt means the same motion at every resolution. An object never reaches a wall in its
+first :data:`CLEAR_FRAMES` frames (16, the longest training clip): the whole clip moves the prompted way.
+Objects bounce off the walls only in longer clips.
+
+Why no bounce within a clip (changed in issue 20): with the earlier data (faster objects, 5 clear frames) a
+16-frame clip bounced about once, so its net displacement was near zero and the prompted direction showed
+only in the phase of a back-and-forth; the model learned the axis in every clip but the sign in about half.
+Now the sign is the whole clip's motion. A square's side is the disc's diameter (it was of equal area): the
+shapes differ in area (4/pi) as well as in their corners, a signal a pixel-space MSE can see. Pixels are in ``[-1, 1]``, ``[B, 3, T, H, W]``: the toy model works in pixel space.
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ COLOURS = {
 }
 DIRECTIONS = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}  # (dy, dx)
 RADIUS = (0.09, 0.13)  # object radius, fraction of the shorter side
-SPEED = (0.045, 0.065)  # pixels per frame, fraction of the shorter side
-CLEAR_FRAMES = 5  # frames an object moves before it may first touch a wall
+SPEED = (0.03, 0.045)  # pixels per frame, fraction of the shorter side: 16 frames fit in the frame
+CLEAR_FRAMES = 16  # frames an object moves before it may first touch a wall
 
 
 @dataclass(frozen=True)
@@ -166,8 +172,8 @@ def render(prompts: list[Prompt], frames: int, height: int, width: int, generato
             if obj.shape == "disc":
                 distance = torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
                 alpha = (radius - distance + 0.5).clamp(0, 1)
-            else:  # a square of the disc's area
-                half = radius * math.sqrt(math.pi) / 2
+            else:  # a square whose side is the disc's diameter
+                half = radius
                 distance = torch.maximum((yy - cy).abs(), (xx - cx).abs())
                 alpha = (half - distance + 0.5).clamp(0, 1)
             colour = torch.tensor(COLOURS[obj.colour], device=device).view(3, 1, 1, 1)
