@@ -91,7 +91,7 @@ def test_calibrate_picks_a_config_within_its_budget_that_patch_accepts(toy):
     timing = report.timing
     assert timing["generation_picked_s"] <= timing["generation_dense_s"] + 1e-9
     assert timing["calibration_share"] > 0
-    assert "budget recall >= 0.9" in report.table()
+    assert "budget recall >= 0.9 (per layer)" in report.table()
     with quiet_frame_rounding(), jenga.patched(pipe, cfg):
         out = pipe(**call, num_inference_steps=2, output_type="latent", generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out.frames if hasattr(out, "frames") else out[0]).all()
@@ -123,7 +123,21 @@ def test_cli_calibrate_toy_writes_config_report_and_plot(tmp_path, capsys):
     cfg = jenga.JengaConfig.from_dict(json.loads((out / "calibrated.json").read_text()))
     assert cfg.block_size == BLOCK
     report = json.loads((out / "calibration.json").read_text())
-    assert report["budget"] == {"min_recall": 0.9, "max_error": None} and report["measurements"]
+    assert report["budget"] == {"min_recall": 0.9, "max_error": None, "per_layer": True} and report["measurements"]
     from PIL import Image
 
     assert Image.open(out / "calibration.png").size == (480, 260)
+
+
+def test_stage_mean_budget_carves_at_least_as_much_as_per_layer(toy):
+    pipe, call = toy
+    base = jenga.JengaConfig.preset("base", model="wan", block_size=BLOCK)
+    kwargs = dict(base=base, min_recall=0.93, steps=3, layers=(0, 5), heads=1, query_blocks=2,
+                  drop_rates=(0.5, 0.8), cdf_thresholds=(0.5,), **call)
+    with quiet_frame_rounding():
+        strict = calibrate(pipe, **kwargs)
+        loose = calibrate(pipe, per_layer=False, **kwargs)
+    assert loose.config.dense_layers == ()
+    assert loose.meets_budget and all(row["recall"] >= 0.93 - 1e-9 for row in loose.stages)
+    density = lambda report: sum(row["density"] for row in report.stages)  # noqa: E731
+    assert density(loose) <= density(strict) + 1e-9

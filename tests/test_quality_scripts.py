@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jenga
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,15 +26,28 @@ def test_train_then_evaluate_at_tiny_size(tmp_path):
     assert summary["steps"] >= 1 and summary["weights_bytes"] == weights.stat().st_size < 16 * 2**20
     assert all(entry["loss"] > 0 for entry in summary["log"])
 
-    _run("evaluate.py", "--tiny", "--weights", str(weights), "--out", str(out), "--repeats", "2")
+    calibrated = tmp_path / "calibrated.json"
+    calibrated.write_text(json.dumps(jenga.JengaConfig(block_size=64, drop_rates=0.6, cdf_threshold=0.5).to_dict()))
+    videos = tmp_path / "videos"
+    _run("evaluate.py", "--tiny", "--weights", str(weights), "--out", str(out), "--repeats", "2", "--chunk", "3",
+         "--calibrated", str(calibrated), "--videos", str(videos))
     result = json.loads(out.read_text())
     generation = result["generation"]
     assert result["repeats"] == 2
-    assert generation["rendered-clips"]["task"]["task"] == 100.0  # the score reads ground truth correctly
-    assert {"dense", "carving", "carving-floor", "prores", "full", "full-floor"} <= set(generation)
-    for name in ("carving", "carving-floor"):
+    assert generation["rendered-clips"]["task"]["task"]["value"] == 100.0  # the score reads ground truth correctly
+    assert {"dense", "carving", "carving-floor", "prores", "full", "full-floor", "calibrated"} <= set(generation)
+    for name in ("carving", "carving-floor", "calibrated"):
         entry = generation[name]
         assert entry["psnr_db"] > 0 and 0 < entry["ssim"] <= 1 and entry["block_density"]
+        task = entry["task"]["task"]
+        assert task["n"] == 4 and task["ci95"][0] <= task["value"] <= task["ci95"][1] and task["se"] >= 0
+        assert entry["vs_dense"]["task"]["n"] == 4
+    # scoring the stored clips again gives the same figures
+    merged = tmp_path / "merged.json"
+    _run("evaluate.py", "--tiny", "--out", str(merged), "--repeats", "2", "--from-videos", str(videos))
+    again = json.loads(merged.read_text())["generation"]
+    assert again["calibrated"]["task"] == generation["calibrated"]["task"]
+    assert abs(again["carving"]["psnr_db"] - generation["carving"]["psnr_db"]) < 0.5  # float16 storage
     summary = result["attention"]["summary"]
     assert {key.split("@")[0] for key in summary} == {"zorder", "hilbert", "raster"}
     for row in result["attention"]["rows"]:

@@ -9,6 +9,17 @@ the Wan Base preset (drop 0.75 / 0.85, p = 0.9) and at its top-k floor (p = 0), 
 alone (Turbo's 0.75 -> 1.0 stages with carving off), and the full Turbo preset plus the 23-of-50 step skip
 schedule. Per variant: PSNR and SSIM against dense, the task score, the measured block density.
 
+Statistics (issue 20): every task figure comes with its standard error and a 95 % Wilson interval; each
+variant also gets the paired difference to dense (same prompts, same noise) with its standard error and 95 %
+interval. One score's standard error is at most 100 * sqrt(0.25 / n) points: n = 624 clips (``--repeats 13``)
+gives <= 2.0 points at any success rate (1.4 near 85 %). Generation runs in chunks of ``--chunk`` clips, chunk
+``i`` with seed ``seed + i``, so the clips are the same whatever the variant, process or GPU.
+
+Calibrated config (``--calibrated calibrated.json``, from ``jenga calibrate --toy --size full``): one more
+variant, ``calibrated``. Spread over GPUs: ``--variants`` picks the variants this process generates and
+``--videos DIR`` stores each one's clips there; ``--from-videos DIR`` then scores everything stored (PSNR and
+SSIM against the stored dense clips), generating nothing.
+
 Attention level: during a dense generation, the post-RoPE q, k, v of self-attention at several layers and
 steps (conditional branch) are carved with each curve (zorder, hilbert, raster) at the same kept-block
 budget (top-k only, no adjacency, so every curve keeps exactly the same number of blocks): recall = share of
@@ -33,7 +44,7 @@ import jenga
 from jenga.adapters.wan import self_attention_qkv
 from jenga.toy.data import all_single_prompts, render
 from jenga.toy.model import build_pipeline, load_pretrained, quiet_frame_rounding
-from jenga.toy.score import psnr, ssim, task_score
+from jenga.toy.score import psnr, read_object, ssim
 
 CURVES = ("zorder", "hilbert", "raster")
 
@@ -53,7 +64,7 @@ FULL = Size(frames=16, side=64, block=128, steps=50, prompts=48, layers=(0, 2, 4
 TINY = Size(frames=4, side=32, block=64, steps=3, prompts=2, layers=(0, 5), capture_steps=(1, 2))
 
 
-def variants(block: int) -> dict[str, jenga.JengaConfig | None]:
+def variants(block: int, calibrated: Path | None = None) -> dict[str, jenga.JengaConfig | None]:
     base = jenga.JengaConfig.preset("base", model="wan", block_size=block, collect_stats=True)
     turbo = jenga.JengaConfig.preset("turbo", model="wan", block_size=block, collect_stats=True)
     skip = jenga.JengaConfig.preset("flash", model="hunyuan").skip_steps
@@ -64,11 +75,61 @@ def variants(block: int) -> dict[str, jenga.JengaConfig | None]:
         "prores": dataclasses.replace(turbo, drop_rates=(0.0, 0.0)),
         "full": dataclasses.replace(turbo, skip_steps=skip),
         "full-floor": dataclasses.replace(turbo, skip_steps=skip, cdf_threshold=0.0),
+        **({} if calibrated is None else {"calibrated": load_calibrated(calibrated, block)}),
     }
 
 
+def load_calibrated(path: Path, block: int) -> jenga.JengaConfig:
+    """A ``jenga calibrate`` config (JSON of ``JengaConfig.to_dict``) with statistics collection on."""
+    cfg = jenga.JengaConfig.from_dict(json.loads(Path(path).read_text()))
+    if cfg.block_size != block:
+        raise ValueError(f"{path}: block_size {cfg.block_size}, but this evaluation cuts {block}-token blocks; "
+                         "calibrate at the same size (jenga calibrate --toy --size full for the full size)")
+    return dataclasses.replace(cfg, collect_stats=True)
+
+
+def proportion(successes: int, n: int) -> dict[str, float]:
+    """A share in percent with its standard error and the 95 % Wilson interval (sound near 0 and 100 %)."""
+    z = 1.959964
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return dict(value=round(100 * p, 2), se=round(100 * math.sqrt(p * (1 - p) / n), 2),
+                ci95=[round(100 * (centre - half), 2), round(100 * (centre + half), 2)], n=n)
+
+
+def paired_difference(variant: list[bool], dense: list[bool]) -> dict[str, float]:
+    """Variant minus dense on the same clips, percent points, with its standard error and normal 95 % interval."""
+    d = [float(a) - float(b) for a, b in zip(variant, dense, strict=True)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / max(n - 1, 1)
+    se = math.sqrt(var / n)
+    return dict(value=round(100 * mean, 2), se=round(100 * se, 2),
+                ci95=[round(100 * (mean - 1.959964 * se), 2), round(100 * (mean + 1.959964 * se), 2)], n=n)
+
+
+def readings(videos: torch.Tensor, prompts: list) -> dict[str, list[bool]]:
+    """Per clip: task (colour present and moving the prompted way), colour, direction, shape."""
+    found = [read_object(clip, prompt) for clip, prompt in zip(videos, prompts, strict=True)]
+    return dict(task=[r.correct for r in found], colour=[r.present for r in found],
+                direction=[r.direction_ok for r in found], shape=[r.shape_ok for r in found])
+
+
+def score_entry(clips: dict[str, list[bool]], dense: dict[str, list[bool]] | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"task": {k: proportion(sum(v), len(v)) for k, v in clips.items()}}
+    if dense is not None:
+        entry["vs_dense"] = {k: paired_difference(v, dense[k]) for k, v in clips.items()}
+    return entry
+
+
 def generate(pipe: Any, prompts_module: torch.nn.Module, prompts: list, size: Size, seed: int,
-             guidance: float) -> torch.Tensor:
+             guidance: float, chunk: int | None = None) -> torch.Tensor:
+    """Clips for ``prompts``; with ``chunk``, ``chunk`` clips per pipeline call, call ``i`` seeded ``seed + i``."""
+    if chunk is not None and len(prompts) > chunk:
+        parts = [generate(pipe, prompts_module, prompts[i : i + chunk], size, seed + i // chunk, guidance)
+                 for i in range(0, len(prompts), chunk)]
+        return torch.cat(parts)
     device = pipe.transformer.device
     with torch.no_grad(), quiet_frame_rounding():
         embeds = prompts_module(prompts)
@@ -79,16 +140,23 @@ def generate(pipe: Any, prompts_module: torch.nn.Module, prompts: list, size: Si
     return out.float().clamp(-1, 1)
 
 
-def generation_level(pipe, prompts_module, size: Size, seed: int, guidance: float, log,
-                     repeats: int = 1) -> dict[str, Any]:
-    """``repeats`` copies of the prompt set in one batch: each copy gets its own noise (one generator draws
-    the whole batch), so the task score resolves 100 / (48 x repeats) points."""
-    prompts = (all_single_prompts()[: size.prompts] if size.prompts < 48 else all_single_prompts()) * repeats
+def generation_level(pipe, prompts_module, size: Size, seed: int, guidance: float, log, repeats: int = 1,
+                     names: list[str] | None = None, calibrated: Path | None = None, chunk: int | None = None,
+                     videos_dir: Path | None = None) -> dict[str, Any]:
+    """``repeats`` copies of the prompt set, each copy with its own noise, so the task score resolves
+    100 / (48 x repeats) points. ``names``: the variants to generate (default all); ``videos_dir``: store them."""
+    prompts = eval_prompts(size, repeats)
     device = pipe.transformer.device
     truth = render(prompts, size.frames, size.side, size.side, torch.Generator().manual_seed(seed), device)
-    results: dict[str, Any] = {"rendered-clips": {"task": task_score(truth, prompts)}}
-    dense = None
-    for name, cfg in variants(size.block).items():
+    results: dict[str, Any] = {"rendered-clips": score_entry(readings(truth, prompts), None)}
+    table = variants(size.block, calibrated)
+    names = list(table) if names is None else names
+    unknown = sorted(set(names) - set(table))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; accepted: {list(table)} (calibrated needs --calibrated)")
+    dense, dense_clips = None, None
+    for name in names:
+        cfg = table[name]
         if cfg is not None and any(round(stage.scale * size.side) % 16 for stage in cfg.stages):
             # WanPipeline.check_inputs wants height and width divisible by 16 (8 x 2 for Wan's own VAE)
             results[name] = {"skipped": f"a stage of {size.side} px would not be a multiple of 16 px"}
@@ -98,18 +166,20 @@ def generation_level(pipe, prompts_module, size: Size, seed: int, guidance: floa
             jenga.patch(pipe, cfg)
         sync(device)
         start = time.perf_counter()
-        videos = generate(pipe, prompts_module, prompts, size, seed, guidance)
-        sync(device)
+        try:
+            videos = generate(pipe, prompts_module, prompts, size, seed, guidance, chunk)
+        finally:
+            sync(device)
+            stats = jenga.selection_stats(pipe) if cfg is not None else []
+            if cfg is not None:
+                jenga.unpatch(pipe)
         seconds = time.perf_counter() - start
-        stats = jenga.selection_stats(pipe) if cfg is not None else []
-        if cfg is not None:
-            jenga.unpatch(pipe)
-        entry: dict[str, Any] = {"seconds": round(seconds, 3), "task": task_score(videos, prompts)}
-        if dense is None:
-            dense = videos
-        else:
-            entry["psnr_db"] = round(float(psnr(dense, videos).mean()), 2)
-            entry["ssim"] = round(float(ssim(dense, videos).mean()), 4)
+        if videos_dir is not None:
+            save_videos(videos_dir, name, videos)
+        if name == "dense":
+            dense, dense_clips = videos, readings(videos, prompts)
+        entry = variant_entry(videos, prompts, dense, dense_clips if dense is not None else None)
+        entry["seconds"] = round(seconds, 3)
         if stats:
             by_grid: dict[int, list[float]] = {}
             for layer in stats:
@@ -118,7 +188,63 @@ def generation_level(pipe, prompts_module, size: Size, seed: int, guidance: floa
         if cfg is not None:
             entry["config"] = cfg.to_dict()
         results[name] = entry
-        log(f"{name:14s} {json.dumps({k: v for k, v in entry.items() if k != 'config'})}")
+        log(f"{name:14s} {summary_line(entry)}")
+    return results
+
+
+def eval_prompts(size: Size, repeats: int) -> list:
+    return (all_single_prompts()[: size.prompts] if size.prompts < 48 else all_single_prompts()) * repeats
+
+
+def variant_entry(videos: torch.Tensor, prompts: list, dense: torch.Tensor | None,
+                  dense_clips: dict[str, list[bool]] | None) -> dict[str, Any]:
+    """Task score with intervals; against dense (when given and not the same clips): PSNR, SSIM, paired
+    difference of every score."""
+    same = dense is videos
+    entry = score_entry(readings(videos, prompts), None if same else dense_clips)
+    if dense is not None and not same:
+        entry["psnr_db"] = round(float(psnr(dense, videos).mean()), 2)
+        entry["ssim"] = round(float(ssim(dense, videos).mean()), 4)
+    return entry
+
+
+def summary_line(entry: dict[str, Any]) -> str:
+    task = entry["task"]
+    parts = [f"{k} {v['value']:.1f} ± {v['se']:.1f} [{v['ci95'][0]:.1f}, {v['ci95'][1]:.1f}]" for k, v in task.items()]
+    if "vs_dense" in entry:
+        d = entry["vs_dense"]["task"]
+        parts.append(f"task - dense {d['value']:+.1f} ± {d['se']:.1f}")
+    for key in ("psnr_db", "ssim", "block_density", "seconds"):
+        if key in entry:
+            parts.append(f"{key} {entry[key]}")
+    return "; ".join(parts)
+
+
+def save_videos(folder: Path, name: str, videos: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"videos": videos.half().cpu().contiguous()}, str(folder / f"{name}.safetensors"))
+
+
+def from_videos(folder: Path, size: Size, seed: int, repeats: int, log) -> dict[str, Any]:
+    """Score every variant stored in ``folder`` (by ``--videos``) against the stored dense clips."""
+    from safetensors.torch import load_file
+
+    prompts = eval_prompts(size, repeats)
+    stored = {p.stem: load_file(str(p))["videos"].float() for p in sorted(folder.glob("*.safetensors"))}
+    if "dense" not in stored:
+        raise ValueError(f"{folder} holds no dense.safetensors: generate the dense variant with --videos too")
+    if any(v.shape[0] != len(prompts) for v in stored.values()):
+        raise ValueError(f"stored clips {[tuple(v.shape) for v in stored.values()]} do not match {len(prompts)} "
+                         f"prompts (--repeats {repeats}) at this size")
+    truth = render(prompts, size.frames, size.side, size.side, torch.Generator().manual_seed(seed))
+    results: dict[str, Any] = {"rendered-clips": score_entry(readings(truth, prompts), None)}
+    dense = stored["dense"]
+    dense_clips = readings(dense, prompts)
+    for name in ["dense", *[n for n in stored if n != "dense"]]:
+        results[name] = variant_entry(stored[name], prompts, dense, dense_clips)
+        log(f"{name:14s} {summary_line(results[name])}")
     return results
 
 
@@ -235,6 +361,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None,
                         help="override the step count; attention is captured at 10 %%, 50 %% and 90 %% of it")
     parser.add_argument("--tiny", action="store_true", help="CPU check at a small size")
+    parser.add_argument("--calibrated", type=Path, default=None,
+                        help="a `jenga calibrate` config JSON: adds the variant 'calibrated'")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="variants to generate (default all): dense carving carving-floor prores full full-floor "
+                             "[calibrated]; PSNR needs dense in the same process, or use --videos / --from-videos")
+    parser.add_argument("--chunk", type=int, default=96, help="clips per pipeline call (default 96)")
+    parser.add_argument("--videos", type=Path, default=None, help="store each generated variant's clips here")
+    parser.add_argument("--from-videos", type=Path, default=None,
+                        help="generate nothing: score the variants stored in this folder (with the same --repeats)")
     args = parser.parse_args(argv)
     if args.skip_generation and args.skip_attention:
         parser.error("--skip-generation and --skip-attention together leave nothing to measure")
@@ -247,6 +382,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None:
         capture = tuple(sorted({min(args.steps - 1, round(args.steps * f)) for f in (0.1, 0.5, 0.9)}))
         size = dataclasses.replace(size, steps=args.steps, capture_steps=capture)
+    if args.chunk < 1:
+        parser.error("--chunk must be positive")
+    if args.from_videos is not None:
+        result = dict(size=dataclasses.asdict(size), seed=args.seed, repeats=args.repeats,
+                      date=time.strftime("%Y-%m-%d"),
+                      generation=from_videos(args.from_videos, size, args.seed, args.repeats, print))
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+        return 0
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     kwargs = {} if args.weights is None else {"path": args.weights}
@@ -263,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     result["repeats"] = args.repeats
     if not args.skip_generation:
         result["generation"] = generation_level(pipe, prompts_module, size, args.seed, args.guidance, log,
-                                                args.repeats)
+                                                args.repeats, args.variants, args.calibrated, args.chunk, args.videos)
         args.out.write_text(json.dumps(result, indent=1))
     if not args.skip_attention:
         result["attention"] = attention_level(pipe, prompts_module, size, args.seed, args.guidance,

@@ -564,6 +564,9 @@ def _add_calibrate_parser(sub: Any, common: argparse.ArgumentParser, formatter: 
                      help="budget: mean attention-mass recall per layer and stage (default 0.95 unless --max-error)")
     cal.add_argument("--max-error", type=float, default=None,
                      help="budget: mean relative output error of attention per layer and stage")
+    cal.add_argument("--stage-mean", action="store_true",
+                     help="hold the budget for each stage's mean over the layers (as a preset is judged) instead of "
+                          "every layer (layers that cannot meet it run dense)")
     cal.add_argument("--steps", type=_positive_int, default=6, help="steps of the calibration pass (default 6)")
     cal.add_argument("--run-steps", type=_positive_int, default=50,
                      help="steps of the run you plan, for the predicted times (default 50)")
@@ -641,7 +644,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             with quiet:
                 report = calibrate(pipe, base=base, min_recall=args.min_recall, max_error=args.max_error,
                                    steps=args.steps, num_inference_steps=args.run_steps, heads=args.heads,
-                                   query_blocks=args.query_blocks, curves=args.curves, seed=args.seed, **call)
+                                   query_blocks=args.query_blocks, curves=args.curves, per_layer=not args.stage_mean,
+                                   seed=args.seed, **call)
         except ValueError as err:
             raise UsageError(str(err)) from None
     except (RuntimeError, OSError) as err:

@@ -10,7 +10,9 @@ Why no bounce within a clip (changed in issue 20): with the earlier data (faster
 16-frame clip bounced about once, so its net displacement was near zero and the prompted direction showed
 only in the phase of a back-and-forth; the model learned the axis in every clip but the sign in about half.
 Now the sign is the whole clip's motion. A square's side is the disc's diameter (it was of equal area): the
-shapes differ in area (4/pi) as well as in their corners, a signal a pixel-space MSE can see. Pixels are in ``[-1, 1]``, ``[B, 3, T, H, W]``: the toy model works in pixel space.
+shapes differ in area (4/pi) as well as in their corners, a signal a pixel-space MSE can see.
+
+Pixels are in ``[-1, 1]``, ``[B, 3, T, H, W]``: the toy model works in pixel space.
 """
 
 from __future__ import annotations
