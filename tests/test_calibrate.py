@@ -141,3 +141,15 @@ def test_stage_mean_budget_carves_at_least_as_much_as_per_layer(toy):
     assert loose.meets_budget and all(row["recall"] >= 0.93 - 1e-9 for row in loose.stages)
     density = lambda report: sum(row["density"] for row in report.stages)  # noqa: E731
     assert density(loose) <= density(strict) + 1e-9
+
+
+def test_budget_base_keeps_no_more_blocks_than_the_preset_at_its_own_recall(toy):
+    pipe, call = toy
+    base = jenga.JengaConfig.preset("base", model="wan", block_size=BLOCK)
+    with quiet_frame_rounding():
+        report = calibrate(pipe, base=base, min_recall="base", steps=3, layers=(0, 5), heads=1, query_blocks=2,
+                           drop_rates=(0.6, 0.9), cdf_thresholds=(0.5,), **call)
+    assert report.meets_budget and report.config.dense_layers == ()
+    for row in report.stages:
+        assert row["recall"] >= row["min_recall"] - 1e-9 and row["min_recall"] == row["base"]["recall"]
+        assert row["density"] <= row["base"]["density"] + 1e-9  # base itself is a candidate

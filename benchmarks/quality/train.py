@@ -13,14 +13,15 @@ what gets saved. Seeds are fixed; the time budget makes the step count depend on
 
 Continuing the shipped model with a task-score target (issue 20), on one GPU:
 
-    python benchmarks/quality/train.py --init shipped --seed 3 --seconds 480 --steps 6000 --tokens 65536 \
-        --lr 3e-4 --eval-every 1000 --target 85 --out $OUT/toy-wan.safetensors --log $OUT/train.json
+    python benchmarks/quality/train.py --init shipped --seed 3 --seconds 420 --tokens 65536 --lr 3e-4 \
+        --eval-every 1000 --target 85 --out $OUT/toy-wan.safetensors --log $OUT/train.json
 
 ``--eval-every N`` generates the 48 one-object prompts (``--eval-repeats`` copies, each its own noise) at the
 training size (16 frames x 64 x 64, ``--eval-steps`` Euler steps, guidance 4, fixed seed) from the EMA weights
 every N steps and at the end, scores them (:func:`jenga.toy.score.task_score`), and keeps the best EMA weights
 by ``min(direction, shape)`` in ``--out``; training stops early once both reach ``--target``. The log lists every
-evaluation. With a step budget (``--steps``) the learning-rate schedule runs over the steps, else over the time.
+evaluation. The learning-rate schedule and the bucket mix run over whichever budget (``--seconds``, ``--steps``)
+is nearer its end.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"tokens per batch (default {TOKENS}; fewer gives more, noisier steps in the same time)")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run at tiny sizes")
     parser.add_argument("--steps", type=int, default=None,
-                        help="step budget: stop after this many steps (or --seconds, whichever comes first); the "
-                             "learning-rate schedule then runs over the steps")
+                        help="step budget: stop after this many steps or --seconds, whichever comes first (the "
+                             "schedule follows the nearer one)")
     parser.add_argument("--eval-every", type=int, default=0,
                         help="every N steps (and at the end) score generations of the EMA weights; 0: never")
     parser.add_argument("--eval-repeats", type=int, default=2, help="copies of the 48 prompts per evaluation")
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stopped_early = False
     while (elapsed := time.perf_counter() - started) < args.seconds and (args.steps is None or step < args.steps):
-        progress = elapsed / args.seconds if args.steps is None else step / args.steps
+        progress = elapsed / args.seconds if args.steps is None else max(elapsed / args.seconds, step / args.steps)
         weights = torch.tensor([early + (late - early) * progress for *_, early, late in buckets])
         frames, side, *_ = buckets[int(torch.multinomial(weights, 1, generator=data_gen))]
         batch = max(1, tokens // (frames * side * side // 4))

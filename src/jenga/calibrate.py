@@ -173,7 +173,7 @@ def calibrate(
     pipe: Any,
     *,
     base: JengaConfig | str | None = None,
-    min_recall: float | None = 0.95,
+    min_recall: float | str | None = 0.95,
     max_error: float | None = None,
     steps: int = 6,
     num_inference_steps: int = 50,
@@ -194,7 +194,9 @@ def calibrate(
         base: the config to tune (a :class:`JengaConfig` or a preset name of the model family; default
             ``"base"``): its stages, dense steps and other fields stay; drop rates, ``p``, curve and dense
             layers are chosen.
-        min_recall: budget on the mean attention-mass recall per layer and stage (``None``: no recall budget).
+        min_recall: budget on the mean attention-mass recall per layer and stage (``None``: no recall budget);
+            ``"base"``: each stage's mean recall under ``base`` itself, on the same captures (implies
+            ``per_layer=False``): the config that keeps fewest blocks at the base config's quality.
         max_error: budget on the mean relative output error per layer and stage (``None``: none).
         steps: denoising steps of the calibration pass (spread over the whole schedule).
         num_inference_steps: steps of the run you plan, for the predicted times.
@@ -211,8 +213,10 @@ def calibrate(
 
     if min_recall is None and max_error is None:
         raise ValueError("give a quality budget: min_recall (e.g. 0.95) and/or max_error (e.g. 0.1)")
-    if min_recall is not None and not 0.0 < min_recall <= 1.0:
-        raise ValueError(f"min_recall must be in (0, 1], got {min_recall!r}")
+    if min_recall == "base":
+        per_layer = False
+    elif min_recall is not None and (isinstance(min_recall, str) or not 0.0 < min_recall <= 1.0):
+        raise ValueError(f"min_recall must be in (0, 1], 'base' or None, got {min_recall!r}")
     if max_error is not None and not max_error > 0.0:
         raise ValueError(f"max_error must be > 0 (a relative L2 error), got {max_error!r}")
     for name, value in (("steps", steps), ("num_inference_steps", num_inference_steps), ("heads", heads),
@@ -234,16 +238,20 @@ def calibrate(
     bad = [c for c in curves if c not in CURVES]
     if bad or not curves:
         raise ValueError(f"curves must be a non-empty subset of {CURVES}, got {curves!r}")
-    rates = tuple(sorted({float(r) for r in drop_rates}))
+    rates = {float(r) for r in drop_rates}
     if not rates or any(not 0.0 < r < 1.0 for r in rates):
         raise ValueError(f"drop_rates must be floats in (0, 1), got {drop_rates!r}")
+    rates = tuple(sorted(rates | {r for r in cfg.drop_rates if r > 0}))  # base's own: measured for comparison
     rates = tuple(r for r in rates if cfg.carves(r))
     if not rates:
         raise ValueError(f"every drop rate in {drop_rates!r} is at or below dense_threshold={cfg.dense_threshold} "
                          "(those run dense): give higher ones")
-    thresholds = tuple(sorted({float(p) for p in cdf_thresholds}))
+    thresholds = {float(p) for p in cdf_thresholds}
     if not thresholds or any(not 0.0 <= p <= 1.0 for p in thresholds):
         raise ValueError(f"cdf_thresholds must be floats in [0, 1], got {cdf_thresholds!r}")
+    thresholds = tuple(sorted(thresholds | {cfg.cdf_threshold}))
+    if min_recall == "base" and cfg.curve not in curves:
+        curves = (cfg.curve, *curves)
     num_layers = len(transformer.blocks)
     layers = tuple(range(num_layers)) if layers is None else tuple(sorted({int(x) for x in layers}))
     if not layers or any(not 0 <= x < num_layers for x in layers):
@@ -445,17 +453,24 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
 
     def ok(c, p, s, layer, rate):
         d, r, e = mean[(c, p, s, layer, rate)]
-        return _meets(r, e, min_recall, max_error)
+        return _meets(r, e, recall_budget(s), max_error)
 
     def stage_mean(c, p, s, rate, f):
         return sum(mean[(c, p, s, x, rate)][f] for x in layers) / len(layers)
+
+    def recall_budget(s):
+        if min_recall != "base":
+            return min_recall
+        if not cfg.carves(cfg.drop_rates[s]):
+            return 1.0
+        return stage_mean(cfg.curve, cfg.cdf_threshold, s, cfg.drop_rates[s], 1)
 
     def plan_for(c, p):
         if not per_layer:  # the budget on each stage's mean over the layers
             chosen = {}
             for s in measured_stages:
                 fits = [(stage_mean(c, p, s, r, 0), -r) for r in probe.rates
-                        if _meets(stage_mean(c, p, s, r, 1), stage_mean(c, p, s, r, 2), min_recall, max_error)]
+                        if _meets(stage_mean(c, p, s, r, 1), stage_mean(c, p, s, r, 2), recall_budget(s), max_error)]
                 chosen[s] = -min(fits)[1] if fits and min(fits)[0] < 1 / KERNEL_VS_DENSE else 0.0
             cost = sum(len(stage_steps[s]) * (stage_mean(c, p, s, chosen[s], 0) if chosen[s] else 1 / KERNEL_VS_DENSE)
                        for s in measured_stages)
@@ -506,7 +521,7 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
             rate = chosen[s]
             carved = rate > 0 and x not in picked.dense_layers
             d, r, e = mean[(curve, p, s, x, rate)] if carved else (1.0, 1.0, 0.0)
-            meets_all &= _meets(r, e, min_recall, max_error)
+            meets_all &= _meets(r, e, recall_budget(s), max_error)
             own = [(mean[(curve, p, s, x, q)][0], q) for q in probe.rates if ok(curve, p, s, x, q)]
             own_best = None if not own else dict(drop_rate=min(own)[1], density=round(min(own)[0], 4))
             row["stages"].append(dict(stage=s, drop_rate=rate if carved else 0.0, density=round(d, 4),
@@ -525,12 +540,16 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
                                density=round(sum(c[0] for c in cells) / len(cells), 4),
                                recall=round(sum(c[1] for c in cells) / len(cells), 4),
                                output_error=round(sum(c[2] for c in cells) / len(cells), 4),
-                               layers_meeting_budget=sum(_meets(c[1], c[2], min_recall, max_error) for c in cells))
-            row["base"]["mean_meets_budget"] = _meets(row["base"]["recall"], row["base"]["output_error"], min_recall,
-                                                      max_error)
+                               layers_meeting_budget=sum(_meets(c[1], c[2], recall_budget(s), max_error)
+                                                         for c in cells))
+            row["base"]["mean_meets_budget"] = _meets(row["base"]["recall"], row["base"]["output_error"],
+                                                      recall_budget(s), max_error)
         stage_rows.append(row)
     if not per_layer:  # judged on the stage means
-        meets_all = all(_meets(r["recall"], r["output_error"], min_recall, max_error) for r in stage_rows)
+        meets_all = all(_meets(r["recall"], r["output_error"], recall_budget(r["stage"]), max_error)
+                        for r in stage_rows)
+        for row in stage_rows:
+            row["min_recall"] = round(recall_budget(row["stage"]), 4)
     if not meets_all:
         notes.append("some layer misses the budget under the picked config" if per_layer else
                      "some stage misses the budget under the picked config")

@@ -560,8 +560,9 @@ def _add_calibrate_parser(sub: Any, common: argparse.ArgumentParser, formatter: 
     cal.add_argument("--width", type=_positive_int, default=None, help="--model: pixels (default: the pipeline's)")
     cal.add_argument("--frames", type=_positive_int, default=None, help="--model: frames (default: the pipeline's)")
     cal.add_argument("--preset", default="base", help="config to tune: a preset of the model family (default base)")
-    cal.add_argument("--min-recall", type=float, default=None,
-                     help="budget: mean attention-mass recall per layer and stage (default 0.95 unless --max-error)")
+    cal.add_argument("--min-recall", type=_recall_budget, default=None,
+                     help="budget: mean attention-mass recall per layer and stage (default 0.95 unless --max-error); "
+                          "'base': each stage's mean recall under the preset itself (fewest blocks at its quality)")
     cal.add_argument("--max-error", type=float, default=None,
                      help="budget: mean relative output error of attention per layer and stage")
     cal.add_argument("--stage-mean", action="store_true",
@@ -580,9 +581,20 @@ def _add_calibrate_parser(sub: Any, common: argparse.ArgumentParser, formatter: 
     cal.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
     cal.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     cal.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: torch's)")
+    cal.add_argument("--toy-weights", type=Path, default=None,
+                     help="--toy: weights file (default: the shipped src/jenga/toy/weights/toy-wan.safetensors)")
     cal.add_argument("--out-dir", type=Path, default=Path("jenga-calibration"),
                      help="folder for calibrated.json, calibration.json and calibration.png")
     cal.set_defaults(run=_cmd_calibrate)
+
+
+def _recall_budget(text: str) -> float | str:
+    if text == "base":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a float in (0, 1] or 'base', got {text!r}") from None
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -614,7 +626,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             except ValueError as err:
                 raise UsageError(f"--prompt: {err}") from None
             size = SIZES[args.size]
-            transformer, encoder = load_pretrained(device=device, dtype=dtype)
+            weights = {} if args.toy_weights is None else {"path": args.toy_weights}
+            transformer, encoder = load_pretrained(device=device, dtype=dtype, **weights)
             pipe = build_pipeline(transformer)
             with torch.no_grad():
                 embeds, negative = encoder([prompt]), encoder([None])
