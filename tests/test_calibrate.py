@@ -11,7 +11,7 @@ import torch
 
 import jenga
 from jenga import cli
-from jenga.calibrate import _candidate_masks, _mass_and_error, calibrate
+from jenga.calibration import _candidate_masks, _mass_and_error, calibrate
 from jenga.toy.data import Prompt
 from jenga.toy.model import build_pipeline, load_pretrained, quiet_frame_rounding
 

@@ -31,6 +31,8 @@ _EXPORTS = {
     "BlockLists": "blocks",
     "dense_to_lists": "blocks",
     "lists_to_dense": "blocks",
+    "CalibrationReport": "calibration",
+    "calibrate": "calibration",
     "JengaConfig": "config",
     "Stage": "config",
     "block_adjacency": "curves",
@@ -50,12 +52,14 @@ _EXPORTS = {
 
 __all__ = [
     "BlockLists",
+    "CalibrationReport",
     "JengaConfig",
     "Stage",
     "Supported",
     "TokenLayout",
     "block_adjacency",
     "block_sparse_attention",
+    "calibrate",
     "curve_permutation",
     "dense_to_lists",
     "enable_parallelism",
@@ -74,6 +78,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .attention import block_sparse_attention
     from .blocks import BlockLists, dense_to_lists, lists_to_dense
+    from .calibration import CalibrationReport, calibrate
     from .config import JengaConfig, Stage
     from .curves import block_adjacency, curve_permutation
     from .layout import TokenLayout, token_layout

@@ -609,7 +609,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else
                                                            torch.float32)
     import jenga
-    from jenga.calibrate import calibrate
+    from jenga.calibration import calibrate
 
     threads = torch.get_num_threads()
     if args.threads:
