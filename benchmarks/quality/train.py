@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=0,
                         help="every N steps (and at the end) score generations of the EMA weights; 0: never")
     parser.add_argument("--eval-repeats", type=int, default=2, help="copies of the 48 prompts per evaluation")
-    parser.add_argument("--eval-steps", type=int, default=25, help="Euler steps of an evaluation generation")
+    parser.add_argument("--eval-steps", type=int, default=20, help="Euler steps of an evaluation generation (default 20)")
     parser.add_argument("--target", type=float, default=None,
                         help="stop early once an evaluation has direction and shape both >= this (percent)")
     args = parser.parse_args(argv)
