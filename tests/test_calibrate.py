@@ -87,7 +87,9 @@ def test_calibrate_picks_a_config_within_its_budget_that_patch_accepts(toy):
             if stage["drop_rate"] > 0:
                 assert 0 < stage["density"] < 1
     assert {m.layer for m in report.measurements} == {0, 3, 5}
-    assert len({(m.drop_rate, m.cdf_threshold) for m in report.measurements}) == 6
+    # the candidates plus base's own drop rates (0.75, 0.85) and p (0.9): 4 rates x 2 thresholds
+    assert {(m.drop_rate, m.cdf_threshold) for m in report.measurements} == {
+        (r, p) for r in (0.5, 0.75, 0.85, 0.9) for p in (0.0, 0.9)}
     timing = report.timing
     assert timing["generation_picked_s"] <= timing["generation_dense_s"] + 1e-9
     assert timing["calibration_share"] > 0

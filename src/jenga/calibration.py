@@ -31,7 +31,8 @@ rate on an H200, selector lists; 0.87 is used). The selector and permutation (1-
 RESULTS.md) are not included. On a CPU carving saves nothing (the ``torch`` backend masks SDPA): the predicted
 times there are what the block counts imply on a GPU-like per-block cost, not what the CPU will run.
 
-Limits: Wan-family transformers (HunyuanVideo's joint attention is not captured yet); text-to-video (the
+Limits: Wan-family transformers (HunyuanVideo's joint attention is not captured yet; of a two-expert Wan 2.2
+pipeline only ``transformer`` is measured, not ``transformer_2``); text-to-video (the
 first-frame rule of image-to-video is not applied to the candidates); all stages are measured at full
 resolution (a progressive stage at scale < 1 gets the full-resolution figures); with ``steps`` calibration
 steps the trajectory is coarser than the user's run, at the same fractions of the schedule.
