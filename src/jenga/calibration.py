@@ -242,11 +242,11 @@ def calibrate(
     rates = {float(r) for r in drop_rates}
     if not rates or any(not 0.0 < r < 1.0 for r in rates):
         raise ValueError(f"drop_rates must be floats in (0, 1), got {drop_rates!r}")
-    rates = tuple(sorted(rates | {r for r in cfg.drop_rates if r > 0}))  # base's own: measured for comparison
-    rates = tuple(r for r in rates if cfg.carves(r))
+    rates = {r for r in rates if cfg.carves(r)}
     if not rates:
         raise ValueError(f"every drop rate in {drop_rates!r} is at or below dense_threshold={cfg.dense_threshold} "
                          "(those run dense): give higher ones")
+    rates = tuple(sorted(rates | {r for r in cfg.drop_rates if cfg.carves(r)}))  # base's own, for comparison
     thresholds = {float(p) for p in cdf_thresholds}
     if not thresholds or any(not 0.0 <= p <= 1.0 for p in thresholds):
         raise ValueError(f"cdf_thresholds must be floats in [0, 1], got {cdf_thresholds!r}")
