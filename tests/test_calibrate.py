@@ -155,3 +155,20 @@ def test_budget_base_keeps_no_more_blocks_than_the_preset_at_its_own_recall(toy)
     for row in report.stages:
         assert row["recall"] >= row["min_recall"] - 1e-9 and row["min_recall"] == row["base"]["recall"]
         assert row["density"] <= row["base"]["density"] + 1e-9  # base itself is a candidate
+
+
+def test_cli_calibrate_help_and_usage_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["calibrate", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--model", "--toy", "--prompt", "--size", "--preset", "--min-recall", "--max-error", "--stage-mean",
+                   "--steps", "--run-steps", "--heads", "--query-blocks", "--curves", "--out-dir", "--toy-weights"):
+        assert option in text, option
+    assert "exit codes:" in text
+    assert cli.main(["calibrate", "--model", "no/such-model", "--device", "cpu"]) == cli.USAGE
+    assert "--model needs --prompt" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["calibrate", "--toy", "--min-recall", "high"])
+    assert exit_info.value.code == cli.USAGE
+    assert "'base'" in capsys.readouterr().err
