@@ -163,7 +163,12 @@ class CalibrationReport:
             draw.rectangle([x0 + bar * 0.35, top + plot_h * (1 - recall), x0 + bar * 0.7, top + plot_h],
                            fill=(230, 140, 40))
             draw.text((x0, top + plot_h + 4), str(row["layer"]), fill="black")
-        draw.text((left, 4), "per layer: density (blue), recall (orange)", fill="black")
+        budget = self.budget.get("min_recall")
+        if isinstance(budget, float):  # the recall budget as a line
+            y = top + plot_h * (1 - budget)
+            for x in range(left, left + plot_w, 8):
+                draw.line([x, y, x + 4, y], fill=(200, 30, 30))
+        draw.text((left, 4), "per layer: density (blue), recall (orange), recall budget (red)", fill="black")
         draw.text((left + plot_w - 40, height - 14), "layer", fill="black")
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)
