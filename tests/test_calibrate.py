@@ -155,6 +155,7 @@ def test_budget_base_keeps_no_more_blocks_than_the_preset_at_its_own_recall(toy)
     for row in report.stages:
         assert row["recall"] >= row["min_recall"] - 1e-9 and row["min_recall"] == row["base"]["recall"]
         assert row["density"] <= row["base"]["density"] + 1e-9  # base itself is a candidate
+        assert row["per_layer_settings"]["density"] <= row["base"]["density"] + 1e-9  # per layer too
 
 
 def test_cli_calibrate_help_and_usage_errors(capsys):

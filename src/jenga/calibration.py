@@ -127,7 +127,8 @@ class CalibrationReport:
                 f"recall {base['recall']:.3f}, {base['layers_meeting_budget']} of {len(self.layers)} layers in budget, "
                 f"mean {'in' if base['mean_meets_budget'] else 'out of'} budget")
             lines.append(f"stage {stage['stage']}: picked density {stage['density']:.3f} recall {stage['recall']:.3f} "
-                         f"error {stage['output_error']:.3f}{text}")
+                         f"error {stage['output_error']:.3f}{text}; per-layer (p, drop) would keep "
+                         f"{stage['per_layer_settings']['density']:.3f}")
         lines.append(f"predicted per generation ({t['num_inference_steps']} steps): attention dense "
                      f"{t['attention_dense_s']:.3g} s -> {t['attention_picked_s']:.3g} s, end to end "
                      f"{t['generation_dense_s']:.3g} s -> {t['generation_picked_s']:.3g} s "
@@ -533,11 +534,14 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
             row["stages"].append(dict(stage=s, drop_rate=rate if carved else 0.0, density=round(d, 4),
                                       recall=round(r, 4), output_error=round(e, 4), own_best=own_best))
         layer_rows.append(row)
+    exact: dict[int, tuple[float, float, float]] = {}  # unrounded stage means of the pick
     for s in measured_stages:
-        cells = [st for row in layer_rows for st in row["stages"] if st["stage"] == s]
+        cells = [mean[(curve, p, s, x, chosen[s])] if chosen[s] > 0 and x not in picked.dense_layers
+                 else (1.0, 1.0, 0.0) for x in layers]
+        exact[s] = tuple(sum(c[i] for c in cells) / len(cells) for i in range(3))
         row = dict(stage=s, drop_rate=rates[s], steps_captured=sorted(stage_steps[s]),
-                   **{f: round(sum(c[f] for c in cells) / len(cells), 4)
-                      for f in ("density", "recall", "output_error")})
+                   **{f: round(exact[s][i], 4) for i, f in enumerate(("density", "recall", "output_error"))})
+        row["per_layer_settings"] = _per_layer_settings(mean, cfg, curve, s, layers, min_recall, max_error)
         base_key = (cfg.curve, cfg.cdf_threshold, s)
         if all((*base_key, x, cfg.drop_rates[s]) in mean for x in layers):
             # the uncalibrated config on the same captures: what the pick is compared with
@@ -548,12 +552,12 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
                                output_error=round(sum(c[2] for c in cells) / len(cells), 4),
                                layers_meeting_budget=sum(_meets(c[1], c[2], recall_budget(s), max_error)
                                                          for c in cells))
-            row["base"]["mean_meets_budget"] = _meets(row["base"]["recall"], row["base"]["output_error"],
-                                                      recall_budget(s), max_error)
+            row["base"]["mean_meets_budget"] = _meets(sum(c[1] for c in cells) / len(cells),
+                                                      sum(c[2] for c in cells) / len(cells), recall_budget(s),
+                                                      max_error)
         stage_rows.append(row)
     if not per_layer:  # judged on the stage means
-        meets_all = all(_meets(r["recall"], r["output_error"], recall_budget(r["stage"]), max_error)
-                        for r in stage_rows)
+        meets_all = all(_meets(exact[s][1], exact[s][2], recall_budget(s), max_error) for s in measured_stages)
         for row in stage_rows:
             row["min_recall"] = round(recall_budget(row["stage"]), 4)
     if not meets_all:
@@ -563,6 +567,24 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
     budget = {"min_recall": min_recall, "max_error": max_error, "per_layer": per_layer}
     return CalibrationReport(picked, budget, probe.measurements, stage_rows, layer_rows, timing, probe.grid,
                              cfg.block_size, meets_all, notes)
+
+
+def _per_layer_settings(mean, cfg: JengaConfig, curve: str, stage: int, layers, min_recall, max_error):
+    """What per-layer ``(p, drop rate)`` would keep in ``stage`` (``JengaConfig`` has one ``p`` and per-stage drop
+    rates only, so this is reported, not applied): per layer the fewest blocks meeting the layer's budget, the
+    base config's own recall of that layer for ``min_recall="base"``. A layer that nothing satisfies counts dense."""
+    rows = []
+    for x in layers:
+        if min_recall == "base":
+            key = (cfg.curve, cfg.cdf_threshold, stage, x, cfg.drop_rates[stage])
+            target = mean[key][1] if cfg.carves(cfg.drop_rates[stage]) and key in mean else 1.0
+        else:
+            target = min_recall
+        fits = [(d, p, rate) for (c, p, s, layer, rate), (d, r, e) in mean.items()
+                if c == curve and s == stage and layer == x and _meets(r, e, target, max_error)]
+        d, p, rate = min(fits) if fits else (1.0, None, 0.0)
+        rows.append(dict(layer=x, cdf_threshold=p, drop_rate=rate, density=round(d, 4)))
+    return dict(density=round(sum(r["density"] for r in rows) / len(rows), 4), layers=rows)
 
 
 def _predict(cfg: JengaConfig, probe: _Probe, layer_rows, num_steps: int, calibration_s: float, num_layers: int):
