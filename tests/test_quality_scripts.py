@@ -21,7 +21,7 @@ def _run(script: str, *args: str) -> None:
 
 def test_train_then_evaluate_at_tiny_size(tmp_path):
     weights, log, out = tmp_path / "w.safetensors", tmp_path / "train.json", tmp_path / "quality.json"
-    _run("train.py", "--tiny", "--seconds", "60", "--steps", "2", "--eval-every", "1", "--eval-repeats", "1",
+    _run("train.py", "--tiny", "--seconds", "900", "--steps", "2", "--eval-every", "1", "--eval-repeats", "1",
          "--out", str(weights), "--log", str(log))
     summary = json.loads(log.read_text())
     assert summary["steps"] == 2 and summary["weights_bytes"] == weights.stat().st_size < 16 * 2**20
