@@ -1,8 +1,9 @@
 """How good a generated clip is: fidelity to a reference (PSNR, SSIM) and a task score read off the frames.
 
 The task score checks the prompt's first object: is there a blob of its colour, and does that blob move in
-the prompted direction over the first frames (before any wall bounce)? Shape (disc or square) is read too,
-from how much of its bounding box the blob fills, and reported on its own.
+the prompted direction over the first ``CLEAR_FRAMES`` frames (16, a whole training clip, before any wall
+bounce)? Shape (disc or square) is read too, from how much of its bounding box the blob fills, and reported on
+its own.
 """
 
 from __future__ import annotations
