@@ -235,7 +235,7 @@ def calibrate(
                          "(steps= is the calibration pass, num_inference_steps= the run you plan)")
     if is_patched(pipe):
         raise ValueError("calibrate needs the stock pipeline (it measures dense attention): jenga.unpatch(pipe) first")
-    transformers, _ = _targets(pipe)
+    transformers, _ = _targets(pipe, "jenga.calibrate")
     transformer = transformers[0]
     if not hasattr(transformer, "blocks") or not hasattr(transformer.blocks[0], "attn1"):
         raise ValueError(f"calibrate supports Wan-family transformers (blocks[i].attn1), got "
