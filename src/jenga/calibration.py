@@ -233,9 +233,9 @@ def calibrate(
     if {"output_type", "generator"} & set(call_kwargs):
         raise ValueError("calibrate sets the pipeline's output_type (latent) and generator (from seed=); drop them "
                          "(steps= is the calibration pass, num_inference_steps= the run you plan)")
+    transformers, _ = _targets(pipe, "jenga.calibrate")
     if is_patched(pipe):
         raise ValueError("calibrate needs the stock pipeline (it measures dense attention): jenga.unpatch(pipe) first")
-    transformers, _ = _targets(pipe, "jenga.calibrate")
     transformer = transformers[0]
     if not hasattr(transformer, "blocks") or not hasattr(transformer.blocks[0], "attn1"):
         raise ValueError(f"calibrate supports Wan-family transformers (blocks[i].attn1), got "
