@@ -180,7 +180,8 @@ class CarvingRuntime:
         """Read the step, pick the stage and decide whether this forward carves."""
         step, progress, total, stage_start = self._read_clock(context, timestep, branch_clock)
         cfg, plan = self.config, self.plan
-        drop_rate = cfg.drop_rates[cfg.stage_at(progress)]
+        stage = cfg.stage_of_step(step, total) if total > 0 else cfg.stage_at(progress)
+        drop_rate = cfg.drop_rates[stage]
         plan.step, plan.total, plan.progress, plan.drop_rate = step, total, progress, drop_rate
         plan.branch = getattr(context, "name", None)
         plan.skip, plan.residual = False, None
