@@ -174,3 +174,25 @@ def test_launcher_falls_back_to_smaller_tiles_on_out_of_resources(monkeypatch):
     monkeypatch.setattr(kernel, "_FALLBACK_PICKS", {})
     with pytest.raises(ValueError, match="head dim 256"):
         kernel.block_sparse_attention_triton(*args, use_tma=False)
+
+
+def test_unchecked_bad_lists_behave_as_documented():
+    """``check_indices=False`` (README): the torch backend sees a block set; the Triton kernel trusts every entry."""
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 48, 1, 16, generator=gen) for _ in range(3))
+    run = lambda index, count, backend="torch": block_sparse_attention(  # noqa: E731
+        q, k, v, torch.tensor(index, dtype=torch.int32).view(1, 1, 3, -1),
+        torch.tensor(count, dtype=torch.int32).view(1, 1, 3), block_size=16, backend=backend, check_indices=False)
+    good = run([[0, 1], [0, 1], [0, 1]], [2, 2, 2])
+    # order and repeats ignored, the id equal to the block count (3) dropped, counts clamped to [0, capacity]
+    assert torch.equal(run([[1, 0, 1], [0, 1, 3], [0, 1, 2]], [3, 3, 2]), run([[0, 1, 0]] * 3, [2, 2, 2]))
+    assert torch.equal(run([[0, 1], [0, 1], [0, 1]], [5, 2, 2]), good)
+    assert (run([[0, 1], [0, 1], [0, 1]], [-1, 2, 2])[:, :16] == 0).all()
+    with pytest.raises((IndexError, RuntimeError)):
+        run([[0, 4], [0, 1], [0, 1]], [2, 2, 2])
+    with pytest.raises(ValueError, match="ascending"):  # the check, on by default, names the problem
+        block_sparse_attention(q, k, v, torch.tensor([[1, 0]] * 3, dtype=torch.int32).view(1, 1, 3, 2),
+                               torch.full((1, 1, 3), 2, dtype=torch.int32), block_size=16, backend="torch")
+    if triton_available():  # a repeated id is attended twice by the kernel: its weight doubled
+        doubled = run([[0, 1, 1]] * 3, [3, 3, 3], backend="triton")
+        assert not torch.allclose(doubled, run([[0, 1, 1]] * 3, [3, 3, 3]), atol=1e-3)

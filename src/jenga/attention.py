@@ -95,7 +95,13 @@ def block_sparse_attention(
         backend: ``"triton"`` (our kernel), ``"torch"`` (PyTorch: SDPA with a token mask, or the explicit
             float32 reference when the LSE is asked for or inputs are float64), ``"flex"`` (FlexAttention) or
             ``"auto"`` (triton on CUDA, torch elsewhere).
-        check_indices: verify list contents (range, order); costs one host synchronisation.
+        check_indices: verify list contents (range, order); costs one host synchronisation. With False the
+            lists are trusted. Bad lists then give, on ``"triton"``: out-of-bounds reads for ids outside
+            ``[0, key blocks)`` or counts above the capacity (garbage, or an illegal memory access), the key
+            limit masked only on the last entry of an unordered list, repeated ids attended twice (silently
+            wrong); on ``"torch"`` / ``"flex"``: a block set (order and repeats ignored, counts clamped to
+            ``[0, Kcap]``, the id equal to the key block count dropped, other out-of-range ids an indexing
+            error). Keep it on for lists not built by :func:`~jenga.select_blocks` / ``dense_to_lists``.
 
     Rows with no valid key give 0 (and LSE ``-inf``), never NaN. Forward only (inference).
     """
