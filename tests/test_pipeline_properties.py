@@ -23,7 +23,7 @@ CUSTOM_STAGES = [
 ]
 ALL_PLANS = [(f"{model}/{name}", JengaConfig.preset(name, model=model).stages)
              for model in PRESETS for name in PRESETS[model]] + [(f"custom{i}", s) for i, s in enumerate(CUSTOM_STAGES)]
-SETTINGS = settings(max_examples=4, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=3, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
@@ -57,8 +57,13 @@ def _size_of_run(pipe, stages, steps: int) -> tuple[int, ...]:
         return tuple(run(pipe, wan_inputs(pipe, steps=steps, guidance_scale=1.0)).shape[-2:])
 
 
-@pytest.mark.parametrize("name, stages", [p for p in _distinct_plans() if len(p[1]) > 1],
-                         ids=[n for n, s in _distinct_plans() if len(s) > 1])
+def _switching(stages) -> bool:
+    """Plans that resize or re-noise at least once (the others run one pipeline call at full size)."""
+    return len({tuple(s[:1]) + tuple(s[2:]) for s in stages}) > 1
+
+
+@pytest.mark.parametrize("name, stages", [p for p in _distinct_plans() if _switching(p[1])],
+                         ids=[n for n, s in _distinct_plans() if _switching(s)])
 def test_requested_size_comes_back_at_one_to_five_steps(pipe, name, stages):
     """``turbo`` at one step returned 12 x 12 latents (96 x 96 pixels) for 128 x 128 before."""
     for steps in range(1, 6):

@@ -107,7 +107,7 @@ def _check_attention(case, backend):
     assert error <= TOLERANCE[dtype] * max(1.0, expected.abs().max().item()) * 4, (error, case)
 
 
-@settings(max_examples=25, **BUDGET)
+@settings(max_examples=15, **BUDGET)
 @given(case=attention_cases())
 def test_attention_torch_matches_float64(case):
     _check_attention(case, "torch")
@@ -172,7 +172,7 @@ def test_selector_invariants_and_backends_agree(case):
 grids = st.tuples(st.integers(1, 6), st.integers(1, 9), st.integers(1, 9))
 
 
-@settings(max_examples=30, **BUDGET)
+@settings(max_examples=20, **BUDGET)
 @given(grid=grids, curve=st.sampled_from(CURVES), block_size=st.sampled_from([16, 32, 64]))
 def test_curve_is_a_bijection_and_adjacency_matches_the_tokens(grid, curve, block_size):
     perm, inverse = curve_permutation(grid, curve, block_size=block_size)
@@ -190,7 +190,7 @@ def test_curve_is_a_bijection_and_adjacency_matches_the_tokens(grid, curve, bloc
     assert torch.equal(block_adjacency(grid, block_size=block_size, curve=curve), expected)
 
 
-@settings(max_examples=30, **BUDGET)
+@settings(max_examples=20, **BUDGET)
 @given(grid=grids)
 def test_hilbert_steps_are_face_neighbours(grid):
     perm, _ = curve_permutation(grid, "hilbert")
