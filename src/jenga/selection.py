@@ -255,9 +255,9 @@ def _check_selection_args(q, k, drop_rate, cdf_threshold, block_size, num_video_
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
             raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
     if not 0.0 <= drop_rate < 1.0:
-        raise ValueError(f"drop_rate must be a float in [0, 1), got {drop_rate!r}")
+        raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
     if not 0.0 <= cdf_threshold <= 1.0:
-        raise ValueError(f"cdf_threshold must be a float in [0, 1], got {cdf_threshold!r}")
+        raise ValueError(f"cdf_threshold must be in [0, 1], got {cdf_threshold!r}")
     if not is_int(block_size) or block_size <= 0:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     if num_video_tokens is not None and not 0 < num_video_tokens <= q.shape[1]:
