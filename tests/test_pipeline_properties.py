@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tiny import CARVING, GRID, run, wan_inputs, wan_pipeline
+from _tiny import CARVING, GRID, run, wan_inputs, wan_pipeline, wan_transformer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,8 +39,11 @@ def test_stage_plans_end_at_full_size_with_every_step_count(name, stages):
 
 
 def _distinct_plans():
+    """Presets and the first two custom plans (the others: plan level above, random plans below)."""
     seen, out = set(), []
     for name, stages in ALL_PLANS:
+        if name in ("custom2", "custom3"):
+            continue
         if stages not in seen:
             seen.add(stages)
             out.append((name, stages))
@@ -49,7 +52,10 @@ def _distinct_plans():
 
 @pytest.fixture(scope="module")
 def pipe():
-    return wan_pipeline("t2v")
+    """The tiny Wan pipeline with a one-layer transformer: the stage logic does not depend on depth."""
+    pipe = wan_pipeline("t2v")
+    pipe.transformer = wan_transformer(num_layers=1)
+    return pipe
 
 
 def _size_of_run(pipe, stages, steps: int) -> tuple[int, ...]:
