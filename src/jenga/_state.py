@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import weakref
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -31,6 +32,8 @@ logger = logging.getLogger("jenga")
 
 # flow-matching models are trained on timesteps in [0, 1000]: t / 1000 is the noise level
 _NUM_TRAIN_TIMESTEPS = 1000.0
+# guards the check-and-claim of a runtime's forward by one thread (module-level: a lock cannot be deep-copied)
+_OWNER_LOCK = threading.Lock()
 
 
 @dataclass
@@ -135,17 +138,28 @@ class CarvingRuntime:
     _ordinal: tuple[int, int] = field(default=(-1, 0), repr=False)
     _last_reason: str | None = field(default=None, repr=False)
     regional_compile_warned: bool = field(default=False, repr=False)  # jenga.skipping.check_skip_stack
+    _outside_warned: bool = field(default=False, repr=False)
+    _owner: int | None = field(default=None, repr=False)  # thread id of the forward under way, else None
 
     def __post_init__(self) -> None:
         # a weak reference: the pipeline owns the transformer, not the other way round
         if self.pipeline is not None and not isinstance(self.pipeline, weakref.ref):
             self.pipeline = weakref.ref(self.pipeline)
 
+    def __deepcopy__(self, memo: dict) -> CarvingRuntime:
+        """Refused: diffusers' hooks on the copied modules would still call the original's hooks (their forward
+        wrappers are closures, which ``copy.deepcopy`` shares), so the copy would drive this runtime."""
+        raise TypeError(
+            "a jenga-patched pipeline or transformer cannot be deep-copied (the copy's hooks would drive the "
+            "original's patch): jenga.unpatch(pipe), copy.deepcopy(pipe), then jenga.patch() each of them"
+        )
+
     # -- called by the hooks (never traced: plain Python bookkeeping)
 
     @torch.compiler.disable
     def begin_forward(self, latent: torch.Tensor) -> TokenLayout | None:
         """Start a forward for a latent ``[B, C, F, H, W]``: grid, layout and tables; dense until the clock."""
+        self._claim()
         cfg = self.config
         pt, ph, pw = self.patch_size
         grid = (latent.shape[2] // pt, latent.shape[3] // ph, latent.shape[4] // pw)
@@ -180,7 +194,8 @@ class CarvingRuntime:
         """Read the step, pick the stage and decide whether this forward carves."""
         step, progress, total, stage_start = self._read_clock(context, timestep, branch_clock)
         cfg, plan = self.config, self.plan
-        drop_rate = cfg.drop_rates[cfg.stage_at(progress)]
+        stage = cfg.stage_of_step(step, total) if total > 0 else cfg.stage_at(progress)
+        drop_rate = cfg.drop_rates[stage]
         plan.step, plan.total, plan.progress, plan.drop_rate = step, total, progress, drop_rate
         plan.branch = getattr(context, "name", None)
         plan.skip, plan.residual = False, None
@@ -190,7 +205,7 @@ class CarvingRuntime:
             self._ordinal = (step, ordinal)
             plan.skip_key = plan.branch if plan.branch is not None else ordinal
             cached = self.residuals.get(plan.skip_key)
-            plan.skip = (not stage_start and total > 0 and cached is not None
+            plan.skip = (not stage_start and total > 0 and cached is not None and not self._called_elsewhere()
                          and step in cfg.skipped_steps(total))
             plan.residual = cached if plan.skip else None
         if plan.layout is None:
@@ -210,6 +225,7 @@ class CarvingRuntime:
         """After the block stack: keep its residual for later skipped steps, file the layer statistics."""
         plan = self.plan
         plan.active = False
+        self._owner = None
         if plan.new_residual is not None:
             self.residuals[plan.skip_key] = plan.new_residual
             plan.new_residual = None
@@ -220,6 +236,21 @@ class CarvingRuntime:
                     self.stats.append(LayerStats(plan.step, layer, plan.branch, *processor.pending_stats))
                     processor.pending_stats = None
 
+    def _claim(self) -> None:
+        """Take the forward plan for this thread. One plan per transformer: a forward starting on another
+        thread while one runs would overwrite it, so it is refused. A forward of this thread that raised
+        half-way (its plan still active) is simply restarted."""
+        me = threading.get_ident()
+        with _OWNER_LOCK:
+            owner = self._owner
+            if self.plan.active and owner is not None and owner != me and _thread_alive(owner):
+                raise RuntimeError(
+                    "jenga: this patched transformer is already running a forward on another thread; a patched "
+                    "transformer runs one forward at a time (its per-forward plan is shared by its layers). Give "
+                    "each thread its own transformer (load or unpatch-copy-patch one per thread)"
+                )
+            self._owner = me
+
     def reset(self) -> None:
         """Forget the last forward (in place: compiled processors keep reading the same plan object)."""
         for f in fields(ForwardPlan):
@@ -228,6 +259,7 @@ class CarvingRuntime:
         self._clear_pending_stats()
         self._ordinal = (-1, 0)
         self._last_reason = None
+        self._owner = None
 
     # -- internals
 
@@ -254,6 +286,8 @@ class CarvingRuntime:
         total = getattr(context, "num_inference_steps", None)
         if step_index is not None and total:
             return step_index, total
+        if self._called_elsewhere():  # the patched pipeline's scheduler says nothing about this call
+            return None, 0
         scheduler = self._scheduler()
         timesteps = getattr(scheduler, "timesteps", None)
         if timesteps is not None and len(timesteps) > 0:
@@ -262,6 +296,22 @@ class CarvingRuntime:
                 index = getattr(scheduler, "begin_index", None) or 0
             return index, len(timesteps)
         return None, 0
+
+    def _called_elsewhere(self) -> bool:
+        """True when the transformer of a patched pipeline runs outside that pipeline's denoising loop (another
+        pipeline built from its components, or a custom loop): diffusers pipelines set ``_current_timestep``
+        for the duration of each step. Carving then still applies, with the step from the cache context or
+        counted from the timesteps; step skipping and the stages stay with the patched pipeline (logged once)."""
+        pipe = self.pipeline_object()
+        if pipe is None or self.scheduler is not None or getattr(pipe, "_current_timestep", None) is not None:
+            return False
+        if not self._outside_warned and (self.config.skip_steps or len(self.config.stages) > 1):
+            self._outside_warned = True
+            logger.warning(
+                "jenga: the transformer patched with %s runs outside that pipeline's call (another pipeline or a "
+                "custom loop): carving applies there, step skipping and progressive stages only inside the patched "
+                "pipeline's own calls", type(pipe).__name__)
+        return True
 
     def pipeline_object(self) -> Any:
         """The patched pipeline, or None (a bare transformer, or a pipeline since deleted)."""
@@ -282,3 +332,8 @@ class CarvingRuntime:
         if reason != self._last_reason:
             logger.debug("jenga: %s", reason)
             self._last_reason = reason
+
+
+def _thread_alive(ident: int) -> bool:
+    """Whether the thread with this id still runs (a forward it left half-way does not block others)."""
+    return any(t.ident == ident for t in threading.enumerate())

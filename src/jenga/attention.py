@@ -10,6 +10,7 @@ import contextlib
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 
 from .backends import BackendRegistry, Constraint, interpreting, triton_available, triton_importable
@@ -94,7 +95,13 @@ def block_sparse_attention(
         backend: ``"triton"`` (our kernel), ``"torch"`` (PyTorch: SDPA with a token mask, or the explicit
             float32 reference when the LSE is asked for or inputs are float64), ``"flex"`` (FlexAttention) or
             ``"auto"`` (triton on CUDA, torch elsewhere).
-        check_indices: verify list contents (range, order); costs one host synchronisation.
+        check_indices: verify list contents (range, order); costs one host synchronisation. With False the
+            lists are trusted. Bad lists then give, on ``"triton"``: out-of-bounds reads for ids outside
+            ``[0, key blocks)`` or counts above the capacity (garbage, or an illegal memory access), the key
+            limit masked only on the last entry of an unordered list, repeated ids attended twice (silently
+            wrong); on ``"torch"`` / ``"flex"``: a block set (order and repeats ignored, counts clamped to
+            ``[0, Kcap]``, the id equal to the key block count dropped, other out-of-range ids an indexing
+            error). Keep it on for lists not built by :func:`~jenga.select_blocks` / ``dense_to_lists``.
 
     Rows with no valid key give 0 (and LSE ``-inf``), never NaN. Forward only (inference).
     """
@@ -148,7 +155,7 @@ def _block_sparse_attention_op(
 def _(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse):
     batch, seq_q, heads, _ = q.shape
     lse = q.new_empty((batch, heads, seq_q if return_lse else 0), dtype=torch.float32)
-    return torch.empty_like(q), lse
+    return torch.empty_like(q if q.stride(-1) == 1 else q.contiguous()), lse  # as the launcher allocates
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,8 +211,14 @@ def _check_inputs(q, k, v, kv_index, kv_count, block_size, key_lengths, key_bias
             raise ValueError(f"key_lengths must be an integer tensor of shape ({batch},), got {got}")
         if key_lengths.is_floating_point() or key_lengths.is_complex():
             raise TypeError(f"key_lengths must be integer, got {key_lengths.dtype}")
-    if key_bias is not None and (not isinstance(key_bias, (tuple, list)) or len(key_bias) != 2):
-        raise ValueError(f"key_bias must be a (start, value) pair, got {key_bias!r}")
+    if key_bias is not None:
+        if not isinstance(key_bias, (tuple, list)) or len(key_bias) != 2:
+            raise ValueError(f"key_bias must be a (start, value) pair, got {key_bias!r}")
+        start, value = key_bias
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
+            raise ValueError(f"key_bias start must be an int >= 0 (the first biased key), got {start!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+            raise ValueError(f"key_bias value must be a finite float (added to the logits), got {value!r}")
 
 
 def _check_list_contents(kv_index: torch.Tensor, kv_count: torch.Tensor, num_kb: int) -> None:

@@ -151,15 +151,25 @@ class JengaConfig:
         return len(self.stages) - 1
 
     def stage_steps(self, num_steps: int) -> list[tuple[int, int]]:
-        """Per stage, its steps ``[start, end)`` in a run of ``num_steps`` (consistent with :meth:`stage_at`;
-        a stage shorter than one step comes out empty)."""
+        """Per stage, its steps ``[start, end)`` in a run of ``num_steps`` (:meth:`stage_of_step` reads them).
+
+        A stage shorter than one step comes out empty, except the last (full-resolution) stage: it always
+        gets at least the last step, so the run ends at the requested size however few the steps."""
         spans, start = [], 0
         for index, stage in enumerate(self.stages):
             last = index == len(self.stages) - 1
-            end = num_steps if last else max(start, math.ceil((stage.until - PROGRESS_SLACK) * num_steps))
+            until = math.ceil((stage.until - PROGRESS_SLACK) * num_steps)
+            end = num_steps if last else max(start, min(num_steps - 1, until))
             spans.append((start, end))
             start = end
         return spans
+
+    def stage_of_step(self, step: int, num_steps: int) -> int:
+        """Index of the stage that runs step ``step`` of a ``num_steps`` run (as :meth:`stage_steps` cuts it)."""
+        for index, (_, end) in enumerate(self.stage_steps(num_steps)):
+            if step < end:
+                return index
+        return len(self.stages) - 1
 
     def switch_points(self) -> tuple[float, ...]:
         """Stage ends where the next stage changes scale or shift (a resize or re-noise happens there);

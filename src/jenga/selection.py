@@ -7,7 +7,9 @@ For each (batch, head, video query block) the selector keeps the union of
 2. the 3D adjacency row of the query block (neighbouring regions of the video);
 3. always-kept key blocks: every block holding text tokens (joint attention) and, for image-to-video,
    the blocks of the first latent frame.
-Query blocks that hold text tokens attend to everything. Everything runs on the device: no
+Query blocks that hold text tokens attend to everything, and so does a query block whose pooled scores are
+not all finite (an ``inf`` / ``nan`` in its queries or in the keys): it has no ranking, on any backend.
+Everything runs on the device: no
 ``.item()``, no ``nonzero``, no host synchronisation; equal inputs give equal lists.
 
 Exact rules, shared by the torch reference and the fused Triton kernel (identical lists):
@@ -105,10 +107,25 @@ def select_blocks(
     q_pool = pool_blocks(q, block_size, num_video)
     k_pool = pool_blocks(k, block_size, num_video)
     probs = torch.softmax(torch.matmul(q_pool, k_pool.transpose(-1, -2)).div_(math.sqrt(dim)), dim=-1)
+    # a row with a non-finite score (an inf / nan query or key, or a float32 overflow) carries no ranking:
+    # it keeps every block, on every backend (the ranking sees zeros, the row is then written dense)
+    nonfinite = ~torch.isfinite(probs).all(-1)
+    probs = probs.masked_fill(nonfinite.unsqueeze(-1), 0.0)
     top_k = max(1, math.floor((1.0 - drop_rate) * video_blocks))
     mass_limit = _mass_limit(cdf_threshold)
     kv_index, kv_count = run_lists(probs, adjacency, always_keep, num_blocks, first_text_block, top_k, mass_limit)
+    kv_index, kv_count = _dense_rows(kv_index, kv_count, nonfinite, num_blocks)
     return BlockLists(kv_index, kv_count, num_key_blocks=num_blocks)
+
+
+def _dense_rows(kv_index: torch.Tensor, kv_count: torch.Tensor, rows: torch.Tensor,
+                num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists with the video query rows flagged in ``rows`` ``bool[B, H, Vb]`` listing every key block."""
+    flagged = torch.nn.functional.pad(rows, (0, num_blocks - rows.shape[-1]))
+    ids = torch.arange(num_blocks, device=kv_index.device, dtype=kv_index.dtype)
+    kv_index = torch.where(flagged.unsqueeze(-1), ids, kv_index)
+    kv_count = torch.where(flagged, num_blocks, kv_count).to(kv_count.dtype)
+    return kv_index, kv_count
 
 
 @SELECT_REGISTRY.register("torch")
@@ -234,10 +251,13 @@ def _select_lists_triton_any(probs, adjacency, always_keep, num_blocks, first_te
 def _check_selection_args(q, k, drop_rate, cdf_threshold, block_size, num_video_tokens) -> None:
     if q.dim() != 4 or k.shape != q.shape:
         raise ValueError(f"q and k must both be [B, N, H, D] of one shape, got {tuple(q.shape)}, {tuple(k.shape)}")
+    for name, value in (("drop_rate", drop_rate), ("cdf_threshold", cdf_threshold)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
     if not 0.0 <= drop_rate < 1.0:
-        raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+        raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
     if not 0.0 <= cdf_threshold <= 1.0:
-        raise ValueError(f"cdf_threshold must be in [0, 1], got {cdf_threshold}")
+        raise ValueError(f"cdf_threshold must be in [0, 1], got {cdf_threshold!r}")
     if not is_int(block_size) or block_size <= 0:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     if num_video_tokens is not None and not 0 < num_video_tokens <= q.shape[1]:

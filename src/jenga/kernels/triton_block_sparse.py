@@ -11,20 +11,25 @@ and log-sum-exp of earlier ranges (``MERGE_IN``) and write a float32 partial ins
 ``FINAL``): the opt-in key phases of :mod:`jenga.kernels.triton_key_phases` (measured slower; off by
 default). The launcher here runs one phase over every key block.
 
-Layout: q/k/v/out are ``[B, N, H, D]`` (diffusers' layout, any strides with a unit last stride);
+Layout: q/k/v/out are ``[B, N, H, D]`` (diffusers' layout, any strides; the launcher copies a view whose last
+stride is not 1);
 LSE is ``float32[B, H, Nq]`` in natural-log units.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from ..backends import interpreting
 from .triton_autotune_timer import tuning_bench
+
+logger = logging.getLogger("jenga")
 
 _LOG2E = 1.4426950408889634
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)  # the kernel works in log2 units; the LSE is stored in ln
@@ -50,12 +55,49 @@ def _configs() -> list[triton.Config]:
                for m, n, w, s in with_q_tma])
 
 
+# Shared memory per block when the device cannot be asked (the opt-in limit of an H100 / H200).
+_DEFAULT_SHARED_MEMORY = 227 * 1024
+# Smaller tiles, tried in turn when no tuned config fits (float32 at head dim 256): (BLOCK_M, BLOCK_N, warps, stages)
+_FALLBACK_TILES = ((64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2), (32, 32, 4, 1), (16, 16, 4, 1))
+
+
+def shared_memory_estimate(block_m: int, block_n: int, num_stages: int, head_dim: int, element_size: int,
+                           q_tma: bool = False) -> int:
+    """Bytes of shared memory a config needs at least: ``num_stages`` buffers of one key and one value tile
+    (the software pipeline's), plus the query tile when it goes through a descriptor. A lower bound (layout
+    conversions take more); the launcher still falls back to smaller tiles when Triton reports too little."""
+    kv = num_stages * 2 * block_n * head_dim * element_size
+    return kv + (block_m * head_dim * element_size if q_tma else 0)
+
+
+def shared_memory_limit(device: torch.device | None) -> int:
+    """Opt-in shared memory per block of ``device`` (the H100 / H200 figure off CUDA)."""
+    if device is None or device.type != "cuda":
+        return _DEFAULT_SHARED_MEMORY
+    props = torch.cuda.get_device_properties(device)
+    return int(getattr(props, "shared_memory_per_block_optin", 0) or _DEFAULT_SHARED_MEMORY)
+
+
+def _fallback_configs(kv_block: int, head_dim: int, element_size: int, limit: int) -> list[triton.Config]:
+    """The fallback tiles that divide the block and fit ``limit`` by :func:`shared_memory_estimate`."""
+    out = []
+    for m, n, w, stages in _FALLBACK_TILES:
+        if kv_block % m or kv_block % n or shared_memory_estimate(m, n, stages, head_dim, element_size) > limit:
+            continue
+        out.append(triton.Config({"BLOCK_M": m, "BLOCK_N": n, "Q_TMA": False}, num_warps=w, num_stages=stages))
+    return out
+
+
 def _prune_configs(configs, named_args, **kwargs):
-    """Query tiles must sit inside one query block and key sub-tiles inside one key block."""
+    """Query tiles must sit inside one query block and key sub-tiles inside one key block; the tiles' key and
+    value buffers must fit the device's shared memory (float32 at head dim 256 needs small tiles)."""
     kv_block = kwargs.get("KV_BLOCK", named_args.get("KV_BLOCK"))
     head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
     ieee = kwargs.get("IEEE", named_args.get("IEEE"))
     use_tma = kwargs.get("USE_TMA", named_args.get("USE_TMA"))
+    q = named_args.get("Q")
+    element_size = q.element_size() if isinstance(q, torch.Tensor) else (4 if ieee else 2)
+    limit = shared_memory_limit(q.device if isinstance(q, torch.Tensor) else None)
     kept = []
     for cfg in configs:
         m, n = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
@@ -67,9 +109,10 @@ def _prune_configs(configs, named_args, **kwargs):
             continue
         if ieee and m * n > 64 * 64:  # exact float32 dots run on FMA units: small tiles, quick compiles
             continue
+        if shared_memory_estimate(m, n, cfg.num_stages, head_dim, element_size, cfg.kwargs.get("Q_TMA")) > limit:
+            continue
         kept.append(cfg)
-    return kept or [triton.Config({"BLOCK_M": min(64, kv_block), "BLOCK_N": min(64, kv_block), "Q_TMA": False},
-                                  num_warps=4, num_stages=2)]
+    return kept or _fallback_configs(kv_block, head_dim, element_size, limit)[:1]
 
 
 @triton.jit
@@ -312,6 +355,8 @@ def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, 
               out, lse, config, use_tma):
     """``(launch, out, lse)``: ``launch(part, part_lse, kb_lo, kb_hi, *, split, merge_in, final)`` runs the
     kernel once over key blocks ``[kb_lo, kb_hi)`` with everything else fixed here."""
+    # the kernel reads rows with a unit stride in the last dimension; any other view is copied (once)
+    q, k, v = (unit_last_stride(t) for t in (q, k, v))
     batch, seq_q, heads, head_dim = q.shape
     seq_k = k.shape[1]
     if out is None:
@@ -341,7 +386,12 @@ def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, 
     else:
         kernel, tiles = _block_sparse_fwd_tuned, {}
 
-    def launch(part, part_lse, kb_lo: int, kb_hi: int, *, split: bool, merge_in: bool, final: bool) -> None:
+    fallback_key = (head_dim, block_size, q.dtype, q.device)
+    if config is None and fallback_key in _FALLBACK_PICKS:
+        kernel, tiles = _block_sparse_fwd, _FALLBACK_PICKS[fallback_key]
+
+    def run(kernel, tiles, part, part_lse, kb_lo: int, kb_hi: int, split: bool, merge_in: bool,
+            final: bool) -> None:
         kernel[grid](
             q, k, v, out, lse, kv_index, kv_count, key_lengths_arg, part, part_lse,
             q.stride(0), q.stride(1), q.stride(2),
@@ -361,7 +411,36 @@ def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, 
             SPLIT=split, MERGE_IN=merge_in, FINAL=final, **tiles,
         )
 
+    def launch(part, part_lse, kb_lo: int, kb_hi: int, *, split: bool, merge_in: bool, final: bool) -> None:
+        nonlocal kernel, tiles
+        phase = (part, part_lse, kb_lo, kb_hi, split, merge_in, final)
+        try:
+            run(kernel, tiles, *phase)
+        except OutOfResources as err:  # raised when the binary is loaded, before anything is written
+            if config is not None:
+                raise ValueError(f"config {config} needs more GPU resources than there are ({err}); pass smaller "
+                                 "tiles or no config (the launcher then picks tiles that fit)") from err
+            for cand in _fallback_configs(block_size, head_dim, q.element_size(), 1 << 62):
+                cand_tiles = {**cand.kwargs, "num_warps": cand.num_warps, "num_stages": cand.num_stages}
+                try:
+                    run(_block_sparse_fwd, cand_tiles, *phase)
+                except OutOfResources:
+                    continue
+                kernel, tiles = _block_sparse_fwd, cand_tiles
+                _FALLBACK_PICKS[fallback_key] = cand_tiles
+                logger.info("jenga: kernel tiles %s for head dim %d, %s (the tuned ones exceed the GPU's "
+                            "resources)", cand_tiles, head_dim, q.dtype)
+                break
+            else:
+                raise ValueError(f"the triton kernel has no tile shape that fits this GPU at head dim {head_dim} "
+                                 f"in {q.dtype} ({err}); use bfloat16 / float16, or backend='torch' or 'flex'"
+                                 ) from err
+
     return launch, out, lse
+
+
+# (head dim, block size, dtype, device) -> the fallback tiles that ran where the tuned configs did not fit
+_FALLBACK_PICKS: dict[tuple, dict] = {}
 
 
 def last_tuned_config() -> dict[str, int] | None:
@@ -381,8 +460,15 @@ def _tma_default(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 
 
 def _tma_compatible(t: torch.Tensor) -> bool:
+    """16-byte aligned base and strides, unit last stride, no broadcast (zero) stride."""
     size = t.element_size()
-    return t.data_ptr() % 16 == 0 and all((s * size) % 16 == 0 for s in t.stride()[:3])
+    return (t.data_ptr() % 16 == 0 and t.stride(-1) == 1
+            and all(s > 0 and (s * size) % 16 == 0 for s in t.stride()[:3]))
+
+
+def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last dimension has a unit stride (what the kernels index), else a contiguous copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 _allocator_set = False

@@ -11,7 +11,8 @@ input dtype (``torch.nn.RMSNorm``), then each rotated pair is computed in float3
 and rounded once (Wan's RoPE writes ``x1 * cos - x2 * sin`` into a tensor of the input dtype). Reduction
 order and fused multiply-adds differ, so a value may differ from the stock one by a unit in the last place.
 
-Layout: ``x`` ``[B, N, C]`` with a unit last stride (a chunk of a fused QKV projection is fine);
+Layout: ``x`` ``[B, N, C]``, any strides (a chunk of a fused QKV projection is read in place; a view with a
+non-unit last stride is copied first);
 ``cos`` / ``sin`` ``[1 or B, N, 1, D]`` (``D = C / heads``); the output is a new contiguous ``[B, N, C]``.
 """
 
@@ -71,6 +72,8 @@ def rms_norm_rope_triton(
 ) -> torch.Tensor:
     """RMSNorm of each ``[C]`` row of ``x`` ``[B, N, C]`` with ``weight``, then Wan's interleaved RoPE with
     ``cos`` / ``sin`` ``[1 or B, N, 1, D]``. Inputs are validated by the caller."""
+    # rows are read with a unit stride in the last dimension: any other view is copied first
+    x, weight, cos, sin = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, weight, cos, sin))
     batch, seq, channels = x.shape
     head_dim = cos.shape[-1]
     out = torch.empty((batch, seq, channels), device=x.device, dtype=x.dtype)
