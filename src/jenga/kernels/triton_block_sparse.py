@@ -17,6 +17,7 @@ LSE is ``float32[B, H, Nq]`` in natural-log units.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -24,7 +25,10 @@ import triton
 import triton.language as tl
 
 from ..backends import interpreting
+from . import tuning
 from .triton_autotune_timer import tuning_bench
+
+logger = logging.getLogger("jenga")
 
 _LOG2E = 1.4426950408889634
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)  # the kernel works in log2 units; the LSE is stored in ln
@@ -292,6 +296,7 @@ def block_sparse_attention_triton(
     lse: torch.Tensor | None = None,
     config: dict[str, int] | None = None,
     use_tma: bool | None = None,
+    autotune: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel on validated inputs; returns ``(out, lse)`` (lse empty unless asked).
 
@@ -299,17 +304,19 @@ def block_sparse_attention_triton(
     ``config`` (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``, optional ``Q_TMA``) bypasses the
     autotuner (benchmarks). ``use_tma`` loads keys and values (and, where the config says so, queries) through
     tensor descriptors (default: on Hopper and newer when the layout of q, k and v allows it). The opt-in
-    key-phase launcher is :mod:`jenga.kernels.triton_key_phases`.
+    key-phase launcher is :mod:`jenga.kernels.triton_key_phases`. Without ``config`` the tiles come from the
+    shipped tuning table (:mod:`jenga.kernels.tuning`); ``autotune`` (default: ``JENGA_AUTOTUNE=1``) sweeps
+    them instead and saves the pick in the user's cache.
     """
     launch, out, lse = _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value,
-                                 return_lse, out, lse, config, use_tma)
+                                 return_lse, out, lse, config, use_tma, autotune=autotune)
     # one phase over every key block: the partial output is never read nor written (FINAL with no MERGE_IN)
     launch(out, lse, 0, triton.cdiv(k.shape[1], block_size), split=False, merge_in=False, final=True)
     return out, lse
 
 
 def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse,
-              out, lse, config, use_tma):
+              out, lse, config, use_tma, *, autotune: bool | None = None):
     """``(launch, out, lse)``: ``launch(part, part_lse, kb_lo, kb_hi, *, split, merge_in, final)`` runs the
     kernel once over key blocks ``[kb_lo, kb_hi)`` with everything else fixed here."""
     batch, seq_q, heads, head_dim = q.shape
@@ -324,6 +331,11 @@ def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, 
     key_lengths_arg = key_lengths if has_key_lengths else kv_count  # any int32 tensor, never read
     has_bias = bias_value != 0.0 and bias_start < seq_k
     upcast = interpreting() and q.dtype in (torch.bfloat16, torch.float16)
+    if autotune is None:
+        autotune = tuning.autotune_requested()
+    if config is None and not autotune and not interpreting():  # the shipped table: no sweep in a user's run
+        choice = tuning.choose(q.device, head_dim, q.dtype, block_size, seq_k, _tma_default(q, k, v), use_tma)
+        config, use_tma = choice.config, choice.use_tma
     if use_tma is None:
         use_tma = _tma_default(q, k, v)
     if use_tma:
@@ -360,8 +372,26 @@ def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, 
             IEEE=q.dtype == torch.float32, USE_TMA=use_tma,
             SPLIT=split, MERGE_IN=merge_in, FINAL=final, **tiles,
         )
+        if kernel is _block_sparse_fwd_tuned:
+            _save_autotuned_pick(q, block_size, seq_k, use_tma)
 
     return launch, out, lse
+
+
+_saved_picks: set[tuple] = set()
+
+
+def _save_autotuned_pick(q: torch.Tensor, block_size: int, seq_k: int, use_tma: bool) -> None:
+    """Once per process and autotuning key: the autotuner's pick into the user's cache."""
+    key = (q.device.index, q.shape[3], q.dtype, block_size, tuning.length_bucket(seq_k), use_tma)
+    config = last_tuned_config()
+    if key in _saved_picks or config is None:
+        return
+    _saved_picks.add(key)
+    try:
+        tuning.record_pick(q.device, q.shape[3], q.dtype, block_size, seq_k, use_tma, config)
+    except OSError as err:  # a read-only home must not fail the attention call
+        logger.warning("jenga: could not save the kernel tuning (%s)", err)
 
 
 def last_tuned_config() -> dict[str, int] | None:
