@@ -178,7 +178,7 @@ class Peers:
 
 def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: float, log,
               peers=("flex", "flex-flash", "fa4"), skipped: dict | None = None,
-              dtype: torch.dtype = torch.bfloat16) -> list[dict]:
+              dtype: torch.dtype = torch.bfloat16, longest_first: bool = False) -> list[dict]:
     device = torch.device("cuda")
     gen = torch.Generator(device=device).manual_seed(0)
     n, heads = shape.tokens, shape.heads
@@ -291,6 +291,14 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
                 except Exception as err:  # noqa: BLE001 - a capture failure must not cost the other figures
                     log(f"  graphed selector failed: {type(err).__name__}: {str(err)[:200]}")
             record("jenga-triton", lists_kind, real_density, ms_ours, **extra)
+            if longest_first:  # the same launch with query tiles started longest list first
+                def ours_sorted(kv_index=kv_index, kv_count=kv_count):
+                    return block_sparse_attention_triton(q, k, v, kv_index, kv_count, BLOCK, key_lengths, n, 0.0,
+                                                         False, longest_first=True)
+                ms_sorted = bench(ours_sorted, budget_ms)
+                same = torch.equal(ours_sorted()[0], ref)
+                record("jenga-triton-longest-first", lists_kind, real_density, ms_sorted,
+                       vs_plain_order=round(ms_ours / ms_sorted, 3), equal_to_plain_order=same)
             if skipped is not None:
                 skipped.update({f"{shape.name}/{peer}": why for peer, why in others.skipped.items()})
 
@@ -380,6 +388,8 @@ def main(argv=None) -> int:
     parser.add_argument("--head-dims", nargs="+", type=int, default=[128])
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16"], choices=["bfloat16", "float16"])
     parser.add_argument("--sweep", action="store_true", help="also time each kernel config explicitly")
+    parser.add_argument("--longest-first", action="store_true",
+                        help="also time ours with query tiles launched longest list first")
     parser.add_argument("--budget-ms", type=float, default=400.0, help="timing budget per measurement")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -416,7 +426,8 @@ def main(argv=None) -> int:
     for dtype, head_dim in itertools.product(args.dtypes, args.head_dims):
         for name in args.shapes:
             rows += run_shape(ALL_SHAPES[name], head_dim, args.densities, args.sweep, args.budget_ms, log,
-                              peers=args.peers, skipped=skipped, dtype=getattr(torch, dtype))
+                              peers=args.peers, skipped=skipped, dtype=getattr(torch, dtype),
+                              longest_first=args.longest_first)
             save()
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import torch
 import triton
@@ -143,7 +144,7 @@ def _attend_tile(
 
 @triton.jit
 def _block_sparse_fwd(
-    Q, K, V, Out, Lse, KvIndex, KvCount, KeyLengths, Part, PartLse,
+    Q, K, V, Out, Lse, KvIndex, KvCount, KeyLengths, Part, PartLse, Order,
     stride_qb, stride_qn, stride_qh,
     stride_kb, stride_kn, stride_kh,
     stride_vb, stride_vn, stride_vh,
@@ -157,18 +158,29 @@ def _block_sparse_fwd(
     HEAD_DIM: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_KEY_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_LSE: tl.constexpr,
     UPCAST: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr, Q_TMA: tl.constexpr,
-    SPLIT: tl.constexpr, MERGE_IN: tl.constexpr, FINAL: tl.constexpr,
+    SPLIT: tl.constexpr, MERGE_IN: tl.constexpr, FINAL: tl.constexpr, LONGEST_FIRST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
+    if LONGEST_FIRST:
+        # programs start in launch order: the n-th takes a tile of the n-th longest list, Order holding the
+        # flat (b, h, query block) indices sorted by descending kv_count (tiles past Nq get an empty list)
+        pos = pid_bh * tl.num_programs(0) + pid_m
+        flat = tl.load(Order + pos // (KV_BLOCK // BLOCK_M))
+        num_qb = tl.cdiv(seq_q, KV_BLOCK)
+        qb = flat % num_qb
+        b = (flat // num_qb) // num_heads
+        h = (flat // num_qb) % num_heads
+        q_start = qb * KV_BLOCK + (pos % (KV_BLOCK // BLOCK_M)) * BLOCK_M
+    else:
+        b = pid_bh // num_heads
+        h = pid_bh % num_heads
+        q_start = pid_m * BLOCK_M
+        qb = q_start // KV_BLOCK
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
 
     # -- this program's query tile, inside query block `qb`
-    q_start = pid_m * BLOCK_M
-    qb = q_start // KV_BLOCK
     offs_m = q_start + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     if Q_TMA:  # through shared memory: the first matmul reads q there instead of from registers
@@ -196,6 +208,8 @@ def _block_sparse_fwd(
                                            block_shape=[1, BLOCK_N, 1, HEAD_DIM])
     idx_base = KvIndex + b64 * stride_ib + h64 * stride_ih + qb * stride_iq
     count = tl.load(KvCount + b64 * stride_cb + h64 * stride_ch + qb)
+    if LONGEST_FIRST:
+        count = tl.where(q_start < seq_q, count, 0)
 
     # -- this launch's entries of the list: [first, n_valid). Lists ascend, so the blocks that start before
     # the key limit form a prefix, and a key phase [kb_lo, kb_hi) is a contiguous run of entries.
@@ -297,6 +311,7 @@ def block_sparse_attention_triton(
     config: dict[str, int] | None = None,
     use_tma: bool | None = None,
     autotune: bool | None = None,
+    longest_first: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel on validated inputs; returns ``(out, lse)`` (lse empty unless asked).
 
@@ -306,17 +321,20 @@ def block_sparse_attention_triton(
     tensor descriptors (default: on Hopper and newer when the layout of q, k and v allows it). The opt-in
     key-phase launcher is :mod:`jenga.kernels.triton_key_phases`. Without ``config`` the tiles come from the
     shipped tuning table (:mod:`jenga.kernels.tuning`); ``autotune`` (default: ``JENGA_AUTOTUNE=1``) sweeps
-    them instead and saves the pick in the user's cache.
+    them instead and saves the pick in the user's cache. ``longest_first`` (default: ``JENGA_LONGEST_FIRST=1``,
+    off otherwise) starts the query tiles of the longest lists first, over all heads, in an order sorted on the
+    device (no host synchronisation): fewer idle multiprocessors at the end when counts vary.
     """
     launch, out, lse = _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value,
-                                 return_lse, out, lse, config, use_tma, autotune=autotune)
+                                 return_lse, out, lse, config, use_tma, autotune=autotune,
+                                 longest_first=longest_first)
     # one phase over every key block: the partial output is never read nor written (FINAL with no MERGE_IN)
     launch(out, lse, 0, triton.cdiv(k.shape[1], block_size), split=False, merge_in=False, final=True)
     return out, lse
 
 
 def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse,
-              out, lse, config, use_tma, *, autotune: bool | None = None):
+              out, lse, config, use_tma, *, autotune: bool | None = None, longest_first: bool | None = None):
     """``(launch, out, lse)``: ``launch(part, part_lse, kb_lo, kb_hi, *, split, merge_in, final)`` runs the
     kernel once over key blocks ``[kb_lo, kb_hi)`` with everything else fixed here."""
     batch, seq_q, heads, head_dim = q.shape
@@ -341,7 +359,17 @@ def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, 
     if use_tma:
         _ensure_descriptor_allocator()
 
+    if longest_first is None:
+        longest_first = os.environ.get("JENGA_LONGEST_FIRST", "0") == "1"
+    num_qb = triton.cdiv(seq_q, block_size)
+    if longest_first:  # flat (b, h, query block) indices, longest list first; ties keep launch order
+        order = torch.argsort(kv_count.reshape(-1), descending=True, stable=True).to(torch.int32)
+    else:
+        order = kv_count  # never read
+
     def grid(meta):
+        if longest_first:  # every query block gets KV_BLOCK // BLOCK_M tiles, the last one's past Nq idle
+            return (num_qb * (block_size // meta["BLOCK_M"]), batch * heads)
         return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
 
     if config is not None:
@@ -355,7 +383,7 @@ def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, 
 
     def launch(part, part_lse, kb_lo: int, kb_hi: int, *, split: bool, merge_in: bool, final: bool) -> None:
         kernel[grid](
-            q, k, v, out, lse, kv_index, kv_count, key_lengths_arg, part, part_lse,
+            q, k, v, out, lse, kv_index, kv_count, key_lengths_arg, part, part_lse, order,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
@@ -370,7 +398,7 @@ def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, 
             HEAD_DIM=head_dim, KV_BLOCK=block_size,
             HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=return_lse, UPCAST=upcast,
             IEEE=q.dtype == torch.float32, USE_TMA=use_tma,
-            SPLIT=split, MERGE_IN=merge_in, FINAL=final, **tiles,
+            SPLIT=split, MERGE_IN=merge_in, FINAL=final, LONGEST_FIRST=longest_first, **tiles,
         )
         if kernel is _block_sparse_fwd_tuned:
             _save_autotuned_pick(q, block_size, seq_k, use_tma)
