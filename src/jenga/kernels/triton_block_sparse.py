@@ -325,6 +325,10 @@ def block_sparse_attention_triton(
     off otherwise) starts the query tiles of the longest lists first, over all heads, in an order sorted on the
     device (no host synchronisation): fewer idle multiprocessors at the end when counts vary.
     """
+    if config is None and not longest_first and _gluon_wanted(q, k, v, block_size, bias_value):
+        from .gluon_block_sparse import block_sparse_attention_gluon  # EXPERIMENTAL, opt-in (JENGA_GLUON=1)
+
+        return block_sparse_attention_gluon(q, k, v, kv_index, kv_count, block_size, key_lengths, return_lse, out, lse)
     launch, out, lse = _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value,
                                  return_lse, out, lse, config, use_tma, autotune=autotune,
                                  longest_first=longest_first)
@@ -404,6 +408,18 @@ def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, 
             _save_autotuned_pick(q, block_size, seq_k, use_tma)
 
     return launch, out, lse
+
+
+def _gluon_wanted(q, k, v, block_size: int, bias_value: float) -> bool:
+    """``JENGA_GLUON=1`` and the experimental Gluon kernel applies to these inputs (never by default)."""
+    if os.environ.get("JENGA_GLUON", "0") != "1" or not q.is_cuda:
+        return False
+    from .gluon_block_sparse import gluon_applies
+
+    reason = gluon_applies(q, k, v, block_size, bias_value)
+    if reason is not None:
+        logger.debug("jenga: JENGA_GLUON=1 but the Triton kernel runs: %s", reason)
+    return reason is None
 
 
 _saved_picks: set[tuple] = set()
