@@ -141,15 +141,16 @@ class Peers:
         return run
 
     def make_fa4(self, index, count):
+        """FlashAttention-4's public forward with the lists as full blocks (as benchmarks/fa4_peer.py)."""
+        from flash_attn.cute import flash_attn_func
         from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
-        from flash_attn.cute.interface import _flash_attn_fwd
 
-        tensors = BlockSparseTensorsTorch(torch.zeros_like(count), torch.zeros_like(index), count, index,
-                                          block_size=(BLOCK, BLOCK))
+        tensors = BlockSparseTensorsTorch(mask_block_cnt=torch.zeros_like(count), mask_block_idx=torch.zeros_like(index),
+                                          full_block_cnt=count, full_block_idx=index, block_size=(BLOCK, BLOCK))
 
         def run():
-            return _flash_attn_fwd(self.q, self.k_cut, self.v_cut, softmax_scale=self.q.shape[-1] ** -0.5,
-                                   return_lse=False, block_sparse_tensors=tensors)[0]
+            out = flash_attn_func(self.q, self.k_cut, self.v_cut, block_sparse_tensors=tensors)
+            return out[0] if isinstance(out, tuple) else out
         return run
 
     def build(self, name: str, index, count):
