@@ -145,8 +145,9 @@ class Peers:
         from flash_attn.cute import flash_attn_func
         from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
 
-        tensors = BlockSparseTensorsTorch(mask_block_cnt=torch.zeros_like(count), mask_block_idx=torch.zeros_like(index),
-                                          full_block_cnt=count, full_block_idx=index, block_size=(BLOCK, BLOCK))
+        tensors = BlockSparseTensorsTorch(
+            mask_block_cnt=torch.zeros_like(count), mask_block_idx=torch.zeros_like(index), full_block_cnt=count,
+            full_block_idx=index, block_size=(BLOCK, BLOCK))
 
         def run():
             out = flash_attn_func(self.q, self.k_cut, self.v_cut, block_sparse_tensors=tensors)
