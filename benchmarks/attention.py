@@ -66,6 +66,15 @@ def random_lists(batch, heads, qb, kb, density, device, generator):
     return dense_to_lists(mask)
 
 
+def ragged_lists(batch, heads, qb, kb, density, device, generator):
+    """Random key blocks with a count per (head, query block) drawn uniformly from 1 .. 2 * density * kb (mean
+    about ``density``): lists as uneven as the selector's, for the longest-first schedule, without its cost."""
+    keep = (torch.rand(batch, heads, qb, 1, device=device, generator=generator) * 2 * density * kb).round()
+    keep = keep.clamp(1, kb)
+    rank = torch.rand(batch, heads, qb, kb, device=device, generator=generator).argsort(-1).argsort(-1)
+    return dense_to_lists(rank < keep)
+
+
 def _graphed(fn):
     """``fn`` captured once in a CUDA graph; the returned callable replays it (device time, no host overhead)."""
     side = torch.cuda.Stream()
@@ -178,9 +187,29 @@ class Peers:
         return fn, out
 
 
+def time_gluon(q, k, v, kv_index, kv_count, key_lengths, ref, budget_ms):
+    """((ms, relative error against ours), None) for the experimental Gluon kernel, or (None, the reason)."""
+    try:
+        from jenga.kernels.gluon_block_sparse import block_sparse_attention_gluon, gluon_applies
+
+        reason = gluon_applies(q, k, v, BLOCK, 0.0)
+        if reason is not None:
+            return None, reason
+
+        def run():
+            return block_sparse_attention_gluon(q, k, v, kv_index, kv_count, BLOCK, key_lengths, False)
+        out = run()[0]
+        torch.cuda.synchronize()
+        err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+        return (bench(run, budget_ms), float(f"{err:.3g}")), None
+    except Exception as err:  # noqa: BLE001 - an experimental kernel's failure is recorded, not fatal
+        return None, f"{type(err).__name__}: {str(err)[:300]}"
+
+
 def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: float, log,
               peers=("flex", "flex-flash", "fa4"), skipped: dict | None = None,
-              dtype: torch.dtype = torch.bfloat16, longest_first: bool = False) -> list[dict]:
+              dtype: torch.dtype = torch.bfloat16, longest_first: bool = False, gluon: bool = False,
+              list_kinds=("random", "selector")) -> list[dict]:
     device = torch.device("cuda")
     gen = torch.Generator(device=device).manual_seed(0)
     n, heads = shape.tokens, shape.heads
@@ -233,8 +262,10 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
     sel_k = torch.cat([smooth_k[:, perm], smooth_k[:, shape.video_tokens:]], 1)
 
     for density in densities:
-        cases = [("random", random_lists(1, heads, qb, kb, density, device, gen))]
-        if density < 1.0:
+        cases = [("random", random_lists(1, heads, qb, kb, density, device, gen))] if "random" in list_kinds else []
+        if density < 1.0 and "ragged" in list_kinds:
+            cases.append(("ragged", ragged_lists(1, heads, qb, kb, density, device, gen)))
+        if density < 1.0 and "selector" in list_kinds:
             def select(drop=1.0 - density):
                 return select_blocks(sel_q, sel_k, drop_rate=drop, cdf_threshold=0.0, block_size=BLOCK,
                                      num_video_tokens=shape.video_tokens, adjacency=adjacency)
@@ -293,6 +324,16 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
                 except Exception as err:  # noqa: BLE001 - a capture failure must not cost the other figures
                     log(f"  graphed selector failed: {type(err).__name__}: {str(err)[:200]}")
             record("jenga-triton", lists_kind, real_density, ms_ours, **extra)
+            if gluon:  # the EXPERIMENTAL Gluon kernel on the same lists
+                ms_gluon, why = time_gluon(q, k, v, kv_index, kv_count, key_lengths, ref, budget_ms)
+                if ms_gluon is None:
+                    others.skipped["jenga-gluon"] = why
+                    log(f"  jenga-gluon skipped: {why}")
+                else:
+                    record("jenga-gluon", lists_kind, real_density, ms_gluon[0], rel_err_vs_jenga=ms_gluon[1],
+                           vs_jenga_triton=round(ms_ours / ms_gluon[0], 3),
+                           **({"vs_cudnn_per_block": round(dense["sdpa-cudnn"] * real_density / ms_gluon[0], 3)}
+                              if "sdpa-cudnn" in dense else {}))
             if longest_first:  # the same launch with query tiles started longest list first
                 def ours_sorted(kv_index=kv_index, kv_count=kv_count):
                     return block_sparse_attention_triton(q, k, v, kv_index, kv_count, BLOCK, key_lengths, n, 0.0,
@@ -390,6 +431,9 @@ def main(argv=None) -> int:
     parser.add_argument("--head-dims", nargs="+", type=int, default=[128])
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16"], choices=["bfloat16", "float16"])
     parser.add_argument("--sweep", action="store_true", help="also time each kernel config explicitly")
+    parser.add_argument("--gluon", action="store_true", help="also time the experimental Gluon kernel")
+    parser.add_argument("--lists", nargs="+", default=["random", "selector"], choices=["random", "ragged", "selector"],
+                        help="block lists: random (equal counts), ragged (uneven counts), the real selector's")
     parser.add_argument("--longest-first", action="store_true",
                         help="also time ours with query tiles launched longest list first")
     parser.add_argument("--budget-ms", type=float, default=400.0, help="timing budget per measurement")
@@ -429,7 +473,7 @@ def main(argv=None) -> int:
         for name in args.shapes:
             rows += run_shape(ALL_SHAPES[name], head_dim, args.densities, args.sweep, args.budget_ms, log,
                               peers=args.peers, skipped=skipped, dtype=getattr(torch, dtype),
-                              longest_first=args.longest_first)
+                              longest_first=args.longest_first, gluon=args.gluon, list_kinds=args.lists)
             save()
     return 0
 
