@@ -109,8 +109,8 @@ def lists_within(kv_index, kv_count, num_kb: int, key_blocks: int):
 
 
 class Peers:
-    """The peers' callables for one shape, built once; each ``make_*`` returns ``(fn, None)`` or
-    ``(None, reason)`` so that a missing peer is recorded, not fatal."""
+    """The peers' inputs for one shape, prepared once; :meth:`build` returns a peer's callable and its output,
+    or ``(None, None)`` with the reason in ``skipped``, so that a missing peer is recorded, not fatal."""
 
     def __init__(self, q, k, v, limit: int):
         # contiguous [B, H, N, D]: what Flex and SDPA run fastest on; k and v cut at the key limit
