@@ -391,7 +391,7 @@ def first_call_child(name: str, density: float) -> int:
     return 0
 
 
-def first_calls(names, density: float, autotune: bool, log) -> list[dict]:
+def first_calls(names, density: float, autotune: bool, log, on_row=None) -> list[dict]:
     """Each shape in fresh processes with an empty Triton cache (cold: the JIT compile), then again on the
     filled cache (warm disk cache); with ``autotune`` also a cold process under JENGA_AUTOTUNE=1."""
     rows = []
@@ -414,6 +414,8 @@ def first_calls(names, density: float, autotune: bool, log) -> list[dict]:
                     row["first_over_warm"] = round(1000 * row["first_s"] / row["warm_ms"], 1)
                     rows.append(row)
                     log(f"first call {name} {mode} {cache} cache: {row['first_s']:.2f} s, warm {row['warm_ms']:.2f} ms")
+                    if on_row is not None:  # saved as it goes: a run cut by a time limit keeps what it measured
+                        on_row(row)
     return rows
 
 
@@ -466,7 +468,8 @@ def main(argv=None) -> int:
         log(f"wrote {out}")
 
     if args.first_call:
-        rows += first_calls(args.shapes, args.densities[0], args.first_call_autotune, log)
+        first_calls(args.shapes, args.densities[0], args.first_call_autotune, log,
+                    on_row=lambda row: (rows.append(row), save()))
         save()
         return 0
     for dtype, head_dim in itertools.product(args.dtypes, args.head_dims):
