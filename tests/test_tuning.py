@@ -142,3 +142,12 @@ def test_autotune_on_request_saves_the_pick(hopper, monkeypatch):
     tbs._saved_picks.clear()
     plain, tuned = _launch(monkeypatch, autotune=True)  # the argument asks for it too
     assert len(tuned.launches) == 1
+
+
+def test_tune_names_what_it_needs():
+    from jenga.kernels import tune
+
+    with pytest.raises(ValueError, match="CUDA device"):
+        tune([256], device="cpu")
+    with pytest.raises(ValueError, match="density"):
+        tuning.tune([256], density=0.0, device="cuda")

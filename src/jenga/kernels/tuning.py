@@ -247,10 +247,10 @@ def tune(
     from .triton_block_sparse import _tma_default, block_sparse_attention_triton, last_tuned_config
 
     device = torch.device(device)
-    if device.type != "cuda":
-        raise ValueError(f"tune needs a CUDA device, got {device}")
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
+    if device.type != "cuda":
+        raise ValueError(f"tune needs a CUDA device, got {device}")
     gen = torch.Generator(device=device).manual_seed(0)
     for n in lengths:
         blocks = math.ceil(n / block_size)
