@@ -187,7 +187,7 @@ class Peers:
         return fn, out
 
 
-def time_gluon(q, k, v, kv_index, kv_count, key_lengths, ref, budget_ms):
+def time_gluon(q, k, v, kv_index, kv_count, key_lengths, ref, budget_ms, pipeline=False):
     """((ms, relative error against ours), None) for the experimental Gluon kernel, or (None, the reason)."""
     try:
         from jenga.kernels.gluon_block_sparse import block_sparse_attention_gluon, gluon_applies
@@ -197,7 +197,8 @@ def time_gluon(q, k, v, kv_index, kv_count, key_lengths, ref, budget_ms):
             return None, reason
 
         def run():
-            return block_sparse_attention_gluon(q, k, v, kv_index, kv_count, BLOCK, key_lengths, False)
+            return block_sparse_attention_gluon(q, k, v, kv_index, kv_count, BLOCK, key_lengths, False,
+                                                pipeline=pipeline)
         out = run()[0]
         torch.cuda.synchronize()
         err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
@@ -324,13 +325,16 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
                 except Exception as err:  # noqa: BLE001 - a capture failure must not cost the other figures
                     log(f"  graphed selector failed: {type(err).__name__}: {str(err)[:200]}")
             record("jenga-triton", lists_kind, real_density, ms_ours, **extra)
-            if gluon:  # the EXPERIMENTAL Gluon kernel on the same lists
-                ms_gluon, why = time_gluon(q, k, v, kv_index, kv_count, key_lengths, ref, budget_ms)
+            for pipeline in (False, True) if gluon else ():  # the EXPERIMENTAL Gluon kernel, same lists
+                label = "jenga-gluon-pipelined" if pipeline else "jenga-gluon"
+                if label in others.skipped:
+                    continue
+                ms_gluon, why = time_gluon(q, k, v, kv_index, kv_count, key_lengths, ref, budget_ms, pipeline)
                 if ms_gluon is None:
-                    others.skipped["jenga-gluon"] = why
-                    log(f"  jenga-gluon skipped: {why}")
+                    others.skipped[label] = why
+                    log(f"  {label} skipped: {why}")
                 else:
-                    record("jenga-gluon", lists_kind, real_density, ms_gluon[0], rel_err_vs_jenga=ms_gluon[1],
+                    record(label, lists_kind, real_density, ms_gluon[0], rel_err_vs_jenga=ms_gluon[1],
                            vs_jenga_triton=round(ms_ours / ms_gluon[0], 3),
                            **({"vs_cudnn_per_block": round(dense["sdpa-cudnn"] * real_density / ms_gluon[0], 3)}
                               if "sdpa-cudnn" in dense else {}))

@@ -16,9 +16,14 @@ from jenga.kernels import gluon_block_sparse as gbs
 _CHILD = """
 import json, re
 from jenga.kernels.gluon_block_sparse import compile_for_hopper
-ptx = compile_for_hopper(head_dim=64).asm["ptx"]
-print(json.dumps(dict(wgmma=len(re.findall(r"wgmma\\.mma_async", ptx)),
-                      tma=len(re.findall(r"cp\\.async\\.bulk\\.tensor", ptx)), setmaxnreg="setmaxnreg" in ptx)))
+found = {}
+for pipeline in (False, True):
+    ptx = compile_for_hopper(head_dim=64, pipeline=pipeline).asm["ptx"]
+    found[str(pipeline)] = dict(wgmma=len(re.findall(r"wgmma\\.mma_async", ptx)),
+                                tma=len(re.findall(r"cp\\.async\\.bulk\\.tensor", ptx)),
+                                setmaxnreg="setmaxnreg" in ptx,
+                                wait_one=bool(re.search(r"wgmma\\.wait_group\\.sync\\.aligned 1", ptx)))
+print(json.dumps(found))
 """
 
 
@@ -32,6 +37,9 @@ def test_gluon_kernel_compiles_for_hopper():
     done = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    assert found["wgmma"] > 0, "no warpgroup MMA in the PTX"
-    assert found["tma"] > 0, "no TMA load in the PTX"
-    assert found["setmaxnreg"]  # warp specialisation hands the producer warp fewer registers
+    for variant in found.values():
+        assert variant["wgmma"] > 0, "no warpgroup MMA in the PTX"
+        assert variant["tma"] > 0, "no TMA load in the PTX"
+        assert variant["setmaxnreg"]  # warp specialisation hands the producer warp fewer registers
+    # the pipelined consumer leaves one wgmma group (the previous P·V) in flight during the softmax
+    assert found["True"]["wait_one"] and not found["False"]["wait_one"]

@@ -23,11 +23,12 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
+@pytest.mark.parametrize("pipeline", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("seq_q, seq_k, with_lengths", [(1_000, 1_000, False), (1_000, 1_300, True),
                                                         (4_096, 4_096, True)])
-def test_gluon_matches_float64(dtype, head_dim, seq_q, seq_k, with_lengths):
+def test_gluon_matches_float64(dtype, head_dim, seq_q, seq_k, with_lengths, pipeline):
     torch.manual_seed(torch.seed() % 2**31)
     batch, heads = 2, 3
     q = torch.randn(batch, seq_q, heads, head_dim, device="cuda", dtype=dtype)
@@ -40,7 +41,8 @@ def test_gluon_matches_float64(dtype, head_dim, seq_q, seq_k, with_lengths):
     key_lengths = torch.tensor([seq_k, seq_k - 333], device="cuda", dtype=torch.int32) if with_lengths else None
     out = torch.full_like(q, float("nan"))
     lse = torch.full((batch, heads, seq_q), float("nan"), device="cuda")
-    block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, key_lengths, True, out=out, lse=lse)
+    block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, key_lengths, True, out=out, lse=lse,
+                                 pipeline=pipeline)
     ref, ref_lse = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch",
                                           key_lengths=key_lengths, return_lse=True)
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()

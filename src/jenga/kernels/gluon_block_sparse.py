@@ -16,8 +16,11 @@ Structure (FlashAttention-3 style, first step):
   consumers release a buffer through ``kv_empty`` once its P·V has completed, so loads run ahead of the math;
 - the block that straddles the key limit (key lengths, or Nk not a multiple of 128) is the only one masked.
 
-Not yet done (FA3's remaining steps): ping-pong scheduling between the two warpgroups, the next block's
-Q·Kᵀ overlapping this block's softmax, ``setmaxnreg`` tuning, key bias.
+Optionally (``pipeline=True`` or ``JENGA_GLUON_PIPELINE=1``) the consumer is software-pipelined as in FA3:
+block i's softmax runs while block i-1's P·V is in flight, block i+1's Q·Kᵀ is issued ahead of block i's P·V.
+
+Not yet done (FA3's remaining steps): ping-pong scheduling between the two warpgroups, ``setmaxnreg`` tuning,
+key bias, a persistent grid.
 
 Semantics kept: key lengths, LSE, partial blocks, Nq != Nk, per-batch and per-head lists. Inputs must be
 contiguous ``[B, N, H, D]`` (they are viewed as ``[B*N, H*D]`` for the TMA descriptors: rows of another batch
@@ -36,6 +39,7 @@ try:  # Gluon ships with Triton >= 3.5 on CUDA builds; absent elsewhere
     import triton
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia import hopper as _hopper
     from triton.experimental.gluon.language.nvidia.hopper import (
         mbarrier,
         tma,
@@ -92,6 +96,14 @@ if GLUON_IMPORT_ERROR is None:
     CONSUMER_WARPS = gl.constexpr(8)  # the default partition: two warpgroups, 64 query rows each
     # the TMA load was tma.async_copy_global_to_shared in older Gluon, tma.async_load in newer
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+
+    @gluon.jit
+    def _same(value):
+        return value
+
+    # an async wgmma's result before its wait: a distinct type in newer Gluon (warpgroup_mma_init makes one
+    # from a tensor), a plain tensor in older releases
+    _mma_init = getattr(_hopper, "warpgroup_mma_init", None) or _same
 
     # Python run at trace time: gl.constexpr_function in older Gluon, triton.constexpr_function in newer
     _constexpr_function = getattr(gl, "constexpr_function", None) or triton.constexpr_function
@@ -160,12 +172,70 @@ if GLUON_IMPORT_ERROR is None:
         return acc, m_i, l_i
 
     @gluon.jit
+    def _consumer_pipelined(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit,
+                            qk_scale):
+        """As :func:`_consumer`, software-pipelined as FlashAttention-3 does within a warpgroup: block i's
+        softmax runs while block i-1's P·V is still on the tensor cores, and block i+1's Q·Kᵀ is issued before
+        block i's P·V (wgmma groups complete in issue order, so waiting for all but one leaves P·V in flight).
+        A key/value buffer is released once the P·V that read it has completed, one iteration later."""
+        HEAD_DIM: gl.constexpr = q_smem.shape[1]
+        NUM_STAGES: gl.constexpr = k_smem.shape[0]
+        s_layout: gl.constexpr = _wgmma_layout(CONSUMER_WARPS, TILE)
+        o_layout: gl.constexpr = _wgmma_layout(CONSUMER_WARPS, HEAD_DIM)
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+        m_i = gl.full([TILE], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
+        l_i = gl.zeros([TILE], gl.float32, layout=gl.SliceLayout(1, s_layout))
+        acc = gl.zeros([TILE, HEAD_DIM], gl.float32, layout=o_layout)
+        s_zero = gl.zeros([TILE, TILE], gl.float32, layout=s_layout)
+        offs_block = gl.arange(0, TILE, layout=gl.SliceLayout(0, s_layout))
+
+        mbarrier.wait(q_bar, 0)
+        # in-flight results are loop-carried: as wgmma accumulators where Gluon has that type
+        acc = _mma_init(acc)
+        s_next = _mma_init(s_zero)
+        if n_valid > 0:
+            mbarrier.wait(k_ready.index(0), 0)
+            s_next = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        for i in range(n_valid):
+            stage = i % NUM_STAGES
+            phase = (i // NUM_STAGES) & 1
+            if i == 0:
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s_next,))
+            else:  # S_i done; block i-1's P·V, issued after it, may still run
+                s = warpgroup_mma_wait(num_outstanding=1, deps=(s_next,))
+            kb = gl.load(idx_base + i)
+            s = s * qk_scale
+            if (kb + 1) * TILE > key_limit:  # the one block that straddles the key limit
+                s = gl.where(gl.expand_dims(kb * TILE + offs_block < key_limit, 0), s, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, 1))
+            p = gl.exp2(s - gl.expand_dims(m_new, 1))
+            alpha = gl.exp2(m_i - m_new)
+            l_i = l_i * alpha + gl.sum(p, 1)
+            p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))  # P·V of block i-1 done
+            if i > 0:
+                mbarrier.arrive(kv_empty.index((i - 1) % NUM_STAGES), count=1)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            if i + 1 < n_valid:  # the next block's Q·Kᵀ goes ahead of this block's P·V
+                next_stage = (i + 1) % NUM_STAGES
+                mbarrier.wait(k_ready.index(next_stage), ((i + 1) // NUM_STAGES) & 1)
+                s_next = warpgroup_mma(q_smem, k_smem.index(next_stage).permute((1, 0)), s_zero, use_acc=False,
+                                       is_async=True)
+            mbarrier.wait(v_ready.index(stage), phase)
+            acc = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
+            m_i = m_new
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        return acc, m_i, l_i
+
+    @gluon.jit
     def _gluon_block_sparse_fwd(
         q_desc, k_desc, v_desc, Out, Lse, KvIndex, KvCount, KeyLengths,
         stride_ob, stride_on, stride_oh, stride_lb, stride_lh, stride_ib, stride_ih, stride_iq, stride_cb, stride_ch,
         num_heads, seq_q, seq_k, qk_scale,
         HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, HAS_KEY_LENGTHS: gl.constexpr,
-        WRITE_LSE: gl.constexpr, NEW_WS_API: gl.constexpr, num_warps: gl.constexpr,
+        WRITE_LSE: gl.constexpr, NEW_WS_API: gl.constexpr, PIPELINE: gl.constexpr, num_warps: gl.constexpr,
     ):
         qb = gl.program_id(0)
         pid_bh = gl.program_id(1)
@@ -211,10 +281,19 @@ if GLUON_IMPORT_ERROR is None:
                          qk_scale)
         producer_args = (k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, kv_empty, idx_base, n_valid, b * seq_k,
                          col0)
-        if NEW_WS_API:
-            acc, m_i, l_i = gl.warp_specialize([(_consumer, consumer_args), (_producer, producer_args)], [1], [24])
+        if PIPELINE:
+            if NEW_WS_API:
+                acc, m_i, l_i = gl.warp_specialize([(_consumer_pipelined, consumer_args), (_producer, producer_args)],
+                                                   [1], [24])
+            else:
+                acc, m_i, l_i = gl.warp_specialize(consumer_args, _consumer_pipelined, producer_args, [_producer],
+                                                   [1], [24])
         else:
-            acc, m_i, l_i = gl.warp_specialize(consumer_args, _consumer, producer_args, [_producer], [1], [24])
+            if NEW_WS_API:
+                acc, m_i, l_i = gl.warp_specialize([(_consumer, consumer_args), (_producer, producer_args)], [1],
+                                                   [24])
+            else:
+                acc, m_i, l_i = gl.warp_specialize(consumer_args, _consumer, producer_args, [_producer], [1], [24])
 
         # -- epilogue: rows with no valid key get 0 and LSE = -inf
         s_layout: gl.constexpr = _wgmma_layout(CONSUMER_WARPS, TILE)
@@ -252,8 +331,12 @@ def block_sparse_attention_gluon(
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
     num_stages: int | None = None,
+    pipeline: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """EXPERIMENTAL launcher; the same contract as ``block_sparse_attention_triton`` without key bias.
+
+    ``pipeline`` (default: ``JENGA_GLUON_PIPELINE=1``, off otherwise) selects the software-pipelined consumer
+    (:func:`_consumer_pipelined`) over the plain one.
 
     Raises ``ValueError`` naming the reason where :func:`gluon_applies` says the kernel cannot run.
     """
@@ -275,28 +358,33 @@ def block_sparse_attention_gluon(
     q_desc, k_desc, v_desc = (
         TensorDescriptor.from_tensor(t.view(t.shape[0] * t.shape[1], heads * head_dim), [BLOCK, head_dim], layout)
         for t in (q, k, v))
-    stages = num_stages or (2 if head_dim == 128 else 3)
+    if pipeline is None:
+        pipeline = os.environ.get("JENGA_GLUON_PIPELINE", "0") == "1"
+    # the pipelined consumer refills a buffer only after the P·V that read it: one stage more (at head dim 128,
+    # 3 stages take 229,612 bytes of shared memory of the 232,448 a Hopper block may have)
+    stages = num_stages or (2 if head_dim == 128 else 3) + int(bool(pipeline))
     _gluon_block_sparse_fwd[(math.ceil(seq_q / BLOCK), batch * heads)](
         q_desc, k_desc, v_desc, out, lse, kv_index, kv_count, key_lengths_arg,
         out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
         kv_index.stride(0), kv_index.stride(1), kv_index.stride(2), kv_count.stride(0), kv_count.stride(1),
         heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim),
         HEAD_DIM=head_dim, NUM_STAGES=stages, HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=return_lse,
-        NEW_WS_API=_new_warp_specialize_api(), num_warps=CONSUMER_WARPS.value,
+        NEW_WS_API=_new_warp_specialize_api(), PIPELINE=bool(pipeline), num_warps=CONSUMER_WARPS.value,
     )
     return out, lse
 
 
-def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_key_lengths: bool = True):
+def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_key_lengths: bool = True,
+                       pipeline: bool = False):
     """Compile the kernel for sm_90 without a GPU (``GluonASTSource`` with an explicit target, Triton >= 3.9):
     a build check and a way to read its PTX, registers and shared memory. Not under ``TRITON_INTERPRET=1``."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     layout = gl.NVMMASharedLayout.get_default_for([BLOCK, head_dim], gl.bfloat16)
-    constants = dict(HEAD_DIM=head_dim, NUM_STAGES=num_stages or (2 if head_dim == 128 else 3),
+    constants = dict(HEAD_DIM=head_dim, NUM_STAGES=num_stages or (2 if head_dim == 128 else 3) + int(pipeline),
                      HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=True, NEW_WS_API=_new_warp_specialize_api(),
-                     num_warps=CONSUMER_WARPS.value)
+                     PIPELINE=pipeline, num_warps=CONSUMER_WARPS.value)
     pointers = {"Out": "*bf16", "Lse": "*fp32", "KvIndex": "*i32", "KvCount": "*i32", "KeyLengths": "*i32"}
     signature = {}
     for name in _gluon_block_sparse_fwd.arg_names:
