@@ -150,4 +150,4 @@ def test_tune_names_what_it_needs():
     with pytest.raises(ValueError, match="CUDA device"):
         tune([256], device="cpu")
     with pytest.raises(ValueError, match="density"):
-        tuning.tune([256], density=0.0, device="cuda")
+        tune([256], density=0.0, device="cuda")
