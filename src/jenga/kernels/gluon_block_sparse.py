@@ -35,6 +35,8 @@ import os
 
 import torch
 
+from ..backends import interpreting
+
 try:  # Gluon ships with Triton >= 3.5 on CUDA builds; absent elsewhere
     import triton
     from triton.experimental import gluon
@@ -68,7 +70,7 @@ def gluon_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size:
         return f"triton.experimental.gluon unavailable ({GLUON_IMPORT_ERROR})"
     if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] != 9:
         return "needs a Hopper GPU (compute capability 9.x)"
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if interpreting():
         return "Gluon does not run in the Triton interpreter"
     if q.dtype not in (torch.bfloat16, torch.float16):
         return f"dtype {q.dtype} (bfloat16 and float16 only)"
