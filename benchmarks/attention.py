@@ -1,22 +1,41 @@
-"""Block-sparse attention at the real video shapes: jenga's Triton kernel vs FlexAttention vs dense SDPA.
+"""Block-sparse attention at the real video shapes: jenga's Triton kernel against the strongest peers.
 
 Run on a CUDA GPU::
 
-    python benchmarks/attention.py                       # all shapes, densities 1.0 / 0.25 / 0.10
-    python benchmarks/attention.py --shapes wan1.3b --sweep  # also time every kernel config explicitly
+    python benchmarks/attention.py                       # the real shapes, densities 1.0 / 0.25 / 0.10
+    python benchmarks/attention.py --shapes wan1.3b wan1.3b-32768 --sweep  # also every kernel config
+    python benchmarks/attention.py --first-call --shapes wan1.3b hunyuan   # a fresh process's first call
 
-Effective TFLOP/s = 4 * B * H * N^2 * D * density / time, with the density of the lists actually used.
-Each figure is the median of ``triton.testing.do_bench`` after warm-up, on random (never zero) inputs.
-Writes ``benchmarks/results/attention-<card>.json`` (or ``--out``).
+Peers, all on the same lists in the same run, each given its best inputs:
+
+- ``sdpa-cudnn`` / ``sdpa-flash``: dense SDPA on contiguous ``[B, H, N, D]`` tensors;
+- ``flex``: ``torch.compile(flex_attention, dynamic=False)`` on contiguous ``[B, H, N, D]`` tensors, a
+  ``BlockMask.from_kv_blocks`` holding every listed block as a full block and no ``mask_mod`` (keys past the
+  key limit are cut by slicing k and v to the limit, so no block needs a mask), no LSE;
+- ``flex-flash``: the same with ``kernel_options={"BACKEND": "FLASH"}`` (FlexAttention's FlashAttention-4
+  lowering, where this torch has it and ``flash_attn.cute`` is installed);
+- ``fa4``: FlashAttention-4's own block-sparse forward (``flash_attn.cute``), 128 x 128 tiles, if installed;
+- ``jenga-triton``: ours, tiles from the shipped table (``jenga.kernels.tuning``), never autotuned here.
+
+A peer that cannot run here is skipped with its reason in the JSON (``skipped``). Shapes come at the real
+lengths and at the nearest multiples of 128 (``wan1.3b-32768``, ``hunyuan-119040``), where dense kernels
+run faster. Effective TFLOP/s = 4 * B * H * N^2 * D * density / time, with the density of the lists used;
+per-block share of cuDNN = cuDNN dense time * density / time. Each figure is the median of
+``triton.testing.do_bench`` after warm-up, on random inputs. Writes ``benchmarks/results/attention-<card>.json``
+(or ``--out``) after every shape.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
+import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,9 +44,17 @@ import torch
 import triton
 from _common import BLOCK, SHAPES, Shape, bench, card_name, git_commit
 
-from jenga import block_adjacency, curve_permutation, dense_to_lists, select_blocks
-from jenga.kernels.flex import block_sparse_attention_flex, flex_block_mask
-from jenga.kernels.triton_block_sparse import _configs, block_sparse_attention_triton, last_tuned_config
+from jenga import block_adjacency, curve_permutation, dense_to_lists, lists_to_dense, select_blocks
+from jenga.kernels import tuning
+from jenga.kernels.triton_block_sparse import _configs, _tma_default, block_sparse_attention_triton
+
+# the real lengths' nearest multiples of 128 (Wan has no text keys: the 8 extra tokens are all valid)
+ALIGNED_SHAPES = {
+    "wan1.3b-32768": Shape("wan1.3b-32768", 12, (21, 30, 52), text_tokens=8, valid_text=8),
+    "hunyuan-119040": Shape("hunyuan-119040", 24, (33, 45, 80), text_tokens=240, valid_text=200),
+}
+ALL_SHAPES = {**SHAPES, **ALIGNED_SHAPES}
+DEFAULT_SHAPES = ["wan1.3b", "wan1.3b-32768", "wan14b", "hunyuan", "hunyuan-119040"]
 
 
 def random_lists(batch, heads, qb, kb, density, device, generator):
@@ -37,6 +64,15 @@ def random_lists(batch, heads, qb, kb, density, device, generator):
     top = scores.topk(keep, dim=-1).indices
     mask = torch.zeros(batch, heads, qb, kb, dtype=torch.bool, device=device).scatter_(-1, top, True)
     return dense_to_lists(mask)
+
+
+def ragged_lists(batch, heads, qb, kb, density, device, generator):
+    """Random key blocks with a count per (head, query block) drawn uniformly from 1 .. 2 * density * kb (mean
+    about ``density``): lists as uneven as the selector's, for the longest-first schedule, without its cost."""
+    keep = (torch.rand(batch, heads, qb, 1, device=device, generator=generator) * 2 * density * kb).round()
+    keep = keep.clamp(1, kb)
+    rank = torch.rand(batch, heads, qb, kb, device=device, generator=generator).argsort(-1).argsort(-1)
+    return dense_to_lists(rank < keep)
 
 
 def _graphed(fn):
@@ -66,21 +102,134 @@ def smooth_field(shape: Shape, dim: int, heads: int, device, generator) -> torch
     return fine.view(heads, dim, -1).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
-def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: float, log) -> list[dict]:
+def lists_within(kv_index, kv_count, num_kb: int, key_blocks: int):
+    """The lists with blocks at or past ``key_blocks`` dropped (width ``key_blocks``): what the peers get once
+    k and v are cut at the key limit."""
+    return dense_to_lists(lists_to_dense(kv_index, kv_count, num_kb)[..., :key_blocks].contiguous())
+
+
+class Peers:
+    """The peers' inputs for one shape, prepared once; :meth:`build` returns a peer's callable and its output,
+    or ``(None, None)`` with the reason in ``skipped``, so that a missing peer is recorded, not fatal."""
+
+    def __init__(self, q, k, v, limit: int):
+        # contiguous [B, H, N, D]: what Flex and SDPA run fastest on; k and v cut at the key limit
+        self.qh, self.kh, self.vh = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        self.kh_cut, self.vh_cut = self.kh[:, :, :limit], self.vh[:, :, :limit]
+        self.q, self.k_cut, self.v_cut = q, k[:, :limit], v[:, :limit]  # FlashAttention-4 takes [B, N, H, D]
+        self.limit = limit
+        self.skipped: dict[str, str] = {}
+        self._flex = None
+
+    def _compiled_flex(self):
+        if self._flex is None:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            # every shape and backend is one more compile of the same function: past dynamo's default limit
+            # of 8 it would fall back to eager FlexAttention and time that instead
+            for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                         "accumulated_cache_size_limit"):
+                if hasattr(torch._dynamo.config, name):
+                    setattr(torch._dynamo.config, name, max(256, getattr(torch._dynamo.config, name)))
+            self._flex = torch.compile(flex_attention, dynamic=False)
+        return self._flex
+
+    def make_flex(self, index, count, backend: str | None = None):
+        """Every listed block full, no mask_mod, no LSE; ``backend="FLASH"`` asks for the FA4 lowering."""
+        from torch.nn.attention.flex_attention import BlockMask
+
+        seq_q = self.qh.shape[2]
+        block_mask = BlockMask.from_kv_blocks(
+            torch.zeros_like(count), torch.zeros_like(index), count, index, BLOCK_SIZE=BLOCK, mask_mod=None,
+            seq_lengths=(seq_q, self.limit), compute_q_blocks=False)
+        flex = self._compiled_flex()
+        options = {"BACKEND": backend} if backend else None
+
+        def run():
+            return flex(self.qh, self.kh_cut, self.vh_cut, block_mask=block_mask, kernel_options=options)
+        return run
+
+    def make_fa4(self, index, count):
+        """FlashAttention-4's public forward with the lists as full blocks (as benchmarks/fa4_peer.py)."""
+        from flash_attn.cute import flash_attn_func
+        from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+
+        tensors = BlockSparseTensorsTorch(
+            mask_block_cnt=torch.zeros_like(count), mask_block_idx=torch.zeros_like(index), full_block_cnt=count,
+            full_block_idx=index, block_size=(BLOCK, BLOCK))
+
+        def run():
+            out = flash_attn_func(self.q, self.k_cut, self.v_cut, block_sparse_tensors=tensors)
+            return out[0] if isinstance(out, tuple) else out
+        return run
+
+    def build(self, name: str, index, count):
+        """The peer's callable after one checked call, or None with the reason kept in ``skipped``."""
+        if name in self.skipped:  # failed at an earlier density of this shape: not retried
+            return None, None
+        try:
+            if name == "flex":
+                fn = self.make_flex(index, count)
+            elif name == "flex-flash":
+                fn = self.make_flex(index, count, backend="FLASH")
+            elif name == "fa4":
+                fn = self.make_fa4(index, count)
+            else:
+                raise ValueError(name)
+            out = fn()
+            torch.cuda.synchronize()
+        except Exception as err:  # noqa: BLE001 - a peer missing on this machine is recorded, not fatal
+            self.skipped[name] = f"{type(err).__name__}: {str(err)[:300]}"
+            return None, None
+        out = out[0] if isinstance(out, tuple) else out
+        if name.startswith("flex"):
+            out = out.transpose(1, 2)
+        return fn, out
+
+
+def time_gluon(q, k, v, kv_index, kv_count, key_lengths, ref, budget_ms, pipeline=False):
+    """((ms, relative error against ours), None) for the experimental Gluon kernel, or (None, the reason)."""
+    try:
+        from jenga.kernels.gluon_block_sparse import block_sparse_attention_gluon, gluon_applies
+
+        reason = gluon_applies(q, k, v, BLOCK, 0.0)
+        if reason is not None:
+            return None, reason
+
+        def run():
+            return block_sparse_attention_gluon(q, k, v, kv_index, kv_count, BLOCK, key_lengths, False,
+                                                pipeline=pipeline)
+        out = run()[0]
+        torch.cuda.synchronize()
+        err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+        return (bench(run, budget_ms), float(f"{err:.3g}")), None
+    except Exception as err:  # noqa: BLE001 - an experimental kernel's failure is recorded, not fatal
+        return None, f"{type(err).__name__}: {str(err)[:300]}"
+
+
+def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: float, log,
+              peers=("flex", "flex-flash", "fa4"), skipped: dict | None = None,
+              dtype: torch.dtype = torch.bfloat16, longest_first: bool = False, gluon: bool = False,
+              list_kinds=("random", "selector")) -> list[dict]:
     device = torch.device("cuda")
     gen = torch.Generator(device=device).manual_seed(0)
-    dtype = torch.bfloat16
     n, heads = shape.tokens, shape.heads
     q, k, v = (torch.randn(1, n, heads, head_dim, device=device, dtype=dtype, generator=gen) for _ in range(3))
     key_lengths = None
-    if shape.text_tokens:
-        key_lengths = torch.tensor([shape.video_tokens + shape.valid_text], device=device, dtype=torch.int32)
+    limit = shape.video_tokens + shape.valid_text if shape.text_tokens else n
+    if limit < n:
+        key_lengths = torch.tensor([limit], device=device, dtype=torch.int32)
     qb = kb = math.ceil(n / BLOCK)
+    choice = tuning.choose(device, head_dim, dtype, BLOCK, n, _tma_default(q, k, v), None)
+    tiles = dict(choice.config, use_tma=choice.use_tma, source=choice.source)
+    log(f"{shape.name}: {n} tokens, key limit {limit}; jenga tiles {tiles}")
+    others = Peers(q, k, v, limit)
     flops_dense = 4 * heads * n * n * head_dim
     rows = []
 
     def record(kind, lists_kind, density, ms, **extra):
-        row = dict(shape=shape.name, head_dim=head_dim, heads=heads, tokens=n, kernel=kind, lists=lists_kind,
+        row = dict(shape=shape.name, head_dim=head_dim, dtype=str(dtype).removeprefix("torch."), heads=heads,
+                   tokens=n, kernel=kind, lists=lists_kind,
                    density=round(density, 4), ms=round(ms, 4),
                    tflops=round(flops_dense * density / ms / 1e9, 1), **extra)
         rows.append(row)
@@ -88,8 +237,8 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
             f"{ms:9.3f} ms {row['tflops']:6.1f} TFLOP/s")
         return row
 
-    # -- dense baselines (unmasked, full length)
-    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    # -- dense baselines (unmasked, full length, contiguous [B, H, N, D])
+    qt, kt, vt = others.qh, others.kh, others.vh
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     dense = {}
@@ -114,8 +263,10 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
     sel_k = torch.cat([smooth_k[:, perm], smooth_k[:, shape.video_tokens:]], 1)
 
     for density in densities:
-        cases = [("random", random_lists(1, heads, qb, kb, density, device, gen))]
-        if density < 1.0:
+        cases = [("random", random_lists(1, heads, qb, kb, density, device, gen))] if "random" in list_kinds else []
+        if density < 1.0 and "ragged" in list_kinds:
+            cases.append(("ragged", ragged_lists(1, heads, qb, kb, density, device, gen)))
+        if density < 1.0 and "selector" in list_kinds:
             def select(drop=1.0 - density):
                 return select_blocks(sel_q, sel_k, drop_rate=drop, cdf_threshold=0.0, block_size=BLOCK,
                                      num_video_tokens=shape.video_tokens, adjacency=adjacency)
@@ -128,18 +279,24 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
                 return block_sparse_attention_triton(q, k, v, kv_index, kv_count, BLOCK, key_lengths, n, 0.0, False)
 
             ms_ours = bench(ours, budget_ms)
-            tuned = last_tuned_config()
-            block_mask = flex_block_mask(kv_index, kv_count, 1, heads, n, n, BLOCK, key_lengths)
-
-            def flex(kv_index=kv_index, kv_count=kv_count, block_mask=block_mask):
-                return block_sparse_attention_flex(q, k, v, kv_index, kv_count, BLOCK, key_lengths, n, 0.0, False,
-                                                   block_mask=block_mask)
-
-            ms_flex = bench(flex, budget_ms)
-            record("flex", lists_kind, real_density, ms_flex)
-            extra = dict(vs_flex=round(ms_flex / ms_ours, 3), tuned_config=tuned)
+            ref = ours()[0]
+            extra = dict(tiles=tiles)
             if "sdpa-cudnn" in dense:
                 extra["vs_cudnn_per_block"] = round(dense["sdpa-cudnn"] * real_density / ms_ours, 3)
+            cut_index, cut_count = lists_within(kv_index, kv_count, kb, math.ceil(limit / BLOCK))
+            for peer in peers:
+                fn, peer_out = others.build(peer, cut_index, cut_count)
+                if fn is None:
+                    log(f"  {peer} skipped: {others.skipped[peer]}")
+                    continue
+                ms_peer = bench(fn, budget_ms)
+                err = ((peer_out.float() - ref.float()).norm() / ref.float().norm()).item()
+                peer_extra = dict(rel_err_vs_jenga=float(f"{err:.3g}"))
+                if "sdpa-cudnn" in dense:
+                    peer_extra["vs_cudnn_per_block"] = round(dense["sdpa-cudnn"] * real_density / ms_peer, 3)
+                record(peer, lists_kind, real_density, ms_peer, **peer_extra)
+                extra[f"vs_{peer}"] = round(ms_peer / ms_ours, 3)
+                del fn, peer_out
             if lists_kind == "selector":
                 ms_sel = bench(select, budget_ms / 2)
 
@@ -168,6 +325,29 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
                 except Exception as err:  # noqa: BLE001 - a capture failure must not cost the other figures
                     log(f"  graphed selector failed: {type(err).__name__}: {str(err)[:200]}")
             record("jenga-triton", lists_kind, real_density, ms_ours, **extra)
+            for pipeline in (False, True) if gluon else ():  # the EXPERIMENTAL Gluon kernel, same lists
+                label = "jenga-gluon-pipelined" if pipeline else "jenga-gluon"
+                if label in others.skipped:
+                    continue
+                ms_gluon, why = time_gluon(q, k, v, kv_index, kv_count, key_lengths, ref, budget_ms, pipeline)
+                if ms_gluon is None:
+                    others.skipped[label] = why
+                    log(f"  {label} skipped: {why}")
+                else:
+                    record(label, lists_kind, real_density, ms_gluon[0], rel_err_vs_jenga=ms_gluon[1],
+                           vs_jenga_triton=round(ms_ours / ms_gluon[0], 3),
+                           **({"vs_cudnn_per_block": round(dense["sdpa-cudnn"] * real_density / ms_gluon[0], 3)}
+                              if "sdpa-cudnn" in dense else {}))
+            if longest_first:  # the same launch with query tiles started longest list first
+                def ours_sorted(kv_index=kv_index, kv_count=kv_count):
+                    return block_sparse_attention_triton(q, k, v, kv_index, kv_count, BLOCK, key_lengths, n, 0.0,
+                                                         False, longest_first=True)
+                ms_sorted = bench(ours_sorted, budget_ms)
+                same = torch.equal(ours_sorted()[0], ref)
+                record("jenga-triton-longest-first", lists_kind, real_density, ms_sorted,
+                       vs_plain_order=round(ms_ours / ms_sorted, 3), equal_to_plain_order=same)
+            if skipped is not None:
+                skipped.update({f"{shape.name}/{peer}": why for peer, why in others.skipped.items()})
 
             if sweep and lists_kind == "random":
                 for cfg in _configs():
@@ -189,18 +369,87 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
     return rows
 
 
+def first_call_child(name: str, density: float) -> int:
+    """In a fresh process: the first call of ``jenga.block_sparse_attention`` at this shape (compile and, with
+    JENGA_AUTOTUNE=1, tuning) against the next one. Prints one JSON line."""
+    from jenga import block_sparse_attention
+
+    shape = ALL_SHAPES[name]
+    device = torch.device("cuda")
+    gen = torch.Generator(device=device).manual_seed(0)
+    n, heads = shape.tokens, shape.heads
+    q, k, v = (torch.randn(1, n, heads, 128, device=device, dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    limit = shape.video_tokens + shape.valid_text if shape.text_tokens else n
+    key_lengths = torch.tensor([limit], device=device, dtype=torch.int32) if limit < n else None
+    kv_index, kv_count = random_lists(1, heads, math.ceil(n / BLOCK), math.ceil(n / BLOCK), density, device, gen)
+    torch.cuda.synchronize()
+    timings = []
+    for _ in range(3):
+        start = time.perf_counter()
+        block_sparse_attention(q, k, v, kv_index, kv_count, key_lengths=key_lengths, backend="triton")
+        torch.cuda.synchronize()
+        timings.append(time.perf_counter() - start)
+    print(json.dumps(dict(shape=name, tokens=n, density=density, first_s=round(timings[0], 3),
+                          warm_ms=round(1000 * min(timings[1:]), 3),
+                          autotune=tuning.autotune_requested())), flush=True)
+    return 0
+
+
+def first_calls(names, density: float, autotune: bool, log, on_row=None) -> list[dict]:
+    """Each shape in fresh processes with an empty Triton cache (cold: the JIT compile), then again on the
+    filled cache (warm disk cache); with ``autotune`` also a cold process under JENGA_AUTOTUNE=1."""
+    rows = []
+    modes = [("table", False)] + ([("autotune", True)] if autotune else [])
+    for name in names:
+        for mode, tune in modes:
+            with tempfile.TemporaryDirectory() as scratch:
+                env = dict(os.environ, TRITON_CACHE_DIR=os.path.join(scratch, "triton"),
+                           XDG_CACHE_HOME=os.path.join(scratch, "xdg"))
+                env.pop(tuning.AUTOTUNE_ENV, None)
+                if tune:
+                    env[tuning.AUTOTUNE_ENV] = "1"
+                for cache in ("cold", "warm") if not tune else ("cold",):
+                    cmd = [sys.executable, __file__, "--first-call-child", name, "--densities", str(density)]
+                    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+                    if done.returncode != 0:
+                        log(f"first call {name} {mode} {cache} failed: {done.stderr[-600:]}")
+                        continue
+                    row = dict(json.loads(done.stdout.strip().splitlines()[-1]), mode=mode, triton_cache=cache)
+                    row["first_over_warm"] = round(1000 * row["first_s"] / row["warm_ms"], 1)
+                    rows.append(row)
+                    log(f"first call {name} {mode} {cache} cache: {row['first_s']:.2f} s, warm {row['warm_ms']:.2f} ms")
+                    if on_row is not None:  # saved as it goes: a run cut by a time limit keeps what it measured
+                        on_row(row)
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, choices=list(ALL_SHAPES))
+    parser.add_argument("--peers", nargs="*", default=["flex", "flex-flash", "fa4"],
+                        choices=["flex", "flex-flash", "fa4"], help="peers timed beside ours on the same lists")
+    parser.add_argument("--first-call", action="store_true",
+                        help="time a fresh process's first call at each shape (density: the first of --densities)")
+    parser.add_argument("--first-call-autotune", action="store_true",
+                        help="with --first-call, also a cold process under JENGA_AUTOTUNE=1")
+    parser.add_argument("--first-call-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--densities", nargs="+", type=float, default=[1.0, 0.25, 0.10])
     parser.add_argument("--head-dims", nargs="+", type=int, default=[128])
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16"], choices=["bfloat16", "float16"])
     parser.add_argument("--sweep", action="store_true", help="also time each kernel config explicitly")
+    parser.add_argument("--gluon", action="store_true", help="also time the experimental Gluon kernel")
+    parser.add_argument("--lists", nargs="+", default=["random", "selector"], choices=["random", "ragged", "selector"],
+                        help="block lists: random (equal counts), ragged (uneven counts), the real selector's")
+    parser.add_argument("--longest-first", action="store_true",
+                        help="also time ours with query tiles launched longest list first")
     parser.add_argument("--budget-ms", type=float, default=400.0, help="timing budget per measurement")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/attention.py needs a CUDA GPU", file=sys.stderr)
         return 2
+    if args.first_call_child:
+        return first_call_child(args.first_call_child, args.densities[0])
 
     def log(msg):
         print(msg, flush=True)
@@ -211,15 +460,28 @@ def main(argv=None) -> int:
     started = time.time()
     out = args.out or Path(__file__).parent / "results" / f"attention-{card}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    for head_dim in args.head_dims:
+    skipped = {}
+
+    def save():  # after every shape: a run cut by a time limit keeps what it measured
+        meta = dict(card=card, torch=torch.__version__, triton=triton.__version__, commit=git_commit(),
+                    date=time.strftime("%Y-%m-%d"), python=platform.python_version(),
+                    command=" ".join(["python", "benchmarks/attention.py", *(argv or sys.argv[1:])]),
+                    seconds=round(time.time() - started), shapes={k: asdict(v) for k, v in ALL_SHAPES.items()},
+                    skipped=skipped)
+        out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+        log(f"wrote {out}")
+
+    if args.first_call:
+        first_calls(args.shapes, args.densities[0], args.first_call_autotune, log,
+                    on_row=lambda row: (rows.append(row), save()))
+        save()
+        return 0
+    for dtype, head_dim in itertools.product(args.dtypes, args.head_dims):
         for name in args.shapes:
-            rows += run_shape(SHAPES[name], head_dim, args.densities, args.sweep, args.budget_ms, log)
-            # Saved after every shape: a run cut by a time limit keeps what it measured.
-            meta = dict(card=card, torch=torch.__version__, triton=triton.__version__, commit=git_commit(),
-                        date=time.strftime("%Y-%m-%d"), python=platform.python_version(),
-                        seconds=round(time.time() - started), shapes={k: asdict(v) for k, v in SHAPES.items()})
-            out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-            log(f"wrote {out}")
+            rows += run_shape(ALL_SHAPES[name], head_dim, args.densities, args.sweep, args.budget_ms, log,
+                              peers=args.peers, skipped=skipped, dtype=getattr(torch, dtype),
+                              longest_first=args.longest_first, gluon=args.gluon, list_kinds=args.lists)
+            save()
     return 0
 
 

@@ -25,7 +25,8 @@ from triton.backends.compiler import GPUTarget
 from jenga.kernels.triton_block_sparse import _block_sparse_fwd, _configs
 
 _POINTERS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "Lse": "*fp32", "Part": "*fp32",
-             "PartLse": "*fp32", "KvIndex": "*i32", "KvCount": "*i32", "KeyLengths": "*i32"}
+             "PartLse": "*fp32", "KvIndex": "*i32", "KvCount": "*i32", "KeyLengths": "*i32",
+             "Order": "*i32"}
 _FLOATS = ("qk_scale", "bias_log2")
 
 
@@ -37,7 +38,8 @@ def resource_usage(config: dict, head_dim: int, use_tma: bool, capability: int =
     """Compile one variant (no key lengths, no bias, no LSE, one launch) and read its registers and stack."""
     tiles = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
     constants = dict(HEAD_DIM=head_dim, KV_BLOCK=128, HAS_KEY_LENGTHS=False, HAS_BIAS=False, WRITE_LSE=False,
-                     UPCAST=False, IEEE=False, USE_TMA=use_tma, SPLIT=False, MERGE_IN=False, FINAL=True, **tiles)
+                     UPCAST=False, IEEE=False, USE_TMA=use_tma, SPLIT=False, MERGE_IN=False, FINAL=True,
+                     LONGEST_FIRST=False, **tiles)
     signature = {}
     for name in _block_sparse_fwd.arg_names:
         if name in constants:

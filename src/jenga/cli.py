@@ -489,19 +489,21 @@ def doctor_report(models: list[str] | tuple[str, ...] = ()) -> list[str]:
 
 
 def _tuning_line() -> str:
-    """The tile configurations the kernel's autotuner will try, and whether picks persist across processes."""
+    """Where the kernel's tiles come from here: the shipped table for this GPU, the user's autotuned picks, or
+    the safe default; and whether this run would autotune (JENGA_AUTOTUNE=1)."""
     try:
-        from .kernels import triton_block_sparse as kernel
+        import torch
 
-        configs = kernel._configs()
-    except (ImportError, AttributeError) as err:  # no Triton here, or the kernel module moved
+        from .kernels import tuning
+    except ImportError as err:  # no torch here
         return f"kernel tuning: not available ({type(err).__name__}: {err})"
-    tiles = sorted({f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}/{c.num_warps}w" for c in configs})
-    persisted = os.environ.get("TRITON_CACHE_AUTOTUNING", "0") == "1"
-    kept = "kept on disk (TRITON_CACHE_AUTOTUNING=1)" if persisted else "per process (TRITON_CACHE_AUTOTUNING=1 " \
-        "keeps them on disk)"
-    return (f"kernel tuning: up to {len(configs)} tile configurations ({', '.join(tiles)}; pruned per call to the "
-            f"block size and load path), tuned on the first call per head dim and length bucket; picks {kept}")
+    mode = "autotuned in this run (JENGA_AUTOTUNE=1)" if tuning.autotune_requested() else "no tuning in the run"
+    if not torch.cuda.is_available():
+        return f"kernel tuning: tables are per GPU (none read without CUDA); {mode}"
+    arch = tuning.arch_name(torch.cuda.get_device_capability())
+    shipped, cached = len(tuning.package_table(arch)), len(tuning.cache_table(arch))
+    return (f"kernel tuning: {arch}: {shipped} shipped table entries, {cached} autotuned picks in "
+            f"{tuning.cache_path(arch)}, else the safe default tiles; {mode}")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import torch
 import triton
@@ -27,6 +28,7 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 from ..backends import interpreting
+from . import tuning
 from .triton_autotune_timer import tuning_bench
 
 logger = logging.getLogger("jenga")
@@ -182,7 +184,7 @@ def _attend_tile(
 
 @triton.jit
 def _block_sparse_fwd(
-    Q, K, V, Out, Lse, KvIndex, KvCount, KeyLengths, Part, PartLse,
+    Q, K, V, Out, Lse, KvIndex, KvCount, KeyLengths, Part, PartLse, Order,
     stride_qb, stride_qn, stride_qh,
     stride_kb, stride_kn, stride_kh,
     stride_vb, stride_vn, stride_vh,
@@ -196,18 +198,29 @@ def _block_sparse_fwd(
     HEAD_DIM: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_KEY_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_LSE: tl.constexpr,
     UPCAST: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr, Q_TMA: tl.constexpr,
-    SPLIT: tl.constexpr, MERGE_IN: tl.constexpr, FINAL: tl.constexpr,
+    SPLIT: tl.constexpr, MERGE_IN: tl.constexpr, FINAL: tl.constexpr, LONGEST_FIRST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
+    if LONGEST_FIRST:
+        # programs start in launch order: the n-th takes a tile of the n-th longest list, Order holding the
+        # flat (b, h, query block) indices sorted by descending kv_count (tiles past Nq get an empty list)
+        pos = pid_bh * tl.num_programs(0) + pid_m
+        flat = tl.load(Order + pos // (KV_BLOCK // BLOCK_M))
+        num_qb = tl.cdiv(seq_q, KV_BLOCK)
+        qb = flat % num_qb
+        b = (flat // num_qb) // num_heads
+        h = (flat // num_qb) % num_heads
+        q_start = qb * KV_BLOCK + (pos % (KV_BLOCK // BLOCK_M)) * BLOCK_M
+    else:
+        b = pid_bh // num_heads
+        h = pid_bh % num_heads
+        q_start = pid_m * BLOCK_M
+        qb = q_start // KV_BLOCK
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
 
     # -- this program's query tile, inside query block `qb`
-    q_start = pid_m * BLOCK_M
-    qb = q_start // KV_BLOCK
     offs_m = q_start + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     if Q_TMA:  # through shared memory: the first matmul reads q there instead of from registers
@@ -235,6 +248,8 @@ def _block_sparse_fwd(
                                            block_shape=[1, BLOCK_N, 1, HEAD_DIM])
     idx_base = KvIndex + b64 * stride_ib + h64 * stride_ih + qb * stride_iq
     count = tl.load(KvCount + b64 * stride_cb + h64 * stride_ch + qb)
+    if LONGEST_FIRST:
+        count = tl.where(q_start < seq_q, count, 0)
 
     # -- this launch's entries of the list: [first, n_valid). Lists ascend, so the blocks that start before
     # the key limit form a prefix, and a key phase [kb_lo, kb_hi) is a contiguous run of entries.
@@ -335,6 +350,8 @@ def block_sparse_attention_triton(
     lse: torch.Tensor | None = None,
     config: dict[str, int] | None = None,
     use_tma: bool | None = None,
+    autotune: bool | None = None,
+    longest_first: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel on validated inputs; returns ``(out, lse)`` (lse empty unless asked).
 
@@ -342,17 +359,26 @@ def block_sparse_attention_triton(
     ``config`` (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``, optional ``Q_TMA``) bypasses the
     autotuner (benchmarks). ``use_tma`` loads keys and values (and, where the config says so, queries) through
     tensor descriptors (default: on Hopper and newer when the layout of q, k and v allows it). The opt-in
-    key-phase launcher is :mod:`jenga.kernels.triton_key_phases`.
+    key-phase launcher is :mod:`jenga.kernels.triton_key_phases`. Without ``config`` the tiles come from the
+    shipped tuning table (:mod:`jenga.kernels.tuning`); ``autotune`` (default: ``JENGA_AUTOTUNE=1``) sweeps
+    them instead and saves the pick in the user's cache. ``longest_first`` (default: ``JENGA_LONGEST_FIRST=1``,
+    off otherwise) starts the query tiles of the longest lists first, over all heads, in an order sorted on the
+    device (no host synchronisation): fewer idle multiprocessors at the end when counts vary.
     """
+    if config is None and not longest_first and _gluon_wanted(q, k, v, block_size, bias_value):
+        from .gluon_block_sparse import block_sparse_attention_gluon  # EXPERIMENTAL, opt-in (JENGA_GLUON=1)
+
+        return block_sparse_attention_gluon(q, k, v, kv_index, kv_count, block_size, key_lengths, return_lse, out, lse)
     launch, out, lse = _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value,
-                                 return_lse, out, lse, config, use_tma)
+                                 return_lse, out, lse, config, use_tma, autotune=autotune,
+                                 longest_first=longest_first)
     # one phase over every key block: the partial output is never read nor written (FINAL with no MERGE_IN)
     launch(out, lse, 0, triton.cdiv(k.shape[1], block_size), split=False, merge_in=False, final=True)
     return out, lse
 
 
 def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse,
-              out, lse, config, use_tma):
+              out, lse, config, use_tma, *, autotune: bool | None = None, longest_first: bool | None = None):
     """``(launch, out, lse)``: ``launch(part, part_lse, kb_lo, kb_hi, *, split, merge_in, final)`` runs the
     kernel once over key blocks ``[kb_lo, kb_hi)`` with everything else fixed here."""
     # the kernel reads rows with a unit stride in the last dimension; any other view is copied (once)
@@ -369,12 +395,28 @@ def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, 
     key_lengths_arg = key_lengths if has_key_lengths else kv_count  # any int32 tensor, never read
     has_bias = bias_value != 0.0 and bias_start < seq_k
     upcast = interpreting() and q.dtype in (torch.bfloat16, torch.float16)
+    user_config = config  # a caller's tiles are used as given; the table's fall back when they do not fit
+    if autotune is None:
+        autotune = tuning.autotune_requested()
+    if config is None and not autotune and not interpreting():  # the shipped table: no sweep in a user's run
+        choice = tuning.choose(q.device, head_dim, q.dtype, block_size, seq_k, _tma_default(q, k, v), use_tma)
+        config, use_tma = choice.config, choice.use_tma
     if use_tma is None:
         use_tma = _tma_default(q, k, v)
     if use_tma:
         _ensure_descriptor_allocator()
 
+    if longest_first is None:
+        longest_first = os.environ.get("JENGA_LONGEST_FIRST", "0") == "1"
+    num_qb = triton.cdiv(seq_q, block_size)
+    if longest_first:  # flat (b, h, query block) indices, longest list first; ties keep launch order
+        order = torch.argsort(kv_count.reshape(-1), descending=True, stable=True).to(torch.int32)
+    else:
+        order = kv_count  # never read
+
     def grid(meta):
+        if longest_first:  # every query block gets KV_BLOCK // BLOCK_M tiles, the last one's past Nq idle
+            return (num_qb * (block_size // meta["BLOCK_M"]), batch * heads)
         return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
 
     if config is not None:
@@ -387,13 +429,13 @@ def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, 
         kernel, tiles = _block_sparse_fwd_tuned, {}
 
     fallback_key = (head_dim, block_size, q.dtype, q.device)
-    if config is None and fallback_key in _FALLBACK_PICKS:
+    if user_config is None and fallback_key in _FALLBACK_PICKS:
         kernel, tiles = _block_sparse_fwd, _FALLBACK_PICKS[fallback_key]
 
     def run(kernel, tiles, part, part_lse, kb_lo: int, kb_hi: int, split: bool, merge_in: bool,
             final: bool) -> None:
         kernel[grid](
-            q, k, v, out, lse, kv_index, kv_count, key_lengths_arg, part, part_lse,
+            q, k, v, out, lse, kv_index, kv_count, key_lengths_arg, part, part_lse, order,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
@@ -408,8 +450,10 @@ def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, 
             HEAD_DIM=head_dim, KV_BLOCK=block_size,
             HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=return_lse, UPCAST=upcast,
             IEEE=q.dtype == torch.float32, USE_TMA=use_tma,
-            SPLIT=split, MERGE_IN=merge_in, FINAL=final, **tiles,
+            SPLIT=split, MERGE_IN=merge_in, FINAL=final, LONGEST_FIRST=longest_first, **tiles,
         )
+        if kernel is _block_sparse_fwd_tuned:
+            _save_autotuned_pick(q, block_size, seq_k, use_tma)
 
     def launch(part, part_lse, kb_lo: int, kb_hi: int, *, split: bool, merge_in: bool, final: bool) -> None:
         nonlocal kernel, tiles
@@ -417,7 +461,7 @@ def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, 
         try:
             run(kernel, tiles, *phase)
         except OutOfResources as err:  # raised when the binary is loaded, before anything is written
-            if config is not None:
+            if user_config is not None:
                 raise ValueError(f"config {config} needs more GPU resources than there are ({err}); pass smaller "
                                  "tiles or no config (the launcher then picks tiles that fit)") from err
             for cand in _fallback_configs(block_size, head_dim, q.element_size(), 1 << 62):
@@ -441,6 +485,34 @@ def _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, 
 
 # (head dim, block size, dtype, device) -> the fallback tiles that ran where the tuned configs did not fit
 _FALLBACK_PICKS: dict[tuple, dict] = {}
+
+
+def _gluon_wanted(q, k, v, block_size: int, bias_value: float) -> bool:
+    """``JENGA_GLUON=1`` and the experimental Gluon kernel applies to these inputs (never by default)."""
+    if os.environ.get("JENGA_GLUON", "0") != "1" or not q.is_cuda:
+        return False
+    from .gluon_block_sparse import gluon_applies
+
+    reason = gluon_applies(q, k, v, block_size, bias_value)
+    if reason is not None:
+        logger.debug("jenga: JENGA_GLUON=1 but the Triton kernel runs: %s", reason)
+    return reason is None
+
+
+_saved_picks: set[tuple] = set()
+
+
+def _save_autotuned_pick(q: torch.Tensor, block_size: int, seq_k: int, use_tma: bool) -> None:
+    """Once per process and autotuning key: the autotuner's pick into the user's cache."""
+    key = (q.device.index, q.shape[3], q.dtype, block_size, tuning.length_bucket(seq_k), use_tma)
+    config = last_tuned_config()
+    if key in _saved_picks or config is None:
+        return
+    _saved_picks.add(key)
+    try:
+        tuning.record_pick(q.device, q.shape[3], q.dtype, block_size, seq_k, use_tma, config)
+    except OSError as err:  # a read-only home must not fail the attention call
+        logger.warning("jenga: could not save the kernel tuning (%s)", err)
 
 
 def last_tuned_config() -> dict[str, int] | None:

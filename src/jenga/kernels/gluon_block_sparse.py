@@ -1,0 +1,400 @@
+"""EXPERIMENTAL, opt-in: a Hopper warp-specialised block-sparse attention forward in Gluon.
+
+Not the default anywhere. It runs only when asked (``backend="gluon"`` in the launcher below, or
+``JENGA_GLUON=1`` for :func:`jenga.block_sparse_attention`'s Triton backend) and only where it applies
+(:func:`gluon_applies`); everywhere else the portable Triton kernel (:mod:`.triton_block_sparse`) runs.
+Gluon does not run in the CPU interpreter: this file is exercised by ``tests/gpu/test_gluon_gpu.py`` on an
+H200 only, and was written without a GPU to try it on; its speed is unmeasured.
+
+Structure (FlashAttention-3 style, first step):
+
+- one program per 128-query block and (batch, head); the default partition is two consumer warpgroups
+  (8 warps, 64 query rows each) running ``wgmma`` for Q·Kᵀ and P·V with the online softmax in float32 and
+  ``exp2`` (the softmax scale and log2(e) folded into one multiply per logit);
+- a one-warp producer partition walks the block list and TMA-loads each listed key block and value block
+  into a ring of ``NUM_STAGES`` shared-memory buffers, signalling ``k_ready`` / ``v_ready`` mbarriers; the
+  consumers release a buffer through ``kv_empty`` once its P·V has completed, so loads run ahead of the math;
+- the block that straddles the key limit (key lengths, or Nk not a multiple of 128) is the only one masked.
+
+Optionally (``pipeline=True`` or ``JENGA_GLUON_PIPELINE=1``) the consumer is software-pipelined as in FA3:
+block i's softmax runs while block i-1's P·V is in flight, block i+1's Q·Kᵀ is issued ahead of block i's P·V.
+
+Not yet done (FA3's remaining steps): ping-pong scheduling between the two warpgroups, ``setmaxnreg`` tuning,
+key bias, a persistent grid.
+
+Semantics kept: key lengths, LSE, partial blocks, Nq != Nk, per-batch and per-head lists. Inputs must be
+contiguous ``[B, N, H, D]`` (they are viewed as ``[B*N, H*D]`` for the TMA descriptors: rows of another batch
+entry that a tile may overlap are masked by the key limit, query rows past Nq are never stored).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+
+import torch
+
+from ..backends import interpreting
+
+try:  # Gluon ships with Triton >= 3.5 on CUDA builds; absent elsewhere
+    import triton
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia import hopper as _hopper
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    GLUON_IMPORT_ERROR: str | None = None
+except ImportError as err:  # pragma: no cover - depends on the Triton build
+    GLUON_IMPORT_ERROR = f"{type(err).__name__}: {err}"
+
+_LOG2E = 1.4426950408889634
+GLUON_ENV = "JENGA_GLUON"
+BLOCK = 128  # query and key block; one program per query block
+
+
+def gluon_requested() -> bool:
+    """True when ``JENGA_GLUON=1``: the experimental kernel where it applies."""
+    return os.environ.get(GLUON_ENV, "0") == "1"
+
+
+def gluon_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, bias_value: float) -> str | None:
+    """None when the Gluon kernel can run these inputs, else the reason it cannot (callers fall back)."""
+    if GLUON_IMPORT_ERROR is not None:
+        return f"triton.experimental.gluon unavailable ({GLUON_IMPORT_ERROR})"
+    if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] != 9:
+        return "needs a Hopper GPU (compute capability 9.x)"
+    if interpreting():
+        return "Gluon does not run in the Triton interpreter"
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        return f"dtype {q.dtype} (bfloat16 and float16 only)"
+    if q.shape[3] not in (64, 128):
+        return f"head dim {q.shape[3]} (64 and 128 only)"
+    if block_size != BLOCK:
+        return f"block size {block_size} (128 only)"
+    if bias_value != 0.0:
+        return "key bias not implemented"
+    if not all(t.is_contiguous() for t in (q, k, v)):
+        return "q, k, v must be contiguous [B, N, H, D]"
+    return None
+
+
+def _new_warp_specialize_api() -> bool:
+    """Gluon's ``warp_specialize`` took (default args, default fn, worker args, worker fns, warps, regs) in older
+    releases and a list of (fn, args) pairs in newer ones; the kernel is traced with the form this Triton has."""
+    params = list(inspect.signature(gl.warp_specialize).parameters)
+    return params[0] == "functions_and_args"
+
+
+if GLUON_IMPORT_ERROR is None:
+
+    TILE = gl.constexpr(BLOCK)  # the block size inside the kernels
+    CONSUMER_WARPS = gl.constexpr(8)  # the default partition: two warpgroups, 64 query rows each
+    # the TMA load was tma.async_copy_global_to_shared in older Gluon, tma.async_load in newer
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+
+    @gluon.jit
+    def _same(value):
+        return value
+
+    # an async wgmma's result before its wait: a distinct type in newer Gluon (warpgroup_mma_init makes one
+    # from a tensor), a plain tensor in older releases
+    _mma_init = getattr(_hopper, "warpgroup_mma_init", None) or _same
+
+    # Python run at trace time: gl.constexpr_function in older Gluon, triton.constexpr_function in newer
+    _constexpr_function = getattr(gl, "constexpr_function", None) or triton.constexpr_function
+
+    @_constexpr_function
+    def _wgmma_layout(warps, n):
+        """Accumulator layout of an [M, n] wgmma over ``warps`` warps stacked along M (16-bit operands)."""
+        return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[int(warps), 1],
+                                         instr_shape=[16, int(n), 16])
+
+    @gluon.jit
+    def _producer(k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, kv_empty, idx_base, n_valid, k_row0, col0):
+        """One warp: TMA loads of the listed key and value blocks into the ring, ``n_valid`` of them."""
+        NUM_STAGES: gl.constexpr = k_smem.shape[0]
+        for i in range(n_valid):
+            stage = i % NUM_STAGES
+            phase = (i // NUM_STAGES) & 1
+            mbarrier.wait(kv_empty.index(stage), phase ^ 1)  # a fresh barrier passes parity 1 at once
+            kb = gl.load(idx_base + i)
+            row = k_row0 + kb * TILE
+            mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+            _tma_load(k_desc, [row, col0], k_ready.index(stage), k_smem.index(stage))
+            mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+            _tma_load(v_desc, [row, col0], v_ready.index(stage), v_smem.index(stage))
+
+    @gluon.jit
+    def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit, qk_scale):
+        """Two warpgroups: S = Q·Kᵀ and O += P·V with ``wgmma``, online softmax in registers. Returns the
+        unnormalised output, the running max (log2 units) and the row sums; constexprs come from the shapes of
+        the buffers (partition arguments arrive as values)."""
+        HEAD_DIM: gl.constexpr = q_smem.shape[1]
+        NUM_STAGES: gl.constexpr = k_smem.shape[0]
+        s_layout: gl.constexpr = _wgmma_layout(CONSUMER_WARPS, TILE)
+        o_layout: gl.constexpr = _wgmma_layout(CONSUMER_WARPS, HEAD_DIM)
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+        m_i = gl.full([TILE], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
+        l_i = gl.zeros([TILE], gl.float32, layout=gl.SliceLayout(1, s_layout))
+        acc = gl.zeros([TILE, HEAD_DIM], gl.float32, layout=o_layout)
+        s_zero = gl.zeros([TILE, TILE], gl.float32, layout=s_layout)
+        offs_block = gl.arange(0, TILE, layout=gl.SliceLayout(0, s_layout))
+
+        mbarrier.wait(q_bar, 0)
+        for i in range(n_valid):
+            stage = i % NUM_STAGES
+            phase = (i // NUM_STAGES) & 1
+            mbarrier.wait(k_ready.index(stage), phase)
+            s = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            kb = gl.load(idx_base + i)
+            s = s * qk_scale
+            if (kb + 1) * TILE > key_limit:  # the one block that straddles the key limit
+                s = gl.where(gl.expand_dims(kb * TILE + offs_block < key_limit, 0), s, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, 1))
+            p = gl.exp2(s - gl.expand_dims(m_new, 1))
+            alpha = gl.exp2(m_i - m_new)
+            l_i = l_i * alpha + gl.sum(p, 1)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+            mbarrier.wait(v_ready.index(stage), phase)
+            acc = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(kv_empty.index(stage), count=1)
+            m_i = m_new
+        return acc, m_i, l_i
+
+    @gluon.jit
+    def _consumer_pipelined(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit,
+                            qk_scale):
+        """As :func:`_consumer`, software-pipelined as FlashAttention-3 does within a warpgroup: block i's
+        softmax runs while block i-1's P·V is still on the tensor cores, and block i+1's Q·Kᵀ is issued before
+        block i's P·V (wgmma groups complete in issue order, so waiting for all but one leaves P·V in flight).
+        A key/value buffer is released once the P·V that read it has completed, one iteration later."""
+        HEAD_DIM: gl.constexpr = q_smem.shape[1]
+        NUM_STAGES: gl.constexpr = k_smem.shape[0]
+        s_layout: gl.constexpr = _wgmma_layout(CONSUMER_WARPS, TILE)
+        o_layout: gl.constexpr = _wgmma_layout(CONSUMER_WARPS, HEAD_DIM)
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+        m_i = gl.full([TILE], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
+        l_i = gl.zeros([TILE], gl.float32, layout=gl.SliceLayout(1, s_layout))
+        acc = gl.zeros([TILE, HEAD_DIM], gl.float32, layout=o_layout)
+        s_zero = gl.zeros([TILE, TILE], gl.float32, layout=s_layout)
+        offs_block = gl.arange(0, TILE, layout=gl.SliceLayout(0, s_layout))
+
+        mbarrier.wait(q_bar, 0)
+        # in-flight results are loop-carried: as wgmma accumulators where Gluon has that type
+        acc = _mma_init(acc)
+        s_next = _mma_init(s_zero)
+        if n_valid > 0:
+            mbarrier.wait(k_ready.index(0), 0)
+            s_next = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        for i in range(n_valid):
+            stage = i % NUM_STAGES
+            phase = (i // NUM_STAGES) & 1
+            if i == 0:
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s_next,))
+            else:  # S_i done; block i-1's P·V, issued after it, may still run
+                s = warpgroup_mma_wait(num_outstanding=1, deps=(s_next,))
+            kb = gl.load(idx_base + i)
+            s = s * qk_scale
+            if (kb + 1) * TILE > key_limit:  # the one block that straddles the key limit
+                s = gl.where(gl.expand_dims(kb * TILE + offs_block < key_limit, 0), s, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, 1))
+            p = gl.exp2(s - gl.expand_dims(m_new, 1))
+            alpha = gl.exp2(m_i - m_new)
+            l_i = l_i * alpha + gl.sum(p, 1)
+            p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))  # P·V of block i-1 done
+            if i > 0:
+                mbarrier.arrive(kv_empty.index((i - 1) % NUM_STAGES), count=1)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            if i + 1 < n_valid:  # the next block's Q·Kᵀ goes ahead of this block's P·V
+                next_stage = (i + 1) % NUM_STAGES
+                mbarrier.wait(k_ready.index(next_stage), ((i + 1) // NUM_STAGES) & 1)
+                s_next = warpgroup_mma(q_smem, k_smem.index(next_stage).permute((1, 0)), s_zero, use_acc=False,
+                                       is_async=True)
+            mbarrier.wait(v_ready.index(stage), phase)
+            acc = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
+            m_i = m_new
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        return acc, m_i, l_i
+
+    @gluon.jit
+    def _gluon_block_sparse_fwd(
+        q_desc, k_desc, v_desc, Out, Lse, KvIndex, KvCount, KeyLengths,
+        stride_ob, stride_on, stride_oh, stride_lb, stride_lh, stride_ib, stride_ih, stride_iq, stride_cb, stride_ch,
+        num_heads, seq_q, seq_k, qk_scale,
+        HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, HAS_KEY_LENGTHS: gl.constexpr,
+        WRITE_LSE: gl.constexpr, NEW_WS_API: gl.constexpr, PIPELINE: gl.constexpr, num_warps: gl.constexpr,
+    ):
+        qb = gl.program_id(0)
+        pid_bh = gl.program_id(1)
+        b = pid_bh // num_heads
+        h = pid_bh % num_heads
+        b64 = b.to(gl.int64)
+        h64 = h.to(gl.int64)
+        q_start = qb * TILE
+
+        idx_base = KvIndex + b64 * stride_ib + h64 * stride_ih + qb * stride_iq
+        count = gl.load(KvCount + b64 * stride_cb + h64 * stride_ch + qb)
+        key_limit = seq_k
+        n_valid = count
+        if HAS_KEY_LENGTHS:  # listed blocks ascend: those starting before the limit are a prefix
+            key_limit = gl.minimum(seq_k, gl.load(KeyLengths + b))
+            upper = gl.cdiv(key_limit, TILE)
+            scan: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
+            n_valid = 0
+            for c in range(0, count, 256):
+                offs_c = c + gl.arange(0, 256, layout=scan)
+                ids = gl.load(idx_base + offs_c, mask=offs_c < count, other=0x3FFFFFFF)
+                n_valid += gl.sum((ids < upper).to(gl.int32), 0)
+
+        # -- shared memory: the query tile, the key/value ring and their barriers
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
+        k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, TILE, HEAD_DIM], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(v_desc.dtype, [NUM_STAGES, TILE, HEAD_DIM], v_desc.layout)
+        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        kv_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_bar, count=1)
+        for s in gl.static_range(NUM_STAGES):
+            mbarrier.init(k_ready.index(s), count=1)
+            mbarrier.init(v_ready.index(s), count=1)
+            mbarrier.init(kv_empty.index(s), count=1)
+
+        col0 = h * HEAD_DIM
+        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+        _tma_load(q_desc, [b * seq_q + q_start, col0], q_bar, q_smem)
+
+        consumer_args = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit,
+                         qk_scale)
+        producer_args = (k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, kv_empty, idx_base, n_valid, b * seq_k,
+                         col0)
+        if PIPELINE:
+            if NEW_WS_API:
+                acc, m_i, l_i = gl.warp_specialize([(_consumer_pipelined, consumer_args), (_producer, producer_args)],
+                                                   [1], [24])
+            else:
+                acc, m_i, l_i = gl.warp_specialize(consumer_args, _consumer_pipelined, producer_args, [_producer],
+                                                   [1], [24])
+        else:
+            if NEW_WS_API:
+                acc, m_i, l_i = gl.warp_specialize([(_consumer, consumer_args), (_producer, producer_args)], [1],
+                                                   [24])
+            else:
+                acc, m_i, l_i = gl.warp_specialize(consumer_args, _consumer, producer_args, [_producer], [1], [24])
+
+        # -- epilogue: rows with no valid key get 0 and LSE = -inf
+        s_layout: gl.constexpr = _wgmma_layout(CONSUMER_WARPS, TILE)
+        o_layout: gl.constexpr = _wgmma_layout(CONSUMER_WARPS, HEAD_DIM)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        has_key = l_i > 0.0
+        l_safe = gl.where(has_key, l_i, 1.0)
+        out = acc / gl.expand_dims(gl.convert_layout(l_safe, row_o), 1)
+        offs_m = q_start + gl.arange(0, TILE, layout=row_o)
+        offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+        o_ptrs = (Out + b64 * stride_ob + h64 * stride_oh + gl.expand_dims(offs_m.to(gl.int64) * stride_on, 1)
+                  + gl.expand_dims(offs_d, 0))
+        gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(offs_m < seq_q, 1))
+        if WRITE_LSE:
+            lse = gl.where(has_key, (m_i + gl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+            offs_l = q_start + gl.arange(0, TILE, layout=gl.SliceLayout(1, s_layout))
+            gl.store(Lse + b64 * stride_lb + h64 * stride_lh + offs_l, lse, mask=offs_l < seq_q)
+
+        mbarrier.invalidate(q_bar)
+        for s in gl.static_range(NUM_STAGES):
+            mbarrier.invalidate(k_ready.index(s))
+            mbarrier.invalidate(v_ready.index(s))
+            mbarrier.invalidate(kv_empty.index(s))
+
+
+def block_sparse_attention_gluon(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_index: torch.Tensor,
+    kv_count: torch.Tensor,
+    block_size: int,
+    key_lengths: torch.Tensor | None,
+    return_lse: bool,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+    num_stages: int | None = None,
+    pipeline: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """EXPERIMENTAL launcher; the same contract as ``block_sparse_attention_triton`` without key bias.
+
+    ``pipeline`` (default: ``JENGA_GLUON_PIPELINE=1``, off otherwise) selects the software-pipelined consumer
+    (:func:`_consumer_pipelined`) over the plain one.
+
+    Raises ``ValueError`` naming the reason where :func:`gluon_applies` says the kernel cannot run.
+    """
+    reason = gluon_applies(q, k, v, block_size, 0.0)
+    if reason is not None:
+        raise ValueError(f"the Gluon kernel cannot run these inputs: {reason}")
+    batch, seq_q, heads, head_dim = q.shape
+    seq_k = k.shape[1]
+    if out is None:
+        out = torch.empty_like(q)
+    if lse is None:
+        lse = torch.empty((batch, heads, seq_q if return_lse else 0), device=q.device, dtype=torch.float32)
+    kv_index = kv_index.expand(batch, heads, -1, -1)
+    kv_count = kv_count.expand(batch, heads, -1)
+    has_key_lengths = key_lengths is not None
+    key_lengths_arg = key_lengths.to(torch.int32) if has_key_lengths else kv_count
+    element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    layout = gl.NVMMASharedLayout.get_default_for([BLOCK, head_dim], element)
+    q_desc, k_desc, v_desc = (
+        TensorDescriptor.from_tensor(t.view(t.shape[0] * t.shape[1], heads * head_dim), [BLOCK, head_dim], layout)
+        for t in (q, k, v))
+    if pipeline is None:
+        pipeline = os.environ.get("JENGA_GLUON_PIPELINE", "0") == "1"
+    # the pipelined consumer refills a buffer only after the P·V that read it: one stage more (at head dim 128,
+    # 3 stages take 229,612 bytes of shared memory of the 232,448 a Hopper block may have)
+    stages = num_stages or (2 if head_dim == 128 else 3) + int(bool(pipeline))
+    _gluon_block_sparse_fwd[(math.ceil(seq_q / BLOCK), batch * heads)](
+        q_desc, k_desc, v_desc, out, lse, kv_index, kv_count, key_lengths_arg,
+        out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
+        kv_index.stride(0), kv_index.stride(1), kv_index.stride(2), kv_count.stride(0), kv_count.stride(1),
+        heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim),
+        HEAD_DIM=head_dim, NUM_STAGES=stages, HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=return_lse,
+        NEW_WS_API=_new_warp_specialize_api(), PIPELINE=bool(pipeline), num_warps=CONSUMER_WARPS.value,
+    )
+    return out, lse
+
+
+def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_key_lengths: bool = True,
+                       pipeline: bool = False):
+    """Compile the kernel for sm_90 without a GPU (``GluonASTSource`` with an explicit target, Triton >= 3.9):
+    a build check and a way to read its PTX, registers and shared memory. Not under ``TRITON_INTERPRET=1``."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    layout = gl.NVMMASharedLayout.get_default_for([BLOCK, head_dim], gl.bfloat16)
+    constants = dict(HEAD_DIM=head_dim, NUM_STAGES=num_stages or (2 if head_dim == 128 else 3) + int(pipeline),
+                     HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=True, NEW_WS_API=_new_warp_specialize_api(),
+                     PIPELINE=pipeline, num_warps=CONSUMER_WARPS.value)
+    pointers = {"Out": "*bf16", "Lse": "*fp32", "KvIndex": "*i32", "KvCount": "*i32", "KeyLengths": "*i32"}
+    signature = {}
+    for name in _gluon_block_sparse_fwd.arg_names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name.endswith("_desc"):
+            signature[name] = f"tensordesc<bf16[{BLOCK},{head_dim}],{layout!r}>"
+        else:
+            signature[name] = pointers.get(name, "fp32" if name == "qk_scale" else "i32")
+    return triton.compile(GluonASTSource(_gluon_block_sparse_fwd, signature, constants),
+                          target=GPUTarget("cuda", 90, 32), options=dict(num_warps=CONSUMER_WARPS.value))

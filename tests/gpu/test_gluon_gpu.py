@@ -1,0 +1,65 @@
+"""GPU checks of the EXPERIMENTAL Gluon kernel (Hopper only; skipped elsewhere): float64 reference, poisoned
+outputs, partial blocks, key lengths, Nq != Nk, per-batch and per-head lists, LSE."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+from jenga import block_sparse_attention, dense_to_lists  # noqa: E402
+from jenga.kernels.gluon_block_sparse import block_sparse_attention_gluon, gluon_applies  # noqa: E402
+
+_probe = torch.empty(1, 128, 1, 128, device="cuda", dtype=torch.bfloat16)
+_reason = gluon_applies(_probe, _probe, _probe, 128, 0.0)
+pytestmark = pytest.mark.skipif(_reason is not None, reason=f"Gluon kernel does not apply here: {_reason}")
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("seq_q, seq_k, with_lengths", [(1_000, 1_000, False), (1_000, 1_300, True),
+                                                        (4_096, 4_096, True)])
+def test_gluon_matches_float64(dtype, head_dim, seq_q, seq_k, with_lengths, pipeline):
+    torch.manual_seed(torch.seed() % 2**31)
+    batch, heads = 2, 3
+    q = torch.randn(batch, seq_q, heads, head_dim, device="cuda", dtype=dtype)
+    k, v = (torch.randn(batch, seq_k, heads, head_dim, device="cuda", dtype=dtype) for _ in range(2))
+    qb, kb = math.ceil(seq_q / 128), math.ceil(seq_k / 128)
+    mask = torch.rand(batch, heads, qb, kb, device="cuda") < 0.4
+    mask[..., -1] = True  # the partial last key block is listed everywhere
+    mask[0, 1, 0] = False  # an empty list
+    kv_index, kv_count = dense_to_lists(mask)
+    key_lengths = torch.tensor([seq_k, seq_k - 333], device="cuda", dtype=torch.int32) if with_lengths else None
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((batch, heads, seq_q), float("nan"), device="cuda")
+    block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, key_lengths, True, out=out, lse=lse,
+                                 pipeline=pipeline)
+    ref, ref_lse = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch",
+                                          key_lengths=key_lengths, return_lse=True)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    tol = {torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
+    assert _rel(out, ref) < tol
+    assert torch.equal(out[0, :128, 1], torch.zeros_like(out[0, :128, 1]))
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert torch.allclose(lse.double()[finite], ref_lse[finite], atol=2e-2)
+
+
+def test_gluon_through_the_environment_switch(monkeypatch):
+    """JENGA_GLUON=1 routes the public call to it; the result equals the direct launch."""
+    monkeypatch.setenv("JENGA_GLUON", "1")
+    q, k, v = (torch.randn(1, 2_000, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    mask = torch.rand(1, 2, 16, 16, device="cuda") < 0.5
+    kv_index, kv_count = dense_to_lists(mask)
+    out = block_sparse_attention(q, k, v, kv_index, kv_count, backend="triton")
+    direct, _ = block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, None, False)
+    assert torch.equal(out, direct)

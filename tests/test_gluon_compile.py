@@ -1,0 +1,45 @@
+"""The EXPERIMENTAL Gluon kernel compiles for sm_90 with the installed Triton, without a GPU (it cannot run in
+the interpreter, so the compile runs in a child process without TRITON_INTERPRET; tests/gpu/test_gluon_gpu.py
+runs the kernel on a Hopper GPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jenga.kernels import gluon_block_sparse as gbs
+
+_CHILD = """
+import json, re
+from jenga.kernels.gluon_block_sparse import compile_for_hopper
+found = {}
+for pipeline in (False, True):
+    ptx = compile_for_hopper(head_dim=64, pipeline=pipeline).asm["ptx"]
+    found[str(pipeline)] = dict(wgmma=len(re.findall(r"wgmma\\.mma_async", ptx)),
+                                tma=len(re.findall(r"cp\\.async\\.bulk\\.tensor", ptx)),
+                                setmaxnreg="setmaxnreg" in ptx,
+                                wait_one=bool(re.search(r"wgmma\\.wait_group\\.sync\\.aligned 1", ptx)))
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.skipif(gbs.GLUON_IMPORT_ERROR is not None, reason=f"no Gluon: {gbs.GLUON_IMPORT_ERROR}")
+def test_gluon_kernel_compiles_for_hopper():
+    try:
+        from triton.experimental.gluon._runtime import GluonASTSource  # noqa: F401
+    except ImportError:
+        pytest.skip("this Triton cannot compile Gluon without a GPU driver")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    for variant in found.values():
+        assert variant["wgmma"] > 0, "no warpgroup MMA in the PTX"
+        assert variant["tma"] > 0, "no TMA load in the PTX"
+        assert variant["setmaxnreg"]  # warp specialisation hands the producer warp fewer registers
+    # the pipelined consumer leaves one wgmma group (the previous P·V) in flight during the softmax
+    assert found["True"]["wait_one"] and not found["False"]["wait_one"]
