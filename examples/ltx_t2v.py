@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 PRESETS = ("base", "turbo")
 
@@ -47,10 +48,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    from _offline import require_model
-
-    require_model(args.model)
     import torch
+
+    from jenga.hub import exit_if_unavailable
+
+    if not torch.cuda.is_available():
+        print(f"{Path(__file__).name}: needs a CUDA GPU (none here); `jenga demo` runs on a CPU", file=sys.stderr)
+        return 2
+    exit_if_unavailable(args.model)  # one line and exit code 2 when the weights are neither cached nor downloadable
     from diffusers import LTXImageToVideoPipeline, LTXPipeline
     from diffusers.utils import export_to_video, load_image
 
