@@ -47,7 +47,7 @@ class CarvingProcessor:
 
     @property
     def _attention_backend(self):
-        return self.stock._attention_backend
+        return getattr(self.stock, "_attention_backend", None)  # older processors (CogVideoX) have neither
 
     @_attention_backend.setter
     def _attention_backend(self, value) -> None:
@@ -55,7 +55,7 @@ class CarvingProcessor:
 
     @property
     def _parallel_config(self):
-        return self.stock._parallel_config
+        return getattr(self.stock, "_parallel_config", None)
 
     @_parallel_config.setter
     def _parallel_config(self, value) -> None:
