@@ -21,9 +21,12 @@ from jenga.skipping import block_metadata
 
 def test_supported_lists_every_adapter_pipeline_and_transformer():
     found = jenga.supported()
-    assert found.transformers == ("HunyuanVideoTransformer3DModel", "WanTransformer3DModel")
+    assert found.transformers == ("CogVideoXTransformer3DModel", "HunyuanVideoTransformer3DModel",
+                                  "LTXVideoTransformer3DModel", "WanTransformer3DModel")
     assert found.pipelines == ("WanPipeline", "WanImageToVideoPipeline", "HunyuanVideoPipeline",
-                               "HunyuanVideoImageToVideoPipeline")
+                               "HunyuanVideoImageToVideoPipeline", "CogVideoXPipeline",
+                               "CogVideoXImageToVideoPipeline", "LTXPipeline", "LTXImageToVideoPipeline",
+                               "LTXConditionPipeline")
 
 
 def test_unsupported_transformer_error_names_pipelines_and_transformers():

@@ -48,13 +48,13 @@ def _replace_tensor_arg(args: tuple, kwargs: dict, name: str, value: Any) -> tup
     return (value, *args[1:]), kwargs
 
 
-def _per_token_to_carved(layout: Any, x: torch.Tensor, dim: int) -> torch.Tensor:
-    if x.shape[dim] != layout.num_tokens:  # split before this hook: context parallelism's plan
+def _per_token_to_carved(perm: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
+    if x.shape[dim] != perm.numel():  # split before this hook: context parallelism's plan
         raise NotImplementedError(
-            f"per-token modulation of {x.shape[dim]} tokens for a grid of {layout.num_tokens} (Wan 2.2 TI2V "
+            f"per-token modulation of {x.shape[dim]} tokens for a sequence of {perm.numel()} (Wan 2.2 TI2V "
             "under context parallelism) is not supported: the plan splits the timesteps before jenga can order them"
         )
-    return layout.to_carved(x, dim)
+    return x.index_select(dim, perm)
 
 
 class JengaHook(ModelHook):
@@ -74,16 +74,17 @@ class LayoutHook(JengaHook):
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         parallel.check_attached(self.runtime)
-        layout = self.runtime.begin_forward(_tensor_arg(args, kwargs, self.arg_name))
+        layout = self.runtime.begin_forward(self.adapter.token_grid(args, kwargs, self.runtime.patch_size,
+                                                                    self.arg_name))
         if layout is not None:
             parallel.check_grid(self.runtime, layout.num_tokens)
         return args, kwargs
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
-        layout = self.runtime.plan.layout
-        if layout is None:
+        perm = self.runtime.plan.perm
+        if perm is None:
             return output
-        return self.adapter.reorder_rope(output, layout.to_carved)
+        return self.adapter.reorder_rope(output, lambda x, dim: x.index_select(dim, perm))
 
     def __repr__(self) -> str:
         return f"LayoutHook(curve={self.runtime.config.curve!r}, block_size={self.runtime.config.block_size})"
@@ -94,11 +95,12 @@ class ClockHook(JengaHook):
 
     _is_stateful = True
 
-    def __init__(self, runtime: CarvingRuntime, adapter: Any, arg_name: str) -> None:
+    def __init__(self, runtime: CarvingRuntime, adapter: Any, arg_name: str, first: bool = False) -> None:
         super().__init__()
         self.runtime = runtime
         self.adapter = adapter
         self.arg_name = arg_name
+        self.first = first  # runs before the layout hook: the step is applied when the plan starts
         # diffusers' cache_context(name, ...) sets the branch on every StateManager of a stateful hook
         self.state_manager = StateManager(BranchClock)
         self.default_clock = BranchClock()
@@ -115,13 +117,16 @@ class ClockHook(JengaHook):
             context = None
         clock = self.state_manager.get_state() if context is not None else self.default_clock
         check_skip_stack(self.runtime)  # a diffusers block cache attached after patching would fight us
-        self.runtime.set_step(context, timestep, clock)
+        if self.first:
+            self.runtime.pending_clock = (context, timestep, clock)
+        else:
+            self.runtime.set_step(context, timestep, clock)
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
-        layout = self.runtime.plan.layout
-        if layout is None:
+        perm = self.runtime.plan.perm
+        if perm is None or self.first:  # a clock that runs first has no plan of this forward yet
             return output
-        return self.adapter.reorder_time(output, lambda x, dim: _per_token_to_carved(layout, x, dim))
+        return self.adapter.reorder_time(output, lambda x, dim: _per_token_to_carved(perm, x, dim), perm.numel())
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state_manager.reset()
@@ -145,17 +150,17 @@ class EnterHook(JengaHook):
         self.arg_name = arg_name
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
-        layout = self.runtime.plan.layout
-        if self.on == "output" or layout is None:
+        perm = self.runtime.plan.perm
+        if self.on == "output" or perm is None:
             return args, kwargs
         hidden = _tensor_arg(args, kwargs, self.arg_name)
-        return _replace_tensor_arg(args, kwargs, self.arg_name, layout.to_carved(hidden))
+        return _replace_tensor_arg(args, kwargs, self.arg_name, hidden.index_select(1, perm))
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
-        layout = self.runtime.plan.layout
-        if self.on == "input" or layout is None:
+        perm = self.runtime.plan.perm
+        if self.on == "input" or perm is None:
             return output
-        return layout.to_carved(output)
+        return output.index_select(1, perm)
 
     def __repr__(self) -> str:
         return f"EnterHook(on={self.on!r})"
@@ -170,12 +175,12 @@ class ExitHook(JengaHook):
         self.arg_name = arg_name
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
-        layout = self.runtime.plan.layout
+        inverse = self.runtime.plan.inverse
         self.runtime.end_forward()
-        if layout is None or self.runtime.parallel is not None:  # sharded here: undone after the gather
+        if inverse is None or self.runtime.parallel is not None:  # sharded here: undone after the gather
             return args, kwargs
         hidden = _tensor_arg(args, kwargs, self.arg_name)
-        return _replace_tensor_arg(args, kwargs, self.arg_name, layout.to_rowmajor(hidden))
+        return _replace_tensor_arg(args, kwargs, self.arg_name, hidden.index_select(1, inverse))
 
     def __repr__(self) -> str:
         return "ExitHook()"

@@ -68,6 +68,11 @@ class ForwardPlan:
     active: bool = False
     num_tokens: int = 0
     layout: TokenLayout | None = None
+    # tokens before the grid in the hidden states (LTX conditioning latents), moved after it in carved order;
+    # ``perm`` / ``inverse`` reorder the whole sequence (the layout's own when there are none)
+    extra_tokens: int = 0
+    perm: torch.Tensor | None = None
+    inverse: torch.Tensor | None = None
     sparse: bool = False
     drop_rate: float = 0.0
     step: int = 0
@@ -91,6 +96,37 @@ class ForwardPlan:
         falls back to the stock processor.
         """
         return self.active and self.sparse and num_tokens == self.num_tokens
+
+
+@dataclass(frozen=True)
+class _NoGrid:
+    grid: tuple[int, int, int] = (0, 0, 0)
+    device: str = "cpu"
+    extra_tokens: int = 0
+
+
+_NO_GRID = _NoGrid()
+_SEQUENCE_ORDERS: dict[tuple[int, int], tuple[TokenLayout, torch.Tensor, torch.Tensor]] = {}
+
+
+def _sequence_order(layout: TokenLayout, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(perm, inverse)`` of a sequence of ``extra`` tokens followed by ``layout``'s grid: the grid in carved
+    order first, then the extra tokens in their order (where attention keeps them like text). Cached per
+    layout object (which is itself cached) and count."""
+    if extra == 0:
+        return layout.perm, layout.inverse
+    key = (id(layout), extra)
+    hit = _SEQUENCE_ORDERS.get(key)
+    if hit is not None and hit[0] is layout:
+        return hit[1], hit[2]
+    device = layout.perm.device
+    perm = torch.cat([layout.perm + extra, torch.arange(extra, device=device)])
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(perm.numel(), device=device)
+    if len(_SEQUENCE_ORDERS) >= 32:
+        _SEQUENCE_ORDERS.clear()
+    _SEQUENCE_ORDERS[key] = (layout, perm, inverse)
+    return perm, inverse
 
 
 @dataclass
@@ -135,6 +171,10 @@ class CarvingRuntime:
     processors: list[tuple[int, Any]] = field(default_factory=list, repr=False)
     # context parallelism (jenga.parallel.ParallelState) when the transformer runs under Ulysses, else None
     parallel: Any = field(default=None, repr=False)
+    # ``set_step`` arguments of a clock that runs before the plan starts (``HookSites.clock_first``)
+    pending_clock: tuple | None = field(default=None, repr=False)
+    # CPU copy of a scheduler's timesteps, for schedulers without ``step_index`` (CogVideoX's DDIM / DPM)
+    _timestep_table: tuple[Any, list[float]] | None = field(default=None, repr=False)
     _ordinal: tuple[int, int] = field(default=(-1, 0), repr=False)
     _last_reason: str | None = field(default=None, repr=False)
     regional_compile_warned: bool = field(default=False, repr=False)  # jenga.skipping.check_skip_stack
@@ -157,15 +197,20 @@ class CarvingRuntime:
     # -- called by the hooks (never traced: plain Python bookkeeping)
 
     @torch.compiler.disable
-    def begin_forward(self, latent: torch.Tensor) -> TokenLayout | None:
-        """Start a forward for a latent ``[B, C, F, H, W]``: grid, layout and tables; dense until the clock."""
+    def begin_forward(self, tokens: Any) -> TokenLayout | None:
+        """Start a forward on a :class:`~jenga.adapters.base.TokenGrid`: layout and tables; dense until the clock
+        (or, when the clock ran first, with the step it read)."""
         self._claim()
         cfg = self.config
-        pt, ph, pw = self.patch_size
-        grid = (latent.shape[2] // pt, latent.shape[3] // ph, latent.shape[4] // pw)
+        if tokens is None:  # the adapter could not read a grid from the inputs: stock attention, stock order
+            self._note("dense: no token grid in this forward's inputs")
+            tokens = _NO_GRID
+        grid, device, extra = tokens.grid, tokens.device, tokens.extra_tokens
         num_tokens = math.prod(grid)
         layout = None
-        if not cfg.ever_sparse:
+        if tokens is _NO_GRID:
+            pass
+        elif not cfg.ever_sparse:
             self._note("dense: no stage of the config carves (drop rates at or below dense_threshold)")
         elif math.ceil(num_tokens / cfg.block_size) < cfg.min_video_blocks:
             self._note(f"dense: grid {grid} has fewer than {cfg.min_video_blocks} blocks of {cfg.block_size}")
@@ -173,12 +218,14 @@ class CarvingRuntime:
             both_ends = self.first_frame and self.last_frame
             layout = token_layout(grid, block_size=cfg.block_size, curve=cfg.curve,
                                   first_frame_prefix=self.first_frame_prefix, last_frame_suffix=both_ends,
-                                  device=latent.device)
+                                  device=device)
         backend = cfg.backend
         if backend == "auto":
-            backend = "triton" if latent.is_cuda and triton_available() else "torch"
+            backend = "triton" if torch.device(device).type == "cuda" and triton_available() else "torch"
         plan = self.plan
         plan.active, plan.num_tokens, plan.layout, plan.sparse = True, num_tokens, layout, False
+        plan.extra_tokens = extra
+        plan.perm, plan.inverse = (None, None) if layout is None else _sequence_order(layout, extra)
         plan.adjacency = layout.adjacency if layout is not None and cfg.adjacency else None
         plan.always_keep = None
         plan.residual = plan.new_residual = None
@@ -187,6 +234,9 @@ class CarvingRuntime:
         if layout is not None and self.first_frame:
             plan.always_keep = layout.first_frame | layout.last_frame if self.last_frame else layout.first_frame
         plan.backend = backend
+        if self.pending_clock is not None:  # the clock ran before this forward's plan existed (clock_first)
+            pending, self.pending_clock = self.pending_clock, None
+            self.set_step(*pending)
         return layout
 
     @torch.compiler.disable
@@ -256,6 +306,8 @@ class CarvingRuntime:
         for f in fields(ForwardPlan):
             setattr(self.plan, f.name, f.default)
         self.residuals.clear()
+        self.pending_clock = None
+        self._timestep_table = None
         self._clear_pending_stats()
         self._ordinal = (-1, 0)
         self._last_reason = None
@@ -267,7 +319,7 @@ class CarvingRuntime:
         """``(step, progress, total steps or 0 when unknown, whether the step starts a stage)``.
 
         Inside a progressive run the call's local index is shifted by the driver's ``window``."""
-        index, total = self._local_clock(context)
+        index, total = self._local_clock(context, timestep)
         if index is None:
             if timestep is None:
                 return 0, 0.0, 0, True
@@ -281,7 +333,7 @@ class CarvingRuntime:
             return step, min(step / total, 1.0), total, index == 0
         return index, min(index / total, 1.0), total, index == 0 or index in self.config.switch_steps(total)
 
-    def _local_clock(self, context: Any) -> tuple[int | None, int]:
+    def _local_clock(self, context: Any, timestep: torch.Tensor | None) -> tuple[int | None, int]:
         step_index = getattr(context, "step_index", None)
         total = getattr(context, "num_inference_steps", None)
         if step_index is not None and total:
@@ -291,6 +343,8 @@ class CarvingRuntime:
         scheduler = self._scheduler()
         timesteps = getattr(scheduler, "timesteps", None)
         if timesteps is not None and len(timesteps) > 0:
+            if not hasattr(scheduler, "step_index"):
+                return self._index_of_timestep(timesteps, timestep), len(timesteps)
             index = getattr(scheduler, "step_index", None)
             if index is None:
                 index = getattr(scheduler, "begin_index", None) or 0
@@ -312,6 +366,19 @@ class CarvingRuntime:
                 "custom loop): carving applies there, step skipping and progressive stages only inside the patched "
                 "pipeline's own calls", type(pipe).__name__)
         return True
+
+    def _index_of_timestep(self, timesteps: Any, timestep: torch.Tensor | None) -> int | None:
+        """The step of ``timestep`` in a schedule that does not count its steps (DDIM-style schedulers): the
+        position of the nearest scheduled timestep (one host read of the timestep per forward)."""
+        if timestep is None:
+            return None
+        table = self._timestep_table
+        if table is None or table[0] is not timesteps:
+            table = (timesteps, [float(t) for t in torch.as_tensor(timesteps).detach().flatten().cpu()])
+            self._timestep_table = table
+        t = float(timestep.detach().flatten().max())
+        values = table[1]
+        return min(range(len(values)), key=lambda i: abs(values[i] - t))
 
     def pipeline_object(self) -> Any:
         """The patched pipeline, or None (a bare transformer, or a pipeline since deleted)."""

@@ -203,7 +203,8 @@ class JengaConfig:
     def preset(cls, name: str = "base", model: str | None = None, **overrides: Any) -> JengaConfig:
         """The reference implementation's preset ``name`` for a model family, with optional overrides.
 
-        ``model``: ``"hunyuan"`` (HunyuanVideo), ``"wan"`` (Wan 1.3B/5B) or ``"wan-14b"`` (Wan 14B, A14B).
+        ``model``: ``"hunyuan"`` (HunyuanVideo), ``"wan"`` (Wan 1.3B/5B), ``"wan-14b"`` (Wan 14B, A14B),
+        ``"cogvideox"`` or ``"ltx"`` (principled defaults, no reference values).
         Without ``model`` the Wan (1.3B/5B) family's preset is returned and logged at INFO level, because the
         families' values differ; ``jenga.patch(pipe, "base")`` picks the family from the pipeline instead.
         Names: ``"base"`` and ``"turbo"`` for every family, ``"flash"`` and ``"3stage"`` for HunyuanVideo.
@@ -380,6 +381,25 @@ def _wan(drops, p, first_scale) -> dict[str, Any]:
     return {"drop_rates": drops, "cdf_threshold": p, "stages": stages, "dense_steps": 0.1}
 
 
+def _principled(drops, p, block_size: int = 128, skip: bool = False, **extra: Any) -> dict[str, Any]:
+    """Families without published reference values (CogVideoX, LTX-Video): the Wan reference's keep budget
+    (drop rates 0.75 then 0.85 over two halves of the run, p 0.9, the first 10 % of the steps dense) at one
+    full-resolution stage, since their pipelines cannot resize (see the adapters). ``turbo`` adds the
+    HunyuanVideo 23-of-50 skip schedule, unvalidated on these models."""
+    stages = (Stage(1.0, 0.5, None), Stage(1.0, 1.0, None))
+    config = {"drop_rates": drops, "cdf_threshold": p, "stages": stages, "dense_steps": 0.1, "block_size": block_size,
+              **extra}
+    if skip:
+        config["skip_steps"] = _named_skip_schedule("hunyuan-23-of-50", stages)
+    return config
+
+
+# LTX-Video's 1:32 x 1:8 VAE leaves short sequences (704x480x161: 21 x 15 x 22 = 6,930 tokens): with 128-token
+# blocks the 3D neighbours alone are 31 % of the key blocks (55 blocks), with 64-token blocks 18 % (109), so
+# the presets use 64; drop rates at or below 0.5 run dense, where the kept share (floor plus neighbours) would
+# pass about 60 % and the selector and reordering no longer pay at these lengths.
+_LTX = {"block_size": 64, "dense_threshold": 0.5}
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "hunyuan": {
         "base": _hunyuan((0.75, 0.85), 0.3, (1.0, 1.0), (0.5, 1.0), (7.0, 7.0)),
@@ -394,6 +414,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "wan-14b": {
         "base": _wan((0.7, 0.8), 0.8, 1.0),
         "turbo": _wan((0.7, 0.8), 0.8, 0.75),
+    },
+    # principled defaults, no reference values (see _principled)
+    "cogvideox": {
+        "base": _principled((0.75, 0.85), 0.9),
+        "turbo": _principled((0.75, 0.85), 0.9, skip=True),
+    },
+    "ltx": {
+        "base": _principled((0.75, 0.85), 0.9, **_LTX),
+        "turbo": _principled((0.75, 0.85), 0.9, skip=True, **_LTX),
     },
 }
 MODELS = tuple(PRESETS)

@@ -85,6 +85,12 @@ def patch(
     cfg = _resolve_config(config, overrides, adapters[0], transformers[0])
     for transformer, adapter in zip(transformers, adapters, strict=True):
         _check_layers(cfg, adapter, transformer)
+        if pipeline is not None and adapter.progressive_unsupported and progressive.needs_driver(cfg):
+            raise NotImplementedError(
+                f"{type(pipeline).__name__}: this config needs progressive resolution or a stage shift "
+                f"(stages {list(cfg.stages)}), which does not apply here: {adapter.progressive_unsupported}. "
+                "Use one full-resolution stage without a shift (stages=((1.0, 1.0),)); carving and skip_steps apply"
+            )
 
     records = [record_of(transformer) for transformer in transformers]
     if any(r is not None for r in records):
@@ -254,7 +260,8 @@ def _install(transformer, adapter: ModelAdapter, cfg: JengaConfig, pipeline: Any
         sites = adapter.hook_sites(transformer)
         for module, hook, name in (
             (sites.rope, _hooks.LayoutHook(runtime, adapter, sites.rope_arg), _hooks.LAYOUT_HOOK),
-            (sites.clock, _hooks.ClockHook(runtime, adapter, sites.clock_arg), _hooks.CLOCK_HOOK),
+            (sites.clock, _hooks.ClockHook(runtime, adapter, sites.clock_arg, first=sites.clock_first),
+             _hooks.CLOCK_HOOK),
             (sites.enter, _hooks.EnterHook(runtime, sites.enter_on, sites.enter_arg), _hooks.ENTER_HOOK),
             (sites.exit, _hooks.ExitHook(runtime, sites.exit_arg), _hooks.EXIT_HOOK),
         ):

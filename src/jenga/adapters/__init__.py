@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from .base import AttentionSite, HookSites, ModelAdapter, carve_attention
+from .base import AttentionSite, HookSites, ModelAdapter, TokenGrid, carve_attention
+from .cogvideox import CogVideoXAdapter
 from .hunyuan import HunyuanVideoAdapter
+from .ltx import LTXAdapter
 from .wan import WanAdapter
 
 __all__ = [
     "AttentionSite",
     "HookSites",
     "ModelAdapter",
+    "TokenGrid",
     "adapter_for",
     "carve_attention",
     "register_adapter",
@@ -55,3 +58,5 @@ def adapter_for(transformer: torch.nn.Module) -> ModelAdapter:
 
 register_adapter(WanAdapter())
 register_adapter(HunyuanVideoAdapter())
+register_adapter(CogVideoXAdapter())
+register_adapter(LTXAdapter())

@@ -24,7 +24,7 @@ from ..attention import block_sparse_attention
 from ..blocks import BlockLists, dense_to_lists
 from ..selection import select_blocks
 
-__all__ = ["AttentionSite", "CarvingProcessor", "HookSites", "ModelAdapter", "carve_attention"]
+__all__ = ["AttentionSite", "CarvingProcessor", "HookSites", "ModelAdapter", "TokenGrid", "carve_attention"]
 
 
 class CarvingProcessor:
@@ -47,7 +47,7 @@ class CarvingProcessor:
 
     @property
     def _attention_backend(self):
-        return self.stock._attention_backend
+        return getattr(self.stock, "_attention_backend", None)  # older processors (CogVideoX) have neither
 
     @_attention_backend.setter
     def _attention_backend(self, value) -> None:
@@ -55,7 +55,7 @@ class CarvingProcessor:
 
     @property
     def _parallel_config(self):
-        return self.stock._parallel_config
+        return getattr(self.stock, "_parallel_config", None)
 
     @_parallel_config.setter
     def _parallel_config(self, value) -> None:
@@ -79,8 +79,11 @@ class AttentionSite:
 class HookSites:
     """Submodules the per-forward hooks attach to (never the transformer itself, which offloading wraps).
 
-    ``rope`` runs first in every forward and sees the latent ``[B, C, F, H, W]`` (argument ``rope_arg``);
-    ``clock`` sees the timestep (``clock_arg``); ``enter`` yields (``enter_on="output"``) or takes
+    ``rope`` is the first module of every forward whose inputs give the token grid
+    (:meth:`ModelAdapter.token_grid`; by default the latent ``[B, C, F, H, W]``, argument ``rope_arg``); its
+    output goes through :meth:`ModelAdapter.reorder_rope`. ``clock`` sees the timestep (``clock_arg``); with
+    ``clock_first`` it runs before ``rope`` (CogVideoX embeds the timestep before the patches), so the step it
+    reads is applied once the forward's plan starts. ``enter`` yields (``enter_on="output"``) or takes
     (``"input"``, argument ``enter_arg``) the row-major hidden states; ``exit`` takes them after the last
     block (``exit_arg``). Each tensor is read from the keyword of that name, else the first positional
     argument.
@@ -95,6 +98,21 @@ class HookSites:
     rope_arg: str = "hidden_states"
     clock_arg: str = "timestep"
     enter_arg: str = "hidden_states"
+    clock_first: bool = False
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """The token grid of one forward, read from the inputs of the ``rope`` hook site.
+
+    ``extra_tokens`` tokens precede the grid in the hidden states (LTX-Video's conditioning latents at other
+    frame positions): the carved order moves them after the grid, where every attention keeps them like
+    text tokens (always-kept keys, dense queries).
+    """
+
+    grid: tuple[int, int, int]
+    device: torch.device
+    extra_tokens: int = 0
 
 
 class ModelAdapter:
@@ -137,6 +155,19 @@ class ModelAdapter:
         """Whether a bare transformer is an image-to-video checkpoint (for ``first_frame=None``)."""
         return False
 
+    # why progressive resolution cannot run through this family's pipelines (None: it can); a patch whose
+    # config needs the stage driver raises NotImplementedError with this reason
+    progressive_unsupported: str | None = None
+
+    def token_grid(self, args: tuple, kwargs: dict, patch_size: tuple[int, int, int],
+                   arg_name: str = "hidden_states") -> TokenGrid | None:
+        """The grid of this forward from the ``rope`` site's inputs (None: none can be read, the forward stays
+        stock); default: the latent ``[B, C, F, H, W]``, keyword ``arg_name`` (``HookSites.rope_arg``) or first
+        positional argument."""
+        latent = kwargs[arg_name] if arg_name in kwargs else args[0]
+        pt, ph, pw = patch_size
+        return TokenGrid((latent.shape[2] // pt, latent.shape[3] // ph, latent.shape[4] // pw), latent.device)
+
     def needs_first_frame_prefix(self, transformer: torch.nn.Module) -> bool:
         """Whether the model indexes the first frame as a token prefix (so the order must keep it)."""
         return False
@@ -145,8 +176,9 @@ class ModelAdapter:
         """Apply ``reorder(tensor, dim)`` to the token dimension of the RoPE module's output."""
         raise NotImplementedError
 
-    def reorder_time(self, output: Any, reorder) -> Any:
-        """Per-token outputs of the time embedding (Wan 2.2 TI2V) follow the order; default: none."""
+    def reorder_time(self, output: Any, reorder, num_tokens: int) -> Any:
+        """Per-token outputs of the time embedding (Wan 2.2 TI2V) follow the order; default: none.
+        ``num_tokens`` is the length of the reordered sequence."""
         return output
 
     # context parallelism (jenga.parallel)

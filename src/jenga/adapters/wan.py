@@ -210,7 +210,7 @@ class WanAdapter(ModelAdapter):
     def parallel_exit_module(self, transformer: torch.nn.Module) -> torch.nn.Module:
         return transformer.proj_out
 
-    def reorder_time(self, output: Any, reorder) -> Any:
+    def reorder_time(self, output: Any, reorder, num_tokens: int) -> Any:
         temb, timestep_proj, text, image = output
         if timestep_proj.ndim == 3:  # Wan 2.2 TI2V: one modulation per token
             timestep_proj = reorder(timestep_proj, 1)
