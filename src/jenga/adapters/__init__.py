@@ -10,7 +10,9 @@ import torch
 
 from .base import AttentionSite, HookSites, ModelAdapter, carve_attention
 from .hunyuan import HunyuanVideoAdapter
+from .skyreels_v2 import SkyReelsV2Adapter
 from .wan import WanAdapter
+from .wan_vace import WanVACEAdapter
 
 __all__ = [
     "AttentionSite",
@@ -55,3 +57,5 @@ def adapter_for(transformer: torch.nn.Module) -> ModelAdapter:
 
 register_adapter(WanAdapter())
 register_adapter(HunyuanVideoAdapter())
+register_adapter(SkyReelsV2Adapter())
+register_adapter(WanVACEAdapter())

@@ -210,6 +210,15 @@ class WanAdapter(ModelAdapter):
     def parallel_exit_module(self, transformer: torch.nn.Module) -> torch.nn.Module:
         return transformer.proj_out
 
+    def check_pipeline(self, pipeline_name: str | None, config: Any) -> None:
+        if pipeline_name == "WanVideoToVideoPipeline" and config.switch_points():
+            raise ValueError(
+                "WanVideoToVideoPipeline: progressive resolution (stages changing scale or shift mid-run) does not "
+                "apply: the call starts from the input video noised to its strength and keeps only the last "
+                "strength share of the schedule, which a stage plan over the whole schedule would replace. Use a "
+                "full-resolution config, e.g. the 'base' preset"
+            )
+
     def reorder_time(self, output: Any, reorder) -> Any:
         temb, timestep_proj, text, image = output
         if timestep_proj.ndim == 3:  # Wan 2.2 TI2V: one modulation per token
