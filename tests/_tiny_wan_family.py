@@ -93,17 +93,25 @@ def mask_frames(count: int = NUM_FRAMES) -> list[PIL.Image.Image]:
     return [PIL.Image.fromarray(plane) for _ in range(count)]
 
 
+def _to_tensor(images: list[PIL.Image.Image]) -> torch.Tensor:
+    """``[F, C, H, W]`` in ``[0, 1]``."""
+    return torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2).float() / 255
+
+
 def inputs(pipe, batch: int = 1, steps: int = 2, seed: int = 0, long: bool = False, **extra) -> dict:
     """Call arguments with random prompt embeddings (CFG on) and the pipeline's own conditioning; ``long``:
     a diffusion-forcing long video in overlapping windows."""
-    gen = torch.Generator().manual_seed(seed + 100)
     text_len = 512 if isinstance(pipe, SkyReelsV2ImageToVideoPipeline) else 12  # its image split is at 512
-    prompt_embeds = torch.randn(batch, text_len, WAN_TEXT_DIM, generator=gen)
-    for b in range(batch):  # per-sample padding as encode_prompt leaves it: zeros after the valid tokens
-        prompt_embeds[b, text_len - 3 * b:] = 0
+    embeds, negative = [], []
+    for b in range(batch):  # one generator per sample: sample 0 is the same in every batch size
+        gen = torch.Generator().manual_seed(seed + 100 + b)
+        embeds.append(torch.randn(1, text_len, WAN_TEXT_DIM, generator=gen))
+        embeds[-1][:, text_len - 3 * b:] = 0  # per-sample padding as encode_prompt leaves it: zeros
+        negative.append(torch.randn(1, text_len, WAN_TEXT_DIM, generator=gen))
+    prompt_embeds = torch.cat(embeds)
     kwargs = dict(
         prompt_embeds=prompt_embeds,
-        negative_prompt_embeds=torch.randn(batch, text_len, WAN_TEXT_DIM, generator=gen),
+        negative_prompt_embeds=torch.cat(negative),
         height=HEIGHT, width=WIDTH, num_frames=NUM_FRAMES, num_inference_steps=steps, guidance_scale=4.0,
         output_type="latent", seed=seed,
     )
@@ -118,7 +126,11 @@ def inputs(pipe, batch: int = 1, steps: int = 2, seed: int = 0, long: bool = Fal
         # the last 5 input frames (2 latent frames) are the clean prefix of the 9 new ones
         kwargs.update(video=frames(9), overlap_history=5, base_num_frames=NUM_FRAMES)
     if isinstance(pipe, WanVACEPipeline):
-        kwargs.update(video=frames(), mask=mask_frames())
+        if batch == 1:
+            kwargs.update(video=frames(), mask=mask_frames())
+        else:  # one control video per sample: tensors [B, F, C, H, W] in [0, 1]
+            video = torch.stack([_to_tensor(frames(seed=4 + b)) for b in range(batch)])
+            kwargs.update(video=video, mask=_to_tensor(mask_frames()).expand(batch, -1, -1, -1, -1))
     if isinstance(pipe, WanVideoToVideoPipeline):
         kwargs.pop("num_frames")
         kwargs.update(video=frames(), strength=0.7)

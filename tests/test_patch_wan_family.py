@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _tiny import ALL_BLOCKS, CARVING, run
-from _tiny_wan_family import frames, inputs, skyreels_pipeline, v2v_pipeline, vace_pipeline
+from _tiny_wan_family import frames, inputs, skyreels_pipeline, v2v_pipeline, vace_pipeline, vace_transformer
 
 import jenga
 from jenga import selection_stats
@@ -60,7 +60,7 @@ def test_all_blocks_equals_stock_and_unpatch_is_exact(name):
     assert torch.equal(run(pipe, args), stock)
 
 
-@pytest.mark.parametrize("name", PIPELINES)
+@pytest.mark.parametrize("name", [name for name in PIPELINES if name != "wan-vace"])
 def test_carving_batch_two_drops_blocks(name):
     """Real sparsity, CFG, two samples (the second with padded text): blocks dropped, finite output, and each
     sample's selection its own (sample 0 equals a batch-of-one run)."""
@@ -69,22 +69,21 @@ def test_carving_batch_two_drops_blocks(name):
     single = run(pipe, inputs(pipe, batch=1))
     selection_stats(pipe, clear=True)
     batch_inputs = inputs(pipe, batch=2)
-    if "image" in batch_inputs:
-        batch_inputs["image"] = [batch_inputs["image"]] * 2
     out = run(pipe, batch_inputs)
     assert out.shape[0] == 2 and torch.isfinite(out).all()
     stats = selection_stats(pipe)
-    assert {s.branch for s in stats} == {"cond", "uncond"}
+    layers = LAYERS.get(name, {0, 1})
+    assert {s.layer for s in stats} == layers and len(stats) >= 2 * len(layers)  # both CFG branches
     assert all(s.kv_count.shape[0] == 2 and bool((s.kv_count >= 1).all()) for s in stats)
     assert any(bool((s.kv_count < s.key_blocks).any()) for s in stats), "nothing was dropped"
     assert _close(out[:1], single), (out[:1] - single).abs().max()
 
 
-@pytest.mark.parametrize("name", PIPELINES)
+@pytest.mark.parametrize("name", [name for name in PIPELINES if name != "wan-vace"])  # VACE: the test below
 def test_progressive_stages_or_clear_error(name):
     """A two-resolution stage plan returns the requested size, or is refused where it does not apply."""
     pipe = PIPELINES[name]()
-    args = inputs(pipe, steps=4)
+    args = inputs(pipe)
     if name in UNSTAGED:
         with pytest.raises(ValueError, match="progressive resolution"):
             jenga.patch(pipe, **{**CARVING, **TURBO_LIKE})
@@ -103,14 +102,16 @@ def test_step_skipping_is_refused_where_it_does_not_apply(name):
     with pytest.raises(ValueError, match="skip_steps"):
         jenga.patch(pipe, **{**CARVING, "skip_steps": (0.5,)})
     assert not jenga.is_patched(pipe)
-    assert all(not isinstance(p, jenga.adapters.base.CarvingProcessor) for p in pipe.transformer.attn_processors.values())
+    processors = pipe.transformer.attn_processors.values()
+    assert all(not isinstance(p, jenga.adapters.base.CarvingProcessor) for p in processors)
 
 
 def test_diffusion_forcing_clock_follows_per_frame_timesteps():
     """The per-frame schedulers never step the pipeline's own: the step comes from the timesteps, each
-    window starting again (dense_steps=0.5 keeps the first step of every window dense)."""
+    window starting again: dense_steps=0.1 keeps the first step of every window dense (noise level 1), the
+    second (noise level 0.89 at shift 8, progress 0.11) carves."""
     pipe = skyreels_pipeline("df")
-    jenga.patch(pipe, **{**CARVING, "dense_steps": 0.5})
+    jenga.patch(pipe, **{**CARVING, "dense_steps": 0.1})
     out = run(pipe, inputs(pipe, steps=2, long=True))
     assert torch.isfinite(out).all()
     stats = selection_stats(pipe)
@@ -139,6 +140,26 @@ def test_vace_reference_image_and_control_video_at_stage_size():
     out = run(pipe, args)
     assert out.shape[2] == 4 and torch.isfinite(out).all()  # 3 latent frames + the reference frame
     assert {s.key_blocks for s in selection_stats(pipe)} == {16, 9}  # 4 x 6 x 6 = 144 tokens, then 4 x 8 x 8
+
+
+def test_vace_transformer_batch_two_carves_per_sample():
+    """WanVACEPipeline itself generates one video per call ("more than one video is not yet supported"), so
+    batch 2 goes through the transformer: control tokens of two samples, the second text padded."""
+    transformer = vace_transformer()
+    gen = torch.Generator().manual_seed(7)
+    latent = torch.randn(2, 16, 3, 16, 16, generator=gen)
+    control = torch.randn(2, 96, 3, 16, 16, generator=gen)
+    text = torch.randn(2, 12, 32, generator=gen)
+    text[1, 9:] = 0
+    timestep = torch.tensor([700.0, 700.0])
+    jenga.patch(transformer, **CARVING)
+    with torch.no_grad():
+        both = transformer(latent, timestep, text, control_hidden_states=control, return_dict=False)[0]
+        first = transformer(latent[:1], timestep[:1], text[:1], control_hidden_states=control[:1], return_dict=False)[0]
+    assert torch.isfinite(both).all() and _close(both[:1], first)
+    stats = selection_stats(transformer)
+    assert {s.layer for s in stats} == {0, 1, 2, 3, 4}
+    assert any(bool((s.kv_count < s.key_blocks).any()) for s in stats), "nothing was dropped"
 
 
 def test_supported_lists_the_new_families():
