@@ -42,7 +42,7 @@ def _hooked(transformer):
 def test_all_blocks_equals_stock_and_unpatch_is_exact(name):
     """Drop rate 0 through the block-sparse path == stock; after unpatch the stock run is bitwise the same."""
     pipe = PIPELINES[name]()
-    args = inputs(pipe, long=name == "skyreels-df")
+    args = inputs(pipe, steps=1, long=name == "skyreels-df")  # one step: the runs are dominated by the VAE encodes
     stock = run(pipe, args)
     processors = dict(pipe.transformer.attn_processors)
     hooked = _hooked(pipe.transformer)
