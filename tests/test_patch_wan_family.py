@@ -169,3 +169,12 @@ def test_supported_lists_the_new_families():
     pipe = skyreels_pipeline("t2v")
     jenga.patch(pipe)
     assert pipe.transformer._jenga_patch.config == jenga.JengaConfig.preset("base", model="skyreels-v2")
+
+
+def test_skyreels_t2v_step_skipping_runs():
+    """Plain SkyReels-V2 T2V steps its own scheduler: skip_steps applies (its block registered for skipping)."""
+    pipe = skyreels_pipeline("t2v")
+    jenga.patch(pipe, **{**CARVING, "skip_steps": (0.5,)})
+    out = run(pipe, inputs(pipe, steps=4))
+    assert torch.isfinite(out).all()
+    assert {s.step for s in selection_stats(pipe)} == {0, 1, 3}  # step 2 reused the residual

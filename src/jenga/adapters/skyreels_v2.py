@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 from diffusers import SkyReelsV2Transformer3DModel
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+from diffusers.models.transformers.transformer_skyreels_v2 import SkyReelsV2TransformerBlock
 
 from .._hooks import JengaHook
 from .wan import WanAdapter
@@ -37,6 +39,11 @@ DIFFUSION_FORCING_PIPELINES = (
 BLOCK_INPUT_HOOK = "jenga_skyreels_block_inputs"
 RELEASE_HOOK = "jenga_skyreels_release"
 _TEMB_ARG, _MASK_ARG = 2, 4  # SkyReelsV2TransformerBlock.forward(hidden, text, temb, rotary_emb, attention_mask)
+
+# diffusers does not register SkyReels-V2's block (step skipping reads what it returns): as Wan's, the hidden states
+if SkyReelsV2TransformerBlock not in TransformerBlockRegistry._registry:
+    TransformerBlockRegistry.register(SkyReelsV2TransformerBlock, TransformerBlockMetadata(
+        return_hidden_states_index=0, return_encoder_hidden_states_index=None))
 
 # SkyReels-V2 1.3B has 1536 channels, the 14B models 5120 (as Wan 2.1)
 _SMALL_MODEL_DIM = 3072
@@ -109,6 +116,7 @@ class _ReleaseHook(JengaHook):
 class SkyReelsV2Adapter(WanAdapter):
     name = "skyreels-v2"
     transformer_class = SkyReelsV2Transformer3DModel
+    pipelines = ("SkyReelsV2Pipeline", "SkyReelsV2ImageToVideoPipeline", *DIFFUSION_FORCING_PIPELINES)
     # the diffusion-forcing I2V pipeline conditions on clean first-frame latents (timestep 0), as I2V does
     image_to_video_pipelines = ("SkyReelsV2ImageToVideoPipeline", "SkyReelsV2DiffusionForcingImageToVideoPipeline")
 

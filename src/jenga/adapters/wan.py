@@ -171,7 +171,7 @@ class WanCarvingProcessor(CarvingProcessor):
 class WanAdapter(ModelAdapter):
     name = "wan"
     transformer_class = WanTransformer3DModel
-    pipelines = ("WanPipeline", "WanImageToVideoPipeline")
+    pipelines = ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline")
     image_to_video_pipelines = ("WanImageToVideoPipeline",)
 
     def preset_model(self, transformer: torch.nn.Module) -> str:

@@ -76,6 +76,7 @@ def _resize_frames(frames: Any, size: tuple[int, int], name: str, resample: PIL.
 class WanVACEAdapter(WanAdapter):
     name = "wan-vace"
     transformer_class = WanVACETransformer3DModel
+    pipelines = ("WanVACEPipeline",)
     image_to_video_pipelines = ()
 
     def attention_sites(self, transformer: torch.nn.Module) -> list[AttentionSite]:
