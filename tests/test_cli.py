@@ -214,7 +214,7 @@ def test_examples_compile(script, tmp_path):
 def test_examples_cover_every_pipeline():
     names = {p.name for p in (ROOT / "examples").glob("*.py")}
     assert {"wan_t2v.py", "wan_i2v.py", "wan22_t2v.py", "hunyuan_t2v.py", "hunyuan_i2v.py", "cogvideox_t2v.py",
-            "ltx_t2v.py"} <= names
+            "ltx_t2v.py", "skyreels_v2_t2v.py", "wan_vace.py"} <= names
 
 
 def test_demo_rejects_a_prompt_it_cannot_read(capsys):

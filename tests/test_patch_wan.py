@@ -404,7 +404,8 @@ def test_unsupported_targets_raise_type_error():
 
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8,), norm_num_groups=4,
                        down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), layers_per_block=1)
-    with pytest.raises(TypeError, match="HunyuanVideoTransformer3DModel, .*WanTransformer3DModel"):
+    supported = "HunyuanVideoTransformer3DModel, .*SkyReelsV2Transformer3DModel, .*WanTransformer3DModel"
+    with pytest.raises(TypeError, match=supported):
         jenga.patch(unet)
     with pytest.raises(TypeError, match="no transformer.*WanPipeline"):
         jenga.patch(DDPMPipeline(unet=unet, scheduler=FlowMatchEulerDiscreteScheduler()))

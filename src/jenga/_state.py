@@ -159,6 +159,9 @@ class CarvingRuntime:
     pipeline: Any = None
     last_frame: bool = False  # set around a pipeline call given a last frame (with first_frame: keep both ends)
     scheduler: Any = None
+    # the step comes from the timestep values (pipelines whose own scheduler does not step, e.g. SkyReels-V2
+    # diffusion forcing with one scheduler per frame): progress 1 - max(t) / 1000, steps counted per branch
+    step_from_timesteps: bool = False
     plan: ForwardPlan = field(default_factory=ForwardPlan)
     stats: list[LayerStats] = field(default_factory=list)
     # set by the progressive driver around each stage call (jenga.progressive), else None / 0
@@ -334,6 +337,8 @@ class CarvingRuntime:
         return index, min(index / total, 1.0), total, index == 0 or index in self.config.switch_steps(total)
 
     def _local_clock(self, context: Any, timestep: torch.Tensor | None) -> tuple[int | None, int]:
+        if self.step_from_timesteps:
+            return None, 0
         step_index = getattr(context, "step_index", None)
         total = getattr(context, "num_inference_steps", None)
         if step_index is not None and total:

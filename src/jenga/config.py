@@ -203,8 +203,9 @@ class JengaConfig:
     def preset(cls, name: str = "base", model: str | None = None, **overrides: Any) -> JengaConfig:
         """The reference implementation's preset ``name`` for a model family, with optional overrides.
 
-        ``model``: ``"hunyuan"`` (HunyuanVideo), ``"wan"`` (Wan 1.3B/5B), ``"wan-14b"`` (Wan 14B, A14B),
-        ``"cogvideox"`` or ``"ltx"`` (principled defaults, no reference values).
+        ``model``: ``"hunyuan"`` (HunyuanVideo), ``"wan"`` (Wan 1.3B/5B, also VACE 1.3B), ``"wan-14b"`` (Wan 14B,
+        A14B, VACE 14B); principled defaults without reference values: ``"skyreels-v2"`` / ``"skyreels-v2-14b"``
+        (Wan's values), ``"cogvideox"``, ``"ltx"``.
         Without ``model`` the Wan (1.3B/5B) family's preset is returned and logged at INFO level, because the
         families' values differ; ``jenga.patch(pipe, "base")`` picks the family from the pipeline instead.
         Names: ``"base"`` and ``"turbo"`` for every family, ``"flash"`` and ``"3stage"`` for HunyuanVideo.
@@ -423,6 +424,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ltx": {
         "base": _principled((0.75, 0.85), 0.9, **_LTX),
         "turbo": _principled((0.75, 0.85), 0.9, skip=True, **_LTX),
+    },
+    # SkyReels-V2 (no published reference values): Wan 2.1's architecture fine-tuned, so the principled
+    # default is Wan's keep budget for the same width (1.3B: top-k floor 25 % / 15 % of the video blocks,
+    # p = 0.9; 14B: 30 % / 20 %, p = 0.8) and Wan's dense first 10 % of the steps. Wan VACE and Wan
+    # video-to-video use the Wan presets themselves (Wan checkpoints).
+    "skyreels-v2": {
+        "base": _wan((0.75, 0.85), 0.9, 1.0),
+        "turbo": _wan((0.75, 0.85), 0.9, 0.75),
+    },
+    "skyreels-v2-14b": {
+        "base": _wan((0.7, 0.8), 0.8, 1.0),
+        "turbo": _wan((0.7, 0.8), 0.8, 0.75),
     },
 }
 MODELS = tuple(PRESETS)

@@ -226,7 +226,9 @@ def _check_layers(cfg: JengaConfig, adapter: ModelAdapter, transformer: torch.nn
 
 
 def _install(transformer, adapter: ModelAdapter, cfg: JengaConfig, pipeline: Any, scheduler: Any) -> None:
-    i2v_pipeline = pipeline is not None and type(pipeline).__name__ in adapter.image_to_video_pipelines
+    pipeline_name = type(pipeline).__name__ if pipeline is not None else None
+    adapter.check_pipeline(pipeline_name, cfg)
+    i2v_pipeline = pipeline is not None and pipeline_name in adapter.image_to_video_pipelines
     first_frame = cfg.first_frame
     if first_frame is None:
         first_frame = i2v_pipeline or adapter.image_conditioned(transformer)
@@ -237,6 +239,7 @@ def _install(transformer, adapter: ModelAdapter, cfg: JengaConfig, pipeline: Any
         first_frame_prefix=first_frame or adapter.needs_first_frame_prefix(transformer),
         pipeline=pipeline,
         scheduler=scheduler,
+        step_from_timesteps=adapter.step_from_timesteps(pipeline_name),
     )
     record = PatchRecord(cfg, adapter, runtime, processors=[], hooks=[])
     transformer.__dict__[RECORD_ATTR] = record  # before the first change, so a failure can be undone
@@ -265,6 +268,9 @@ def _install(transformer, adapter: ModelAdapter, cfg: JengaConfig, pipeline: Any
             (sites.enter, _hooks.EnterHook(runtime, sites.enter_on, sites.enter_arg), _hooks.ENTER_HOOK),
             (sites.exit, _hooks.ExitHook(runtime, sites.exit_arg), _hooks.EXIT_HOOK),
         ):
+            had_registry, had_forward = _hooks.register(module, hook, name)
+            record.hooks.append((module, name, had_registry, had_forward))
+        for module, hook, name in adapter.extra_hooks(transformer, runtime):
             had_registry, had_forward = _hooks.register(module, hook, name)
             record.hooks.append((module, name, had_registry, had_forward))
         attach_parallel(transformer, record)

@@ -233,6 +233,7 @@ def _run_stages(pipe: Any, stock: Callable, records: list[Any], params: dict[str
                         callback_on_step_end=_StepCallback(callback, user_inputs, plan.start, captured))
             if not last:
                 call.update(output_type="latent", return_dict=False)
+                call = records[0].adapter.stage_arguments(type(pipe).__name__, call)
             pipe.__dict__["scheduler"] = scheduler  # not setattr: the pipeline's config must not change
             logger.debug("jenga: stage %d, steps %d-%d at latent %s, shift %s, text bias %.3f", plan.index,
                          plan.start, plan.end - 1, plan.latent_hw, plan.shift, bias)

@@ -12,7 +12,9 @@ from .base import AttentionSite, HookSites, ModelAdapter, TokenGrid, carve_atten
 from .cogvideox import CogVideoXAdapter
 from .hunyuan import HunyuanVideoAdapter
 from .ltx import LTXAdapter
+from .skyreels_v2 import SkyReelsV2Adapter
 from .wan import WanAdapter
+from .wan_vace import WanVACEAdapter
 
 __all__ = [
     "AttentionSite",
@@ -60,3 +62,5 @@ register_adapter(WanAdapter())
 register_adapter(HunyuanVideoAdapter())
 register_adapter(CogVideoXAdapter())
 register_adapter(LTXAdapter())
+register_adapter(SkyReelsV2Adapter())
+register_adapter(WanVACEAdapter())

@@ -194,6 +194,26 @@ class ModelAdapter:
         """The module whose output the plan gathers (full sequence, carved order, per token)."""
         raise NotImplementedError
 
+    def extra_hooks(self, transformer: torch.nn.Module, runtime: Any) -> list[tuple[torch.nn.Module, Any, str]]:
+        """Further ``(module, hook, name)`` the family needs for the carved order (tensors the forward builds
+        row-major after the enter site, e.g. SkyReels-V2's per-token modulation, VACE's control tokens);
+        registered after the four standard hooks, removed by ``unpatch``. Default: none."""
+        return []
+
+    def step_from_timesteps(self, pipeline_name: str | None) -> bool:
+        """Whether the step clock must follow the timestep values instead of the pipeline's scheduler (a
+        pipeline whose scheduler does not step, e.g. per-frame schedules). Default: no."""
+        return False
+
+    def stage_arguments(self, pipeline_name: str, call: dict[str, Any]) -> dict[str, Any]:
+        """The call arguments of one progressive stage (``height``/``width`` already the stage's): inputs given
+        at pixel size that the pipeline does not resize itself get resized here. Default: unchanged."""
+        return call
+
+    def check_pipeline(self, pipeline_name: str | None, config: Any) -> None:
+        """Raise ``ValueError`` when ``config`` asks for something this pipeline's call cannot do (stages,
+        step skipping). Default: everything applies."""
+
 
 def carve_attention(
     q: torch.Tensor,

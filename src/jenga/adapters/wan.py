@@ -171,7 +171,7 @@ class WanCarvingProcessor(CarvingProcessor):
 class WanAdapter(ModelAdapter):
     name = "wan"
     transformer_class = WanTransformer3DModel
-    pipelines = ("WanPipeline", "WanImageToVideoPipeline")
+    pipelines = ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline")
     image_to_video_pipelines = ("WanImageToVideoPipeline",)
 
     def preset_model(self, transformer: torch.nn.Module) -> str:
@@ -209,6 +209,15 @@ class WanAdapter(ModelAdapter):
 
     def parallel_exit_module(self, transformer: torch.nn.Module) -> torch.nn.Module:
         return transformer.proj_out
+
+    def check_pipeline(self, pipeline_name: str | None, config: Any) -> None:
+        if pipeline_name == "WanVideoToVideoPipeline" and config.switch_points():
+            raise ValueError(
+                "WanVideoToVideoPipeline: progressive resolution (stages changing scale or shift mid-run) does not "
+                "apply: the call starts from the input video noised to its strength and keeps only the last "
+                "strength share of the schedule, which a stage plan over the whole schedule would replace. Use a "
+                "full-resolution config, e.g. the 'base' preset"
+            )
 
     def reorder_time(self, output: Any, reorder, num_tokens: int) -> Any:
         temb, timestep_proj, text, image = output
