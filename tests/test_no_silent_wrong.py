@@ -162,6 +162,7 @@ def test_launcher_falls_back_to_smaller_tiles_on_out_of_resources(monkeypatch):
     monkeypatch.setattr(kernel, "_block_sparse_fwd_tuned", FakeKernel(lambda kw: False))
     monkeypatch.setattr(kernel, "_block_sparse_fwd", FakeKernel(lambda kw: kw["BLOCK_N"] <= 32))
     monkeypatch.setattr(kernel, "_FALLBACK_PICKS", {})
+    monkeypatch.setattr(kernel.tuning, "autotune_requested", lambda: True)  # the autotuner's configs first
     q = torch.empty(1, 128, 1, 256)
     index, count = dense_to_lists(torch.ones(1, 1, 1, 1, dtype=torch.bool))
     args = (q, q, q, index.int(), count.int(), 128, None, 128, 0.0, False)
@@ -170,6 +171,17 @@ def test_launcher_falls_back_to_smaller_tiles_on_out_of_resources(monkeypatch):
     calls.clear()
     kernel.block_sparse_attention_triton(*args, use_tma=False)
     assert calls == [32]  # the working fallback is remembered
+    # the shipped table's (or the default) tiles fall back the same way: only a caller's own config raises
+    monkeypatch.setattr(kernel.tuning, "autotune_requested", lambda: False)
+    table_tiles = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "Q_TMA": False}
+    table = kernel.tuning.TileChoice(table_tiles, False, "package")
+    monkeypatch.setattr(kernel.tuning, "choose", lambda *a, **k: table)
+    monkeypatch.setattr(kernel, "_FALLBACK_PICKS", {})
+    calls.clear()
+    kernel.block_sparse_attention_triton(*args, use_tma=False)
+    assert calls[0] == 64 and calls[-1] == 32
+    with pytest.raises(ValueError, match="needs more GPU resources"):
+        kernel.block_sparse_attention_triton(*args, use_tma=False, config=table_tiles)
     monkeypatch.setattr(kernel, "_block_sparse_fwd", FakeKernel(lambda kw: False))
     monkeypatch.setattr(kernel, "_FALLBACK_PICKS", {})
     with pytest.raises(ValueError, match="head dim 256"):
