@@ -21,12 +21,19 @@ from jenga.skipping import block_metadata
 
 def test_supported_lists_every_adapter_pipeline_and_transformer():
     found = jenga.supported()
-    assert found.transformers == ("CogVideoXTransformer3DModel", "HunyuanVideoTransformer3DModel",
-                                  "LTXVideoTransformer3DModel", "WanTransformer3DModel")
-    assert found.pipelines == ("WanPipeline", "WanImageToVideoPipeline", "HunyuanVideoPipeline",
-                               "HunyuanVideoImageToVideoPipeline", "CogVideoXPipeline",
-                               "CogVideoXImageToVideoPipeline", "LTXPipeline", "LTXImageToVideoPipeline",
-                               "LTXConditionPipeline")
+    assert found.transformers == tuple(sorted(found.transformers))
+    assert {"CogVideoXTransformer3DModel", "HunyuanVideoTransformer3DModel", "LTXVideoTransformer3DModel",
+            "SkyReelsV2Transformer3DModel", "WanTransformer3DModel", "WanVACETransformer3DModel"} <= set(
+        found.transformers)
+    for family in (("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline", "WanVACEPipeline"),
+                   ("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline"),
+                   ("CogVideoXPipeline", "CogVideoXImageToVideoPipeline"),
+                   ("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"),
+                   ("SkyReelsV2Pipeline", "SkyReelsV2ImageToVideoPipeline", "SkyReelsV2DiffusionForcingPipeline",
+                    "SkyReelsV2DiffusionForcingImageToVideoPipeline",
+                    "SkyReelsV2DiffusionForcingVideoToVideoPipeline")):
+        assert set(family) <= set(found.pipelines), family
+    assert len(set(found.pipelines)) == len(found.pipelines)
 
 
 def test_unsupported_transformer_error_names_pipelines_and_transformers():
