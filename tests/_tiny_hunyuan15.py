@@ -75,7 +75,7 @@ def pipeline(kind: str = "t2v", guidance_scale: float = 3.0):
     return pipe
 
 
-def inputs(pipe, batch: int = 2, steps: int = 3, seed: int = 0, cfg: bool = True, **extra) -> dict:
+def inputs(pipe, batch: int = 2, steps: int = 2, seed: int = 0, cfg: bool = True, **extra) -> dict:
     """Per-sample padding: sample b keeps ``TEXT_LEN - 4 b`` Qwen and ``TEXT_2_LEN - 2 b`` ByT5 tokens."""
     gen = torch.Generator().manual_seed(seed + 100)
 

@@ -49,23 +49,14 @@ def test_all_blocks_equals_stock(case):
     assert _close(out, stock), (out - stock).abs().max()
 
 
-def test_unpatch_restores_bitwise(case):
-    kind, pipe, kwargs, stock = case
-    processors = dict(pipe.transformer.attn_processors)
-    jenga.patch(pipe, **CARVING)
-    carved = run(pipe, kwargs)
-    assert not torch.equal(carved, stock)
-    jenga.unpatch(pipe)
-    assert all(pipe.transformer.attn_processors[k] is v for k, v in processors.items())
-    assert torch.equal(run(pipe, kwargs), stock)
-
-
-def test_carving_drops_video_blocks_keeps_conditions(case, monkeypatch):
-    """Video query blocks drop video key blocks; every condition key block is kept, condition query blocks
-    attend densely; padded condition tokens are masked by each sample's key length; I2V keeps frame 0."""
+def test_carving_then_unpatch_restores_bitwise(case, monkeypatch):
+    """Carving: video query blocks drop video key blocks, every condition key block is kept, condition query
+    blocks attend densely, padded condition tokens are masked by each sample's key length, I2V keeps frame 0;
+    the output is finite. Unpatching gives the stock processors and stock latents back, bit for bit."""
     import jenga.adapters.base as base
 
     kind, pipe, kwargs, stock = case
+    processors = dict(pipe.transformer.attn_processors)
     seen, lengths = [], []
     select, attend = base.select_blocks, base.block_sparse_attention
 
@@ -80,14 +71,18 @@ def test_carving_drops_video_blocks_keeps_conditions(case, monkeypatch):
 
     monkeypatch.setattr(base, "select_blocks", spy_select)
     monkeypatch.setattr(base, "block_sparse_attention", spy_attend)
-    with jenga.patched(pipe, **CARVING):
-        out = run(pipe, kwargs)
-        stats = selection_stats(pipe)
-    assert torch.isfinite(out).all() and out.shape == stock.shape
+    jenga.patch(pipe, **CARVING)
+    carved = run(pipe, kwargs)
+    stats = selection_stats(pipe)
+    jenga.unpatch(pipe)
+    monkeypatch.undo()
+
+    assert torch.isfinite(carved).all() and carved.shape == stock.shape and not torch.equal(carved, stock)
     video_blocks = NUM_VIDEO // BLOCK
-    assert len(stats) == 3 * 2 * 2  # 3 steps x 2 CFG branches x 2 layers
+    assert len(stats) == 2 * 2 * 2  # 2 steps x 2 CFG branches x 2 layers
     dropped = sum(int((s.kv_count[..., :video_blocks] < s.key_blocks).sum()) for s in stats)
     assert dropped > 0
+    assert len(seen) == len(stats)
     for keep, always in seen:
         assert keep[..., :video_blocks, video_blocks:].all()  # condition keys kept by every video query
         assert keep[..., video_blocks:, :].all()  # condition queries dense
@@ -97,6 +92,9 @@ def test_carving_drops_video_blocks_keeps_conditions(case, monkeypatch):
         else:
             assert always is None
     assert {tuple(x) for x in lengths} == {(NUM_VIDEO + VALID[kind][0], NUM_VIDEO + VALID[kind][1])}
+
+    assert all(pipe.transformer.attn_processors[k] is v for k, v in processors.items())
+    assert torch.equal(run(pipe, kwargs), stock)
 
 
 def test_batch_sample_equals_single(case):
@@ -111,15 +109,15 @@ def test_batch_sample_equals_single(case):
 
 
 def test_skip_steps_and_dense_steps_follow_the_step(case):
-    """The step clock reads the scheduler through the guider's branches: dense first step, skipped step 2
-    (no block runs: no attention statistics), computed steps 1 and 3."""
+    """The step clock reads the scheduler through the guider's two branches: step 0 dense, step 2 skipped
+    (no block runs: no attention statistics), step 1 carved in both branches."""
     kind, pipe, kwargs, _ = case
-    with jenga.patched(pipe, **{**CARVING, "dense_steps": 0.25, "skip_steps": (0.5,)}):
-        out = run(pipe, {**kwargs, "num_inference_steps": 4})
+    with jenga.patched(pipe, **{**CARVING, "dense_steps": 0.3, "skip_steps": (0.67,)}):
+        out = run(pipe, {**kwargs, "num_inference_steps": 3})
         stats = selection_stats(pipe)
     assert torch.isfinite(out).all()
-    assert sorted({s.step for s in stats}) == [1, 3]
-    assert len(stats) == 2 * 2 * 2
+    assert {(s.step, s.branch) for s in stats} == {(1, "pred_cond"), (1, "pred_uncond")}
+    assert len(stats) == 2 * 2
 
 
 def test_progressive_t2v_returns_requested_size():
