@@ -12,6 +12,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import (
     HunyuanVideoTokenReplaceTransformerBlock,
     HunyuanVideoTransformerBlock,
 )
+from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15TransformerBlock
 from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
 import jenga
@@ -21,12 +22,13 @@ from jenga.skipping import block_metadata
 
 def test_supported_lists_every_adapter_pipeline_and_transformer():
     found = jenga.supported()
-    assert found.transformers == ("CogVideoXTransformer3DModel", "HunyuanVideoTransformer3DModel",
-                                  "LTXVideoTransformer3DModel", "WanTransformer3DModel")
+    assert found.transformers == ("CogVideoXTransformer3DModel", "HunyuanVideo15Transformer3DModel",
+                                  "HunyuanVideoTransformer3DModel", "LTXVideoTransformer3DModel",
+                                  "WanTransformer3DModel")
     assert found.pipelines == ("WanPipeline", "WanImageToVideoPipeline", "HunyuanVideoPipeline",
                                "HunyuanVideoImageToVideoPipeline", "CogVideoXPipeline",
                                "CogVideoXImageToVideoPipeline", "LTXPipeline", "LTXImageToVideoPipeline",
-                               "LTXConditionPipeline")
+                               "LTXConditionPipeline", "HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline")
 
 
 def test_unsupported_transformer_error_names_pipelines_and_transformers():
@@ -42,6 +44,7 @@ def test_unsupported_transformer_error_names_pipelines_and_transformers():
     (HunyuanVideoSingleTransformerBlock, 1),
     (HunyuanVideoTokenReplaceTransformerBlock, 1),
     (HunyuanVideoTokenReplaceSingleTransformerBlock, 1),
+    (HunyuanVideo15TransformerBlock, 1),  # registered by jenga.adapters.hunyuan_video15 (diffusers 0.42 has none)
 ])
 def test_diffusers_block_metadata_of_the_skipped_blocks(block_class, encoder_index):
     meta = TransformerBlockRegistry.get(block_class)
@@ -69,7 +72,9 @@ def test_block_without_metadata_is_a_type_error():
 def test_pixel_multiple_is_an_adapter_fact():
     from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
 
-    for cls in (WanTransformer3DModel, HunyuanVideoTransformer3DModel):
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    for cls in (WanTransformer3DModel, HunyuanVideoTransformer3DModel, HunyuanVideo15Transformer3DModel):
         adapter = adapter_for(cls.__new__(cls))
         assert adapter.pixel_multiple == 16
         assert set(adapter.image_to_video_pipelines) <= set(adapter.pipelines)

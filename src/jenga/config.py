@@ -417,12 +417,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "flash": _hunyuan((0.8, 0.95), 0.5, (0.75, 1.0), (0.5, 1.0), (7.0, 9.0)),
         "3stage": _hunyuan((0.75, 0.85, 0.85), 0.3, (0.5, 0.75, 1.0), (0.3, 0.5, 1.0), (7.0, 9.0, 11.0)),
     },
-    # principled defaults, no reference values (see _hunyuan15)
-    "hunyuan15": {
-        "base": _hunyuan15((0.75, 0.85), 0.3, (1.0, 1.0), (0.5, 1.0)),
-        "turbo": _hunyuan15((0.7, 0.8), 0.3, (0.75, 1.0), (0.5, 1.0)),
-        "flash": _hunyuan15((0.8, 0.95), 0.5, (0.75, 1.0), (0.5, 1.0)),
-    },
     "wan": {
         "base": _wan((0.75, 0.85), 0.9, 1.0),
         "turbo": _wan((0.75, 0.85), 0.9, 0.75),
@@ -451,6 +445,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "skyreels-v2-14b": {
         "base": _wan((0.7, 0.8), 0.8, 1.0),
         "turbo": _wan((0.7, 0.8), 0.8, 0.75),
+    },
+    # principled defaults, no reference values (see _hunyuan15)
+    "hunyuan15": {
+        "base": _hunyuan15((0.75, 0.85), 0.3, (1.0, 1.0), (0.5, 1.0)),
+        "turbo": _hunyuan15((0.7, 0.8), 0.3, (0.75, 1.0), (0.5, 1.0)),
+        "flash": _hunyuan15((0.8, 0.95), 0.5, (0.75, 1.0), (0.5, 1.0)),
     },
 }
 MODELS = tuple(PRESETS)

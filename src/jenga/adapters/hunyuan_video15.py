@@ -134,8 +134,6 @@ class HunyuanVideo15Adapter(ModelAdapter):
                        dense: bool) -> HunyuanVideo15CarvingProcessor:
         return HunyuanVideo15CarvingProcessor(stock, site.layer, runtime, dense)
 
-    blocks_return_pair = True
-
     def block_stack(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
         return list(transformer.transformer_blocks)
 
