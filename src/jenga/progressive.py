@@ -6,6 +6,8 @@ switch the last clean estimate is upsampled and re-noised to the next stage's fi
 Each stage gets a fresh scheduler copy with its shift, encoders run once (their results are replayed), the
 step clock, progress bar and callbacks see global steps, and HunyuanVideo's text amplifier biases the text
 keys of a low-resolution first stage. An interrupt in an early stage decodes the reached latents, as stock.
+A stage's last latents come from the driver's step callback, or, for a pipeline without ``callback_on_step_end``
+(HunyuanVideo 1.5), from its latent output; a call without ``height``/``width`` gets the adapter's default size.
 The driver is attached per instance by swapping the pipeline's class for a cached subclass overriding only
 ``__call__``; ``unpatch`` restores the class. Worked examples: ``tests/test_progressive.py``.
 
