@@ -70,9 +70,7 @@ def test_block_without_metadata_is_a_type_error():
 
 
 def test_pixel_multiple_is_an_adapter_fact():
-    from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
-
-    from diffusers import HunyuanVideo15Transformer3DModel
+    from diffusers import HunyuanVideo15Transformer3DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel
 
     for cls in (WanTransformer3DModel, HunyuanVideoTransformer3DModel, HunyuanVideo15Transformer3DModel):
         adapter = adapter_for(cls.__new__(cls))
