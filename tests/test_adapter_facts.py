@@ -24,11 +24,14 @@ def test_supported_lists_every_adapter_pipeline_and_transformer():
     found = jenga.supported()
     assert found.transformers == ("CogVideoXTransformer3DModel", "HunyuanVideo15Transformer3DModel",
                                   "HunyuanVideoTransformer3DModel", "LTXVideoTransformer3DModel",
-                                  "WanTransformer3DModel")
-    assert found.pipelines == ("WanPipeline", "WanImageToVideoPipeline", "HunyuanVideoPipeline",
-                               "HunyuanVideoImageToVideoPipeline", "CogVideoXPipeline",
+                                  "SkyReelsV2Transformer3DModel", "WanTransformer3DModel", "WanVACETransformer3DModel")
+    assert found.pipelines == ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline",
+                               "HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline", "CogVideoXPipeline",
                                "CogVideoXImageToVideoPipeline", "LTXPipeline", "LTXImageToVideoPipeline",
-                               "LTXConditionPipeline", "HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline")
+                               "LTXConditionPipeline", "SkyReelsV2Pipeline", "SkyReelsV2ImageToVideoPipeline",
+                               "SkyReelsV2DiffusionForcingPipeline", "SkyReelsV2DiffusionForcingImageToVideoPipeline",
+                               "SkyReelsV2DiffusionForcingVideoToVideoPipeline", "WanVACEPipeline",
+                               "HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline")
 
 
 def test_unsupported_transformer_error_names_pipelines_and_transformers():
