@@ -205,7 +205,8 @@ class JengaConfig:
 
         ``model``: ``"hunyuan"`` (HunyuanVideo), ``"wan"`` (Wan 1.3B/5B, also VACE 1.3B), ``"wan-14b"`` (Wan 14B,
         A14B, VACE 14B); principled defaults without reference values: ``"skyreels-v2"`` / ``"skyreels-v2-14b"``
-        (Wan's values), ``"cogvideox"``, ``"ltx"``.
+        (Wan's values), ``"cogvideox"``, ``"ltx"``,
+        ``"hunyuan15"`` (HunyuanVideo 1.5: ``base``, ``turbo``, ``flash``).
         Without ``model`` the Wan (1.3B/5B) family's preset is returned and logged at INFO level, because the
         families' values differ; ``jenga.patch(pipe, "base")`` picks the family from the pipeline instead.
         Names: ``"base"`` and ``"turbo"`` for every family, ``"flash"`` and ``"3stage"`` for HunyuanVideo.
@@ -401,6 +402,14 @@ def _principled(drops, p, block_size: int = 128, skip: bool = False, **extra: An
 # pass about 60 % and the selector and reordering no longer pay at these lengths.
 _LTX = {"block_size": 64, "dense_threshold": 0.5}
 
+def _hunyuan15(drops, p, scales, ends) -> dict[str, Any]:
+    # HunyuanVideo 1.5 has no published reference values: a principled default, HunyuanVideo's keep budget
+    # (the same joint video + condition attention; drop rates, p, text amplifier and the 23-of-50 skip
+    # schedule of the matching HunyuanVideo preset), but every stage keeps the pipeline's own scheduler shift
+    # (the reference's shifts 7 / 9 were tuned for HunyuanVideo 1.0's schedule, not 1.5's checkpoints)
+    return _hunyuan(drops, p, scales, ends, (None,) * len(scales))
+
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "hunyuan": {
         "base": _hunyuan((0.75, 0.85), 0.3, (1.0, 1.0), (0.5, 1.0), (7.0, 7.0)),
@@ -436,6 +445,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "skyreels-v2-14b": {
         "base": _wan((0.7, 0.8), 0.8, 1.0),
         "turbo": _wan((0.7, 0.8), 0.8, 0.75),
+    },
+    # principled defaults, no reference values (see _hunyuan15)
+    "hunyuan15": {
+        "base": _hunyuan15((0.75, 0.85), 0.3, (1.0, 1.0), (0.5, 1.0)),
+        "turbo": _hunyuan15((0.7, 0.8), 0.3, (0.75, 1.0), (0.5, 1.0)),
+        "flash": _hunyuan15((0.8, 0.95), 0.5, (0.75, 1.0), (0.5, 1.0)),
     },
 }
 MODELS = tuple(PRESETS)

@@ -6,6 +6,8 @@ switch the last clean estimate is upsampled and re-noised to the next stage's fi
 Each stage gets a fresh scheduler copy with its shift, encoders run once (their results are replayed), the
 step clock, progress bar and callbacks see global steps, and HunyuanVideo's text amplifier biases the text
 keys of a low-resolution first stage. An interrupt in an early stage decodes the reached latents, as stock.
+A stage's last latents come from the driver's step callback, or, for a pipeline without ``callback_on_step_end``
+(HunyuanVideo 1.5), from its latent output; a call without ``height``/``width`` gets the adapter's default size.
 The driver is attached per instance by swapping the pipeline's class for a cached subclass overriding only
 ``__call__``; ``unpatch`` restores the class. Worked examples: ``tests/test_progressive.py``.
 
@@ -178,6 +180,11 @@ def _run_stages(pipe: Any, stock: Callable, records: list[Any], params: dict[str
             raise ValueError(f"{name}= cannot be combined with jenga stages: the stages define the schedule "
                              "(set the shifts in JengaConfig.stages)")
     num_steps = int(params["num_inference_steps"])
+    if params.get("height") is None or params.get("width") is None:
+        default = records[0].adapter.default_pixel_size(pipe)
+        if default is None:
+            raise ValueError(f"{type(pipe).__name__} with jenga stages needs height= and width=")
+        params["height"], params["width"] = default
     height, width = int(params["height"]), int(params["width"])
     vae_scale = int(pipe.vae_scale_factor_spatial)
     # the pipelines' check_inputs want pixel sizes divisible by the adapter's pixel_multiple (16): with Wan's
@@ -194,11 +201,15 @@ def _run_stages(pipe: Any, stock: Callable, records: list[Any], params: dict[str
     if user_latents is not None and tuple(user_latents.shape[-2:]) != plans[0].latent_hw:
         raise ValueError(f"latents= of spatial size {tuple(user_latents.shape[-2:])} do not match the first "
                          f"stage's latent size {plans[0].latent_hw} (scale {plans[0].scale} of {full_hw})")
+    # a pipeline without step callbacks (HunyuanVideo 1.5) returns a stage's latents as its latent output,
+    # all frames (its conditioning is channel-concatenated, not part of the latents)
+    takes_callback = "callback_on_step_end" in inspect.signature(stock).parameters
     callback = params.get("callback_on_step_end")
     if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
         params["callback_on_step_end_tensor_inputs"] = callback.tensor_inputs
     user_inputs = list(params.get("callback_on_step_end_tensor_inputs") or [])
-    params["callback_on_step_end_tensor_inputs"] = list(dict.fromkeys([*user_inputs, "latents"]))
+    if takes_callback:
+        params["callback_on_step_end_tensor_inputs"] = list(dict.fromkeys([*user_inputs, "latents"]))
     generator = params.get("generator")
     total_tokens = full_hw[0] * full_hw[1]
 
@@ -229,8 +240,9 @@ def _run_stages(pipe: Any, stock: Callable, records: list[Any], params: dict[str
                 runtime.text_bias = bias
             call = dict(params)
             call.update(height=plan.latent_hw[0] * vae_scale, width=plan.latent_hw[1] * vae_scale,
-                        num_inference_steps=plan.num_steps, latents=latents,
-                        callback_on_step_end=_StepCallback(callback, user_inputs, plan.start, captured))
+                        num_inference_steps=plan.num_steps, latents=latents)
+            if takes_callback:
+                call["callback_on_step_end"] = _StepCallback(callback, user_inputs, plan.start, captured)
             if not last:
                 call.update(output_type="latent", return_dict=False)
                 call = records[0].adapter.stage_arguments(type(pipe).__name__, call)
@@ -241,7 +253,7 @@ def _run_stages(pipe: Any, stock: Callable, records: list[Any], params: dict[str
             memo.freeze()
             if last:
                 return output
-            reached = captured.pop("latents", latents)
+            reached = captured.pop("latents", latents) if takes_callback else output[0]
             if pipe.__dict__.get("_interrupt", False):
                 # stock semantics: the interrupted latents are returned as they are, here at the final size
                 pipe.__dict__[_INTERRUPTED] = True

@@ -11,6 +11,7 @@ import torch
 from .base import AttentionSite, HookSites, ModelAdapter, TokenGrid, carve_attention
 from .cogvideox import CogVideoXAdapter
 from .hunyuan import HunyuanVideoAdapter
+from .hunyuan_video15 import HunyuanVideo15Adapter
 from .ltx import LTXAdapter
 from .skyreels_v2 import SkyReelsV2Adapter
 from .wan import WanAdapter
@@ -64,3 +65,4 @@ register_adapter(CogVideoXAdapter())
 register_adapter(LTXAdapter())
 register_adapter(SkyReelsV2Adapter())
 register_adapter(WanVACEAdapter())
+register_adapter(HunyuanVideo15Adapter())

@@ -214,6 +214,11 @@ class ModelAdapter:
         """Raise ``ValueError`` when ``config`` asks for something this pipeline's call cannot do (stages,
         step skipping). Default: everything applies."""
 
+    def default_pixel_size(self, pipeline: Any) -> tuple[int, int] | None:
+        """The pipeline's pixel ``(height, width)`` when a call passes none (progressive stages need the full
+        size); ``None``: the pipeline has no default (the call must pass them)."""
+        return None
+
 
 def carve_attention(
     q: torch.Tensor,
