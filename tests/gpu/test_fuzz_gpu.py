@@ -18,6 +18,7 @@ import os
 import random
 import time
 from collections import Counter
+from functools import partial
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ if not torch.cuda.is_available():
 
 from jenga import block_sparse_attention, select_blocks  # noqa: E402
 from jenga.kernels import triton_block_sparse as kernel  # noqa: E402
+from jenga.kernels.triton_key_phases import block_sparse_attention_key_phases  # noqa: E402
 
 SECONDS = float(os.environ.get("JENGA_FUZZ_SECONDS", "75"))
 MIN_CASES = int(os.environ.get("JENGA_FUZZ_MIN_CASES", "12"))
@@ -128,9 +130,11 @@ def _run_attention(rng: random.Random, c: dict) -> str | None:
         lse = torch.full((c["batch"], c["heads"], c["seq_q"] if c["lse"] else 0), float("nan"), device="cuda")
         use_tma = kernel._tma_default(*(kernel.unit_last_stride(t) for t in (qv, kv_, vv)))
         bias_start, bias_value = (c["seq_k"], 0.0) if bias is None else bias
-        kernel.block_sparse_attention_triton(
-            qv, kv_, vv, index, count, c["block_size"], c["key_lengths"], bias_start, bias_value, c["lse"],
-            out=out, lse=lse, config=_tiles(rng, c, use_tma), key_phases=c["phases"])
+        # the plain launcher for one phase, the opt-in key-phase launcher (same kernel, merged ranges) for more
+        launch = kernel.block_sparse_attention_triton if c["phases"] == 1 else partial(
+            block_sparse_attention_key_phases, key_phases=c["phases"])
+        launch(qv, kv_, vv, index, count, c["block_size"], c["key_lengths"], bias_start, bias_value, c["lse"],
+               out=out, lse=lse, config=_tiles(rng, c, use_tma))
     torch.cuda.synchronize()
     if not torch.isfinite(out).all():
         return "non-finite output (an unwritten or NaN element)"
