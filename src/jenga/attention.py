@@ -64,6 +64,31 @@ def _attention_flex(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_s
     )
 
 
+def _fa4_importable(q) -> bool:
+    from .kernels.fa4 import fa4_importable
+
+    return fa4_importable()
+
+
+_FA4_NEEDS = (
+    Constraint("flash-attn-4 (flash_attn.cute) installed", _fa4_importable),
+    Constraint("CUDA tensors", lambda q: q.is_cuda, lambda q: f"{q.device} tensors"),
+    Constraint("a Hopper or Blackwell GPU (compute capability 9.x or 10.x)",
+               lambda q: q.is_cuda and torch.cuda.get_device_capability(q.device)[0] in (9, 10)),
+    Constraint("head dims (64, 96, 128)", lambda q: q.shape[-1] in (64, 96, 128), lambda q: q.shape[-1]),
+    Constraint("float16 or bfloat16", lambda q: q.dtype in (torch.float16, torch.bfloat16), lambda q: q.dtype),
+)
+
+
+@ATTENTION_BACKENDS.register("fa4", _FA4_NEEDS)
+def _attention_fa4(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse):
+    from .kernels.fa4 import block_sparse_attention_fa4
+
+    return block_sparse_attention_fa4(
+        q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value, return_lse
+    )
+
+
 BACKENDS = ("auto", *ATTENTION_BACKENDS.names())
 
 
@@ -112,6 +137,8 @@ def block_sparse_attention(
         backend = "triton" if q.is_cuda and triton_available() else "torch"
     if backend == "triton":
         ATTENTION_BACKENDS.check("triton", q=q, fix="Use backend='torch' or 'flex'")
+    if backend == "fa4":
+        ATTENTION_BACKENDS.check("fa4", q=q, fix="Use backend='triton' (or install flash-attn-4 on a Hopper GPU)")
     if check_indices:
         _check_list_contents(kv_index, kv_count, math.ceil(k.shape[1] / block_size))
     if key_lengths is not None:
