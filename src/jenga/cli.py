@@ -467,7 +467,9 @@ def doctor_report(models: list[str] | tuple[str, ...] = ()) -> list[str]:
                      f"(JENGA_FUSED_QK_PREP={fused})")
     else:
         lines.append(f"GPU: none (torch {torch.__version__} sees no CUDA device)")
-        interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
+        from .backends import interpreting
+
+        interpreted = interpreting()
         lines.append("attention path (backend auto): the torch backend, PyTorch SDPA with a token mask (carving "
                      "saves nothing on a CPU); backend='triton' runs " +
                      ("in Triton's CPU interpreter (TRITON_INTERPRET=1: slow, tests only)" if interpreted else
