@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from jenga import JengaConfig, Stage
+from jenga.attention import BACKENDS
 from jenga.config import MODELS, PRESETS
 
 
@@ -39,7 +40,7 @@ def test_float_drop_rate_applies_to_every_stage():
     ("text_amplifier", -0.5, ">= 0"),
     ("skip_steps", (0.0, 0.5), "(0, 1)"),
     ("skip_steps", (0.5, 0.2), "increase strictly"),
-    ("backend", "cuda", "('auto', 'triton', 'torch', 'flex')"),
+    ("backend", "cuda", str(BACKENDS)),
     ("stages", (), "non-empty"),
     ("stages", ((0.5, 1.0),), "full resolution"),
     ("stages", ((1.0, 0.6), (1.0, 0.5)), "increase strictly"),
