@@ -110,7 +110,7 @@ def select_blocks(
     # a row with a non-finite score (an inf / nan query or key, or a float32 overflow) carries no ranking:
     # it keeps every block, on every backend (the ranking sees zeros, the row is then written dense)
     nonfinite = ~torch.isfinite(probs).all(-1)
-    probs = probs.masked_fill(nonfinite.unsqueeze(-1), 0.0)
+    probs.masked_fill_(nonfinite.unsqueeze(-1), 0.0)  # in place: probs is this call's own tensor (no copy per layer)
     top_k = max(1, math.floor((1.0 - drop_rate) * video_blocks))
     mass_limit = _mass_limit(cdf_threshold)
     kv_index, kv_count = run_lists(probs, adjacency, always_keep, num_blocks, first_text_block, top_k, mass_limit)
