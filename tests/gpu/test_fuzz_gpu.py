@@ -170,9 +170,8 @@ def _run_selector(rng: random.Random) -> str | None:
     return None
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _write_counts():
-    yield
+def _write_counts() -> None:
+    """Write the counts so far to ``JENGA_FUZZ_OUT`` (after every case: a run stopped by a timeout keeps them)."""
     path = os.environ.get("JENGA_FUZZ_OUT")
     if path:
         with open(path, "w") as f:
@@ -207,7 +206,11 @@ def test_fuzz_attention_and_selector():
             if problem:
                 failures.append(f"case {case}: {problem}")
         case += 1
-    COUNTS.update(cases=dict(cases), attention_cases=case, failures=failures, seconds=time.perf_counter() - start,
-                  device=torch.cuda.get_device_name(), torch=torch.__version__)
+        COUNTS.update(cases=dict(cases), attention_cases=case, failures=failures,
+                      seconds=time.perf_counter() - start, device=torch.cuda.get_device_name(),
+                      torch=torch.__version__, finished=False)
+        _write_counts()
+    COUNTS["finished"] = True
+    _write_counts()
     print(json.dumps(COUNTS, indent=2, default=str))
     assert not failures, "\n".join(failures)
