@@ -211,6 +211,16 @@ def run(pipe, inputs: dict) -> torch.Tensor:
         return pipe(**inputs, return_dict=False)[0]
 
 
+def branch_states(transformer):
+    """The per-CFG-branch state of a patched transformer: its clock hook's ``BranchStates``."""
+    from jenga._hooks import CLOCK_HOOK
+
+    for module, name, _, _ in transformer._jenga_patch.hooks:
+        if name == CLOCK_HOOK:
+            return module._diffusers_hook.get_hook(name).state_manager
+    raise LookupError("no clock hook in this patch")
+
+
 # patch settings: every block kept through the block-sparse path (must equal stock), and real carving
 # (no step skipping: the HunyuanVideo presets skip steps, which changes the output on its own)
 ALL_BLOCKS = dict(block_size=16, drop_rates=0.0, dense_threshold=None, dense_steps=0.0, min_video_blocks=1,

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tiny import hunyuan_inputs, hunyuan_pipeline, hunyuan_transformer, run, wan_inputs, wan_pipeline, wan_transformer
+from _tiny import (
+    branch_states,
+    hunyuan_inputs,
+    hunyuan_pipeline,
+    hunyuan_transformer,
+    run,
+    wan_inputs,
+    wan_pipeline,
+    wan_transformer,
+)
 
 import jenga
 from jenga.config import HUNYUAN_23_OF_50
@@ -53,7 +62,8 @@ def test_full_preset_run_compiles_within_the_recompile_limit_and_matches_eager(f
     assert all(torch.equal(a[3], b[3]) for a, b in zip(compiled_stats, eager_stats, strict=True))
     assert len({s[0] for s in eager_stats}) > 3  # several sparse steps were recorded
     runtime = pipe.transformer._jenga_patch.runtime
-    assert runtime.residuals == {} and all(p.pending_stats is None for _, p in runtime.processors)
+    assert branch_states(pipe.transformer)._state_cache == {}  # cached residuals cleared with the branch states
+    assert all(p.pending_stats is None for _, p in runtime.processors)
 
 
 @pytest.mark.parametrize("family", ["wan", "hunyuan"])

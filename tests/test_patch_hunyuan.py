@@ -8,7 +8,7 @@ from _tiny import ALL_BLOCKS, CARVING, hunyuan_inputs, hunyuan_pipeline, hunyuan
 
 import jenga
 from jenga import selection_stats
-from jenga._state import BranchClock
+from jenga._state import BranchStates
 
 KINDS = ["t2v", "i2v", "i2v-replace"]
 ATOL = 1e-4
@@ -182,7 +182,7 @@ def test_processor_compiles_without_graph_break(block):
     latent = torch.randn(2, 4, 3, 16, 16)
     with torch.no_grad():
         rope = transformer.rope(latent)
-        runtime.set_step(None, torch.tensor([500.0]), BranchClock())
+        runtime.set_step(None, torch.tensor([500.0]), BranchStates())
         assert runtime.plan.sparse
         attn = getattr(transformer, block)[0].attn
         video, text = torch.randn(2, NUM_VIDEO, 64), torch.randn(2, TEXT_LEN, 64)

@@ -22,7 +22,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 import jenga
 from jenga import JengaConfig, selection_stats
 from jenga._hooks import HOOK_NAMES
-from jenga._state import BranchClock
+from jenga._state import BranchState, BranchStates
 from jenga.attention import triton_available
 
 KINDS = ["t2v", "i2v", "a14b", "ti2v"]
@@ -333,7 +333,7 @@ def test_custom_loop_on_a_bare_transformer(attach_scheduler):
 
 
 def test_branch_clock_counts_distinct_timesteps():
-    clock = BranchClock()
+    clock = BranchState()
     assert [clock.tick(t) for t in (999.0, 999.0, 750.0, 500.0, 999.0)] == [0, 0, 1, 2, 0]
 
 
@@ -344,7 +344,7 @@ def test_processor_compiles_without_graph_break():
     latent = torch.randn(1, 16, 3, 16, 16)
     with torch.no_grad():
         rope = transformer.rope(latent)  # hooked: starts the plan and reorders the tables
-        runtime.set_step(None, torch.tensor([500.0]), BranchClock())
+        runtime.set_step(None, torch.tensor([500.0]), BranchStates())
         assert runtime.plan.sparse
         attn = transformer.blocks[0].attn1
         hidden = torch.randn(1, 192, 64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tiny import hunyuan_inputs, hunyuan_pipeline, run, wan_inputs, wan_pipeline, wan_transformer
+from _tiny import branch_states, hunyuan_inputs, hunyuan_pipeline, run, wan_inputs, wan_pipeline, wan_transformer
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 import jenga
@@ -50,7 +50,7 @@ def test_wan_skipped_steps_do_not_run_the_blocks():
     assert torch.isfinite(out).all()
     assert forwards[0] == 16  # cond + uncond per step, skipped or not
     assert block0[0] == last[0] == 12  # 6 computed steps x 2 branches
-    assert pipe.transformer._jenga_patch.runtime.residuals == {}  # cleared at the end of the call
+    assert branch_states(pipe.transformer)._state_cache == {}  # residuals cleared at the end of the call
 
 
 def test_skipped_step_reuses_the_residual_of_its_own_branch():
@@ -167,9 +167,9 @@ def test_stage_driver_resets_branch_state_after_an_exception():
     with pytest.raises(KeyboardInterrupt):
         run(pipe, wan_inputs(pipe, steps=8, callback_on_step_end=boom))
     runtime = pipe.transformer._jenga_patch.runtime
-    assert runtime.residuals == {} and runtime.plan.layout is None and runtime.window is None
-    clock_hook = pipe.transformer.condition_embedder._diffusers_hook.get_hook("jenga_clock")
-    assert clock_hook.default_clock.step == -1 and clock_hook.state_manager._state_cache == {}
+    assert runtime.plan.layout is None and runtime.window is None
+    states = branch_states(pipe.transformer)
+    assert states._state_cache == {} and states.order == (-1, 0)  # no residual, branch clock or ordinal
     reference = wan_pipeline("t2v")
     jenga.patch(reference, **{**DENSE, "stages": ((0.5, 0.5), (1.0, 1.0))}, skip_steps=(0.25,))
     assert torch.equal(run(pipe, wan_inputs(pipe, steps=8)), run(reference, wan_inputs(reference, steps=8)))

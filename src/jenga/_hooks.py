@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import StateManager
 
 from . import _parallel_state as parallel
-from ._state import BranchClock, CarvingRuntime
+from ._state import BranchStates, CarvingRuntime
 from .skipping import check_skip_stack
 
 LAYOUT_HOOK = "jenga_layout"
@@ -101,9 +100,9 @@ class ClockHook(JengaHook):
         self.adapter = adapter
         self.arg_name = arg_name
         self.first = first  # runs before the layout hook: the step is applied when the plan starts
-        # diffusers' cache_context(name, ...) sets the branch on every StateManager of a stateful hook
-        self.state_manager = StateManager(BranchClock)
-        self.default_clock = BranchClock()
+        # every CFG branch's state (clock, cached residual); diffusers' cache_context(name, ...) sets the branch
+        # on every StateManager of a stateful hook, its stateful-hook reset clears them
+        self.state_manager = BranchStates()
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         self._tick(_tensor_arg(args, kwargs, self.arg_name))
@@ -115,12 +114,11 @@ class ClockHook(JengaHook):
             context = self.state_manager.context
         except ValueError:  # no cache_context around this call (custom loops, HunyuanVideo pipelines)
             context = None
-        clock = self.state_manager.get_state() if context is not None else self.default_clock
         check_skip_stack(self.runtime)  # a diffusers block cache attached after patching would fight us
         if self.first:
-            self.runtime.pending_clock = (context, timestep, clock)
+            self.runtime.pending_clock = (context, timestep, self.state_manager)
         else:
-            self.runtime.set_step(context, timestep, clock)
+            self.runtime.set_step(context, timestep, self.state_manager)
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
         perm = self.runtime.plan.perm
@@ -130,7 +128,6 @@ class ClockHook(JengaHook):
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state_manager.reset()
-        self.default_clock = BranchClock()
         self.runtime.reset()
         return module
 

@@ -37,9 +37,9 @@ class PatchRecord:
                 and runtime.scheduler is scheduler)
 
     def reset_state(self) -> None:
-        """Reset the patch's stateful hooks (the clock hook: branch clocks and the runtime, cached residuals
-        included), as diffusers does at the end of a pipeline call; the stage driver also does it when a
-        call raises."""
+        """Reset the patch's stateful hooks (the clock hook: every CFG branch's state -- clock, cached residual --
+        and the runtime's plan), as diffusers does at the end of a pipeline call; the stage driver also does it
+        when a call raises."""
         for module, name, _, _ in self.hooks:
             registry = module.__dict__.get("_diffusers_hook")
             hook = registry.hooks.get(name) if registry is not None else None

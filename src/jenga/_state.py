@@ -1,11 +1,12 @@
-"""Per-transformer runtime state of a patch: the forward plan the processors read, and the step clock.
+"""Per-transformer runtime state of a patch: the forward plan the processors read, and per CFG branch state.
 
 One :class:`CarvingRuntime` per patched transformer. Its :class:`ForwardPlan` is rebuilt at the start of
 every forward (by the hook on the RoPE module, the first thing both model families run), so nothing from
 an earlier forward -- the other CFG branch, or a call that raised half-way -- can leak into the next one.
-Two things outlive a forward, both per CFG branch and cleared with the pipeline's stateful hooks (at the end
-of every call, and by the stage driver also after an exception): the fallback step counter (in the clock
-hook) and the block-stack residuals that step skipping reuses (``CarvingRuntime.residuals``).
+What outlives a forward is one :class:`BranchState` per CFG branch (the fallback step counter, and the
+block-stack residual that step skipping reuses with the step it came from), held by the clock hook's
+:class:`BranchStates` (a diffusers ``StateManager``): resetting the pipeline's stateful hooks clears all of it,
+at the end of every call and, through the stage driver, also after an exception.
 
 The step comes, in this order, from the diffusers cache context (``transformer.cache_context(name,
 step_index=..., num_inference_steps=...)``, as WanPipeline passes it), from the scheduler of the patched
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
+from diffusers.hooks.hooks import BaseState, StateManager
 
 from .backends import triton_available
 from .config import PROGRESS_SLACK, JengaConfig
@@ -57,6 +59,76 @@ class LayerStats:
         return (self.kv_count.float().mean() / self.key_blocks).item()
 
 
+class BranchState(BaseState):
+    """What one CFG branch carries from one forward to the next inside a pipeline call.
+
+    ``step`` / ``last_timestep``: the fallback clock (distinct timesteps seen, for forwards whose step neither a
+    cache context nor a scheduler gives). ``residual``: the block-stack residual (output - input of the whole
+    stack) of the branch's last computed step, which its skipped steps add; ``residual_step``: that step.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def tick(self, timestep: float) -> int:
+        """The step of a forward at ``timestep``: the count of distinct timesteps seen in this run."""
+        if self.last_timestep is None or timestep > self.last_timestep:
+            self.step = 0  # a noisier timestep than the last one starts a new run
+        elif timestep != self.last_timestep:
+            self.step += 1
+        self.last_timestep = timestep
+        return self.step
+
+    def reset(self) -> None:
+        self.step: int = -1
+        self.last_timestep: float | None = None
+        self.residual: torch.Tensor | None = None
+        self.residual_step: int = -1
+
+    def __repr__(self) -> str:
+        shape = None if self.residual is None else tuple(self.residual.shape)
+        return (f"BranchState(step={self.step}, last_timestep={self.last_timestep}, residual={shape}, "
+                f"residual_step={self.residual_step})")
+
+
+class BranchStates(StateManager):
+    """The clock hook's :class:`BranchState` of each CFG branch; ``reset`` (diffusers' stateful-hook reset) clears
+    them all.
+
+    diffusers' ``cache_context(name)`` names the branch (WanPipeline: ``"cond"``, ``"uncond"``). Forwards without
+    a cache context (HunyuanVideo pipelines, custom loops) have no name: the k-th forward of a step is branch k,
+    and branch 0's clock counts the steps for all of them (the step is read before the branch is known; the
+    forwards of one step share its timestep).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(BranchState)
+        self.order: tuple[int, int] = (-1, 0)  # without a cache context: (step of the last forward, its index)
+
+    def clock(self) -> BranchState:
+        """The state whose fallback clock reads this forward's step."""
+        return self.get_state() if self._context is not None else self._unnamed(0)
+
+    def branch(self, step: int) -> tuple[str | int, BranchState]:
+        """This forward's branch key and state; called once per forward, after its step is read."""
+        if self._context is not None:
+            return self._context.name, self.get_state()
+        index = self.order[1] + 1 if self.order[0] == step else 0
+        self.order = (step, index)
+        return index, self._unnamed(index)
+
+    def _unnamed(self, index: int) -> BranchState:
+        # kept beside the named states (int keys; cache-context names are str), so reset clears them too
+        state = self._state_cache.get(index)
+        if state is None:
+            state = self._state_cache[index] = BranchState()
+        return state
+
+    def reset(self, *args: Any, **kwargs: Any) -> None:
+        super().reset(*args, **kwargs)
+        self.order = (-1, 0)
+
+
 @dataclass
 class ForwardPlan:
     """What the attention processors of one transformer need during one forward.
@@ -80,7 +152,8 @@ class ForwardPlan:
     progress: float = 0.0
     branch: str | None = None
     skip: bool = False
-    skip_key: Any = None
+    skip_key: Any = None  # the branch's name, or without a cache context its index within the step
+    branch_state: BranchState | None = None  # where end_forward files the residual this forward computes
     # step skipping: the cached residual this forward adds (when ``skip``), and the one it computed; the
     # traced code only reads and sets these attributes, so torch.compile guards on no branch key
     residual: torch.Tensor | None = None
@@ -130,25 +203,6 @@ def _sequence_order(layout: TokenLayout, extra: int) -> tuple[torch.Tensor, torc
 
 
 @dataclass
-class BranchClock:
-    """Fallback step counter for one CFG branch: distinct timesteps seen in this run."""
-
-    step: int = -1
-    last_timestep: float | None = None
-
-    def tick(self, timestep: float) -> int:
-        if self.last_timestep is None or timestep > self.last_timestep:
-            self.step = 0  # a noisier timestep than the last one starts a new run
-        elif timestep != self.last_timestep:
-            self.step += 1
-        self.last_timestep = timestep
-        return self.step
-
-    def reset(self) -> None:
-        self.step, self.last_timestep = -1, None
-
-
-@dataclass
 class CarvingRuntime:
     """Shared by the hooks and processors of one patched transformer."""
 
@@ -167,8 +221,6 @@ class CarvingRuntime:
     # set by the progressive driver around each stage call (jenga.progressive), else None / 0
     window: tuple[int, int] | None = None  # (global index of the call's first step, steps of the whole run)
     text_bias: float = 0.0  # added to the text-key logits (HunyuanVideo amplifier, low-resolution stages)
-    # step skipping (jenga.skipping): block-stack residual of the last computed step, per CFG branch
-    residuals: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
     skip_blocks: list[torch.nn.Module] | None = field(default=None, repr=False)  # the stack skipping bypasses
     # ``(layer, processor)`` of every carving processor: their ``pending_stats`` become LayerStats at end_forward
     processors: list[tuple[int, Any]] = field(default_factory=list, repr=False)
@@ -178,7 +230,6 @@ class CarvingRuntime:
     pending_clock: tuple | None = field(default=None, repr=False)
     # CPU copy of a scheduler's timesteps, for schedulers without ``step_index`` (CogVideoX's DDIM / DPM)
     _timestep_table: tuple[Any, list[float]] | None = field(default=None, repr=False)
-    _ordinal: tuple[int, int] = field(default=(-1, 0), repr=False)
     _last_reason: str | None = field(default=None, repr=False)
     regional_compile_warned: bool = field(default=False, repr=False)  # jenga.skipping.check_skip_stack
     _outside_warned: bool = field(default=False, repr=False)
@@ -231,7 +282,7 @@ class CarvingRuntime:
         plan.perm, plan.inverse = (None, None) if layout is None else _sequence_order(layout, extra)
         plan.adjacency = layout.adjacency if layout is not None and cfg.adjacency else None
         plan.always_keep = None
-        plan.residual = plan.new_residual = None
+        plan.residual = plan.new_residual = plan.branch_state = None
         if cfg.collect_stats:
             self._clear_pending_stats()
         if layout is not None and self.first_frame:
@@ -243,24 +294,26 @@ class CarvingRuntime:
         return layout
 
     @torch.compiler.disable
-    def set_step(self, context: Any, timestep: torch.Tensor | None, branch_clock: BranchClock) -> None:
-        """Read the step, pick the stage and decide whether this forward carves."""
-        step, progress, total, stage_start = self._read_clock(context, timestep, branch_clock)
+    def set_step(self, context: Any, timestep: torch.Tensor | None, branches: BranchStates) -> None:
+        """Read the step, pick the stage, decide whether this forward carves and (step skipping) whether it adds
+        its branch's cached residual. ``branches`` is the clock hook's state of the CFG branches."""
+        step, progress, total, stage_start = self._read_clock(context, timestep, branches)
         cfg, plan = self.config, self.plan
         stage = cfg.stage_of_step(step, total) if total > 0 else cfg.stage_at(progress)
         drop_rate = cfg.drop_rates[stage]
         plan.step, plan.total, plan.progress, plan.drop_rate = step, total, progress, drop_rate
         plan.branch = getattr(context, "name", None)
-        plan.skip, plan.residual = False, None
+        plan.skip, plan.residual, plan.branch_state = False, None, None
         if cfg.skip_steps:
-            # without a branch name (custom loops), the k-th forward of a step is branch k
-            ordinal = self._ordinal[1] + 1 if self._ordinal[0] == step else 0
-            self._ordinal = (step, ordinal)
-            plan.skip_key = plan.branch if plan.branch is not None else ordinal
-            cached = self.residuals.get(plan.skip_key)
+            plan.skip_key, state = branches.branch(step)
+            plan.branch_state = state
+            cached = state.residual
             plan.skip = (not stage_start and total > 0 and cached is not None and not self._called_elsewhere()
                          and step in cfg.skipped_steps(total))
             plan.residual = cached if plan.skip else None
+            if plan.skip:
+                self._note(f"skip: step {step} of branch {plan.skip_key!r} adds the residual of step "
+                           f"{state.residual_step}")
         if plan.layout is None:
             plan.sparse = False
         elif progress < cfg.dense_steps - PROGRESS_SLACK:
@@ -279,10 +332,10 @@ class CarvingRuntime:
         plan = self.plan
         plan.active = False
         self._owner = None
-        if plan.new_residual is not None:
-            self.residuals[plan.skip_key] = plan.new_residual
-            plan.new_residual = None
-        plan.residual = None
+        state = plan.branch_state
+        if plan.new_residual is not None and state is not None:
+            state.residual, state.residual_step = plan.new_residual, plan.step
+        plan.residual = plan.new_residual = plan.branch_state = None
         if self.config.collect_stats:
             for layer, processor in self.processors:
                 if processor.pending_stats is not None:
@@ -308,17 +361,15 @@ class CarvingRuntime:
         """Forget the last forward (in place: compiled processors keep reading the same plan object)."""
         for f in fields(ForwardPlan):
             setattr(self.plan, f.name, f.default)
-        self.residuals.clear()
         self.pending_clock = None
         self._timestep_table = None
         self._clear_pending_stats()
-        self._ordinal = (-1, 0)
         self._last_reason = None
         self._owner = None
 
     # -- internals
 
-    def _read_clock(self, context: Any, timestep: torch.Tensor | None, branch_clock: BranchClock):
+    def _read_clock(self, context: Any, timestep: torch.Tensor | None, branches: BranchStates):
         """``(step, progress, total steps or 0 when unknown, whether the step starts a stage)``.
 
         Inside a progressive run the call's local index is shifted by the driver's ``window``."""
@@ -328,7 +379,7 @@ class CarvingRuntime:
                 return 0, 0.0, 0, True
             t = float(timestep.detach().flatten().max())  # the one host read of the fallback clock
             progress = min(max(1.0 - t / _NUM_TRAIN_TIMESTEPS, 0.0), 1.0)
-            step = branch_clock.tick(t)
+            step = branches.clock().tick(t)
             return step, progress, 0, step == 0
         if self.window is not None:
             offset, total = self.window

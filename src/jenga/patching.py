@@ -107,7 +107,7 @@ def patch(
         for transformer, adapter in zip(transformers, adapters, strict=True):
             _install(transformer, adapter, cfg, pipeline, scheduler)
             done.append(transformer)
-        if pipeline is not None and (progressive.needs_driver(cfg) or progressive.takes_last_frame(pipeline)):
+        if pipeline is not None and progressive.drives_calls(cfg, pipeline):
             progressive.install_driver(pipeline)
         elif pipeline is None and any(stage.scale < 1.0 for stage in cfg.stages):
             logger.warning(

@@ -9,7 +9,9 @@ keys of a low-resolution first stage. An interrupt in an early stage decodes the
 A stage's last latents come from the driver's step callback, or, for a pipeline without ``callback_on_step_end``
 (HunyuanVideo 1.5), from its latent output; a call without ``height``/``width`` gets the adapter's default size.
 The driver is attached per instance by swapping the pipeline's class for a cached subclass overriding only
-``__call__``; ``unpatch`` restores the class. Worked examples: ``tests/test_progressive.py``.
+``__call__``; ``unpatch`` restores the class. Every call it drives (also one stage, or none: a pipeline that
+skips steps or takes a last frame) ends by resetting the patch's per-branch state, after an exception too.
+Worked examples: ``tests/test_progressive.py``.
 
 Known limit: HunyuanVideo I2V's ``prepare_latents`` blends given latents with the image latents
 (``0.999 * x + 0.001 * image``), so each later stage starts from that blend, as its first stage does.
@@ -32,7 +34,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from ._record import record_of
 from .config import JengaConfig
 
-__all__ = ["StagePlan", "install_driver", "needs_driver", "plan_stages", "remove_driver", "renoise", "shift_sigmas"]
+__all__ = ["StagePlan", "drives_calls", "install_driver", "needs_driver", "plan_stages", "remove_driver", "renoise",
+           "shift_sigmas"]
 
 logger = logging.getLogger("jenga")
 
@@ -69,6 +72,12 @@ def shift_sigmas(t: np.ndarray | torch.Tensor, shift: float) -> np.ndarray | tor
 def needs_driver(config: JengaConfig) -> bool:
     """Whether a pipeline patched with ``config`` must drive its calls (stages to run, or a shift to set)."""
     return len(_segments(config)) > 1 or any(stage.shift is not None for stage in config.stages)
+
+
+def drives_calls(config: JengaConfig, pipeline: Any) -> bool:
+    """Whether the driver wraps the calls of ``pipeline`` patched with ``config``: stages to run or a shift to set,
+    a last frame to tell the carving about, or cached residuals (``skip_steps``) to drop when a call raises."""
+    return needs_driver(config) or bool(config.skip_steps) or takes_last_frame(pipeline)
 
 
 def takes_last_frame(pipeline: Any) -> bool:
