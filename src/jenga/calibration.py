@@ -372,9 +372,9 @@ class _Probe:
             masks = _candidate_masks(qc, kc, block, layout.adjacency, candidates)  # [C, h, Qb, Kb]
             recall, error = _mass_and_error(qc, kc, vc, masks, block, self.query_blocks, self.generator)
             density = masks.flatten(1).float().mean(1)
-            for i, (p, rate) in enumerate(candidates):
-                self.measurements.append(Measurement(layer, self.step, progress, curve, rate, p, float(density[i]),
-                                                     float(recall[i]), float(error[i])))
+            rows = zip(candidates, density.tolist(), recall.tolist(), error.tolist(), strict=True)  # one host read each
+            for (p, rate), kept, mass, err in rows:
+                self.measurements.append(Measurement(layer, self.step, progress, curve, rate, p, kept, mass, err))
 
 
 def _spread(total: int, count: int, generator: torch.Generator) -> list[int]:
@@ -412,8 +412,8 @@ def _mass_and_error(q, k, v, masks, block: int, query_blocks: int, generator) ->
     count, heads, _, key_blocks = masks.shape
     qt, kt, vt = (t[0].transpose(0, 1) for t in (q, k, v))  # [h, N, D]
     pad = key_blocks * block - n
-    mass = torch.zeros(count, dtype=torch.float64)
-    err = torch.zeros(count, dtype=torch.float64)
+    mass = torch.zeros(count, dtype=torch.float64, device=q.device)  # summed with device tensors below
+    err = torch.zeros(count, dtype=torch.float64, device=q.device)
     ref, rows = 0.0, 0
     for qb in _spread(masks.shape[2], query_blocks, generator):
         lo, hi = qb * block, min((qb + 1) * block, n)
