@@ -169,6 +169,7 @@ def test_bench_without_cuda_refuses_cleanly(name, capsys):
     assert "needs a CUDA GPU" in err and "Traceback" not in err
 
 
+@pytest.mark.long(22)
 def test_bench_pipeline_tiny_runs_every_column_on_cpu(tmp_path):
     out = tmp_path / "pipeline.json"
     proc = subprocess.run(

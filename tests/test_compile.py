@@ -42,6 +42,7 @@ def _run_compiled(pipe, inputs):
         torch._dynamo.reset()
 
 
+@pytest.mark.long(25)
 @pytest.mark.parametrize("family", ["wan", "hunyuan"])
 def test_full_preset_run_compiles_within_the_recompile_limit_and_matches_eager(family):
     steps = 12

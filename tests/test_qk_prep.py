@@ -89,6 +89,7 @@ def _count_fused_calls(monkeypatch):
 
 @pytest.mark.skipif(not interpreting(), reason="the tiny pipelines run on the CPU; on a GPU machine "
                     "tests/gpu/test_wan_full_size.py runs the fused path at full size")
+@pytest.mark.long(35)
 @pytest.mark.parametrize("fused_qkv", [False, True])
 def test_patched_pipeline_takes_the_fused_path(monkeypatch, fused_qkv):
     """With the kernel forced on (the CPU needs ``JENGA_FUSED_QK_PREP=1``), a patched run through every block
@@ -111,6 +112,7 @@ def test_patched_pipeline_takes_the_fused_path(monkeypatch, fused_qkv):
 
 
 @pytest.mark.skipif(not interpreting(), reason="the tiny pipelines run on the CPU")
+@pytest.mark.long(50)
 def test_dense_steps_take_the_fused_path_too(monkeypatch):
     """Dense steps (here the first half) run the stock processor's dense attention on the fused queries and
     keys: as many kernel calls as when every step carves, and the stock result."""

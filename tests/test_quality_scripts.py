@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import jenga
+
+pytestmark = pytest.mark.long(100)  # scheduled first (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,6 +17,8 @@ from jenga.toy.data import COLOURS, ObjectSpec, Prompt
 from jenga.toy.model import build_pipeline, load_pretrained, quiet_frame_rounding
 from jenga.toy.score import psnr, read_object, ssim, task_score
 
+pytestmark = pytest.mark.long(10)  # scheduled first (tests/conftest.py)
+
 FRAMES, SIDE, STEPS, BLOCK = 4, 32, 6, 32
 PROMPTS = [Prompt.parse(text) for text in
            ("red disc up", "blue square left", "green disc down", "magenta square right")]
