@@ -249,14 +249,17 @@ def carve_attention(
         kv_count = torch.full((1, 1, num_q), num_k, dtype=torch.int32, device=q.device)
         return block_sparse_attention(q, k, v, kv_index, kv_count, block_size=block, key_lengths=key_lengths,
                                       key_bias=key_bias, backend=plan.backend, check_indices=False)
+    # per-layer p only when the config has some: the default path reads neither the layer nor the stage
+    # (regional compilation then shares one graph across the blocks)
+    p = cfg.cdf_threshold_at(owner.layer, plan.stage) if cfg.layer_cdf_thresholds else cfg.cdf_threshold
     if cfg.condition or seq == num_video:
         lists = select_blocks(
-            q, k, drop_rate=plan.drop_rate, cdf_threshold=cfg.cdf_threshold, block_size=block,
+            q, k, drop_rate=plan.drop_rate, cdf_threshold=p, block_size=block,
             num_video_tokens=num_video if seq > num_video else None,
             adjacency=plan.adjacency, always_keep=plan.always_keep,
         )
     else:
-        lists = _select_without_condition(q, k, plan, cfg.cdf_threshold, block)
+        lists = _select_without_condition(q, k, plan, p, block)
     if cfg.collect_stats:
         # filed with the layer and step at the end of the forward: reading plan.step here would make
         # torch.compile specialise the graph on it and recompile every step
