@@ -23,6 +23,12 @@ goes to ``dense_layers`` (JengaConfig has no per-layer drop rate: the per-layer 
 in :attr:`CalibrationReport.layers` instead, with the density it would give); a stage where carving never
 pays runs dense (drop rate 0). The fastest ``(curve, p)`` by predicted attention time wins.
 
+``layer_thresholds=True`` instead gives every measured layer its own ``p`` per stage
+(:attr:`JengaConfig.layer_cdf_thresholds`) and holds the budget for each stage's mean over the layers, the
+budget a fixed preset is judged by: layers whose attention is concentrated reach a high recall with few blocks,
+diffuse ones need many, so spending the kept blocks where they buy the most recall can meet the same mean
+recall with fewer blocks than one ``p`` for all (:func:`_allocate`).
+
 Predicted time: the dense pass measures, per layer, the stock self-attention time and the rest of the
 transformer call. A carved layer's attention is predicted from the kernel's per-block rate: on an H200 the
 measured TFLOP/s of ``benchmarks/RESULTS.md`` (:data:`KERNEL_TFLOPS`, per head dim); elsewhere the measured
@@ -55,7 +61,7 @@ from .config import JengaConfig
 from .curves import CURVES
 from .layout import token_layout
 
-__all__ = ["KERNEL_TFLOPS", "KERNEL_VS_DENSE", "CalibrationReport", "Measurement", "calibrate"]
+__all__ = ["KERNEL_TFLOPS", "KERNEL_VS_DENSE", "LAYER_THRESHOLDS", "CalibrationReport", "Measurement", "calibrate"]
 
 logger = logging.getLogger("jenga")
 
@@ -68,6 +74,9 @@ KERNEL_TFLOPS: dict[str, dict[int, float]] = {"H200": {128: 490.0, 64: 401.0}}
 KERNEL_VS_DENSE = 0.87
 DEFAULT_DROP_RATES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 DEFAULT_THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.9)
+# the candidates of ``layer_thresholds=True``: values above the presets' p too, so that a layer whose attention is
+# concentrated can buy recall cheaply for a diffuse one that gives some up
+LAYER_THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99)
 
 
 @dataclass(frozen=True)
@@ -112,11 +121,14 @@ class CalibrationReport:
         cfg = self.config
         lines = [f"grid {self.grid[0]}x{self.grid[1]}x{self.grid[2]} tokens, block {self.block_size}; "
                  f"budget {_budget_text(self.budget)}; picked curve {cfg.curve}, p = {cfg.cdf_threshold}, "
-                 f"drop rates {list(cfg.drop_rates)}, dense layers {list(cfg.dense_layers)}",
-                 f"{'layer':>5} {'stage':>5} {'drop':>5} {'density':>8} {'recall':>7} {'error':>7}  own best (drop)"]
+                 f"drop rates {list(cfg.drop_rates)}, dense layers {list(cfg.dense_layers)}"
+                 + (", a p per layer (column p)" if cfg.layer_cdf_thresholds else ""),
+                 f"{'layer':>5} {'stage':>5} {'drop':>5} {'p':>5} {'density':>8} {'recall':>7} {'error':>7}  "
+                 "own best (drop)"]
         for row in self.layers:
             for stage in row["stages"]:
-                lines.append(f"{row['layer']:>5} {stage['stage']:>5} {stage['drop_rate']:>5.2f} "
+                p = "-" if stage.get("cdf_threshold") is None else f"{stage['cdf_threshold']:.2f}"
+                lines.append(f"{row['layer']:>5} {stage['stage']:>5} {stage['drop_rate']:>5.2f} {p:>5} "
                              f"{stage['density']:>8.3f} {stage['recall']:>7.3f} {stage['output_error']:>7.3f}  "
                              f"{_own_text(stage['own_best'])}")
         t = self.timing
@@ -188,9 +200,10 @@ def calibrate(
     heads: int = 2,
     query_blocks: int = 8,
     drop_rates: Sequence[float] = DEFAULT_DROP_RATES,
-    cdf_thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    cdf_thresholds: Sequence[float] | None = None,
     curves: Sequence[str] | None = None,
     per_layer: bool = True,
+    layer_thresholds: bool = False,
     seed: int = 0,
     **call_kwargs: Any,
 ) -> CalibrationReport:
@@ -209,9 +222,17 @@ def calibrate(
         num_inference_steps: steps of the run you plan, for the predicted times.
         layers: transformer layers to measure (default: all).
         heads: heads sampled per layer (evenly spread); query_blocks: query blocks per head for recall/error.
-        drop_rates, cdf_thresholds, curves: the candidates (curves default: ``base``'s).
+        drop_rates, cdf_thresholds, curves: the candidates (``cdf_thresholds`` default
+            :data:`DEFAULT_THRESHOLDS`, with ``layer_thresholds`` :data:`LAYER_THRESHOLDS`; curves default:
+            ``base``'s).
         per_layer: the budget holds for every measured layer (layers that cannot meet it run dense); ``False``:
             for the mean over the layers of each stage (no dense layers), the way a fixed preset is judged.
+        layer_thresholds: give every measured layer its own ``p`` per stage
+            (:attr:`JengaConfig.layer_cdf_thresholds`) under the stage-mean budget (implies ``per_layer=False``;
+            one budget, ``min_recall`` or ``max_error``): per stage and candidate drop rate, a greedy allocation
+            on each layer's convex hull of (density, recall) raises first the layers that gain the most recall
+            per kept block until the stage mean meets the budget, then a local search of one- and two-layer
+            changes removes what the last step overshot; the drop rate with the lowest mean density wins.
         seed: seed of the noise of the calibration pass.
         call_kwargs: the pipeline call's own arguments (``prompt`` or ``prompt_embeds``, ``height``,
             ``width``, ``num_frames``, ``guidance_scale``...).
@@ -220,7 +241,11 @@ def calibrate(
 
     if min_recall is None and max_error is None:
         raise ValueError("give a quality budget: min_recall (e.g. 0.95) and/or max_error (e.g. 0.1)")
-    if min_recall == "base":
+    if not isinstance(layer_thresholds, bool):
+        raise ValueError(f"layer_thresholds must be True or False, got {layer_thresholds!r}")
+    if layer_thresholds and min_recall is not None and max_error is not None:
+        raise ValueError("layer_thresholds=True allocates against one budget: give min_recall or max_error, not both")
+    if min_recall == "base" or layer_thresholds:
         per_layer = False
     elif min_recall is not None and (isinstance(min_recall, str) or not 0.0 < min_recall <= 1.0):
         raise ValueError(f"min_recall must be in (0, 1], 'base' or None, got {min_recall!r}")
@@ -241,6 +266,9 @@ def calibrate(
         raise ValueError(f"calibrate supports Wan-family transformers (blocks[i].attn1), got "
                          f"{type(transformer).__name__}")
     cfg = _base_config(base)
+    if cfg.layer_cdf_thresholds:
+        raise ValueError("base has layer_cdf_thresholds: calibrate measures and picks p itself (per layer with "
+                         "layer_thresholds=True); pass a base without them")
     curves = tuple(curves) if curves is not None else (cfg.curve,)
     bad = [c for c in curves if c not in CURVES]
     if bad or not curves:
@@ -253,6 +281,8 @@ def calibrate(
         raise ValueError(f"every drop rate in {drop_rates!r} is at or below dense_threshold={cfg.dense_threshold} "
                          "(those run dense): give higher ones")
     rates = tuple(sorted(rates | {r for r in cfg.drop_rates if cfg.carves(r)}))  # base's own, for comparison
+    if cdf_thresholds is None:
+        cdf_thresholds = LAYER_THRESHOLDS if layer_thresholds else DEFAULT_THRESHOLDS
     thresholds = {float(p) for p in cdf_thresholds}
     if not thresholds or any(not 0.0 <= p <= 1.0 for p in thresholds):
         raise ValueError(f"cdf_thresholds must be floats in [0, 1], got {cdf_thresholds!r}")
@@ -276,7 +306,8 @@ def calibrate(
     if not probe.measurements:
         raise RuntimeError("the calibration pass captured nothing: no self-attention call reached the sampled layers")
     calibration_s = time.perf_counter() - started
-    return _pick(cfg, probe, min_recall, max_error, num_inference_steps, calibration_s, layers, num_layers, per_layer)
+    return _pick(cfg, probe, min_recall, max_error, num_inference_steps, calibration_s, layers, num_layers, per_layer,
+                 layer_thresholds)
 
 
 def _base_config(base: JengaConfig | str | None) -> JengaConfig:
@@ -438,8 +469,9 @@ def _meets(recall: float, error: float, min_recall: float | None, max_error: flo
 
 
 def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration_s: float, layers, num_layers,
-          per_layer: bool = True):
-    """Choose per (curve, p) the per-stage drop rates and dense layers, then the fastest (curve, p)."""
+          per_layer: bool = True, layer_thresholds: bool = False):
+    """Choose per (curve, p) the per-stage drop rates and dense layers, then the fastest (curve, p); with
+    ``layer_thresholds``, per curve the per-stage drop rates and every measured layer's own ``p``."""
     stages = len(cfg.stages)
     # (curve, p, stage, layer, rate) -> mean (density, recall, error) over the stage's captured steps
     groups: dict[tuple, list[Measurement]] = {}
@@ -508,16 +540,52 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
                 cost += n * (mean[(c, p, s, x, rate)][0] if carved else 1.0 / KERNEL_VS_DENSE)
         return cost, chosen, dense_layers
 
+    free = [x for x in layers if x not in cfg.dense_layers]  # base's dense layers stay dense: (1, 1, 0) in a mean
+
+    def plan_layers(c):
+        """Per stage, the drop rate and per-layer p of least mean density whose stage mean meets the budget."""
+        chosen: dict[int, float] = {}
+        layer_p: dict[tuple[int, int], float] = {}
+        cost, fixed = 0.0, len(layers) - len(free)
+        for s in measured_stages:
+            if min_recall is not None:  # the sum of the free layers' recalls; a dense layer adds 1
+                quality, need = (lambda cell: cell[1]), recall_budget(s) * len(layers) - fixed
+            else:  # minus the sum of the errors (a dense layer adds 0)
+                quality, need = (lambda cell: -cell[2]), -max_error * len(layers)
+            best = None
+            for rate in probe.rates:
+                options = [[(mean[(c, q, s, x, rate)][0], quality(mean[(c, q, s, x, rate)]), q)
+                            for q in probe.thresholds] for x in free]
+                picks = _allocate(options, need)
+                if picks is None:
+                    continue
+                density = (sum(options[i][j][0] for i, j in enumerate(picks)) + fixed) / len(layers)
+                if best is None or density < best[0] - 1e-12 or (abs(density - best[0]) <= 1e-12 and rate > best[1]):
+                    best = (density, rate, [options[i][j][2] for i, j in enumerate(picks)])
+            if best is None or best[0] >= 1 / KERNEL_VS_DENSE - 1e-12:  # carving cannot meet it, or never pays
+                chosen[s] = 0.0
+                cost += len(stage_steps[s]) / KERNEL_VS_DENSE
+                continue
+            chosen[s] = best[1]
+            layer_p.update({(x, s): q for x, q in zip(free, best[2], strict=True)})
+            cost += len(stage_steps[s]) * best[0]
+        return cost, chosen, set(), layer_p
+
     best = None
     for c in probe.curves:
-        for p in probe.thresholds:
-            cost, chosen, dense_layers = plan_for(c, p)
+        for p in (cfg.cdf_threshold,) if layer_thresholds else probe.thresholds:
+            cost, chosen, dense_layers, layer_p = plan_layers(c) if layer_thresholds else (*plan_for(c, p), {})
             if best is None or cost < best[0] - 1e-12:
-                best = (cost, c, p, chosen, dense_layers)
-    _, curve, p, chosen, dense_layers = best
+                best = (cost, c, p, chosen, dense_layers, layer_p)
+    _, curve, p, chosen, dense_layers, layer_p = best
     rates = tuple(chosen.get(s, cfg.drop_rates[s]) for s in range(stages))
+    all_dense = set(cfg.dense_layers) | dense_layers
+    mapping = {x: tuple(layer_p.get((x, s), p) for s in range(stages)) for x in free if layer_p}
     picked = dataclasses.replace(cfg, curve=curve, cdf_threshold=p, drop_rates=rates,
-                                 dense_layers=tuple(sorted(set(cfg.dense_layers) | dense_layers)))
+                                 dense_layers=tuple(sorted(all_dense)), layer_cdf_thresholds=mapping)
+
+    def p_at(x: int, s: int) -> float:
+        return layer_p.get((x, s), p)
     if len(layers) < num_layers:
         notes.append(f"layers {sorted(set(range(num_layers)) - set(layers))} were not measured: they follow the "
                      "picked drop rates without a check")
@@ -527,21 +595,24 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
         for s in measured_stages:
             rate = chosen[s]
             carved = rate > 0 and x not in picked.dense_layers
-            d, r, e = mean[(curve, p, s, x, rate)] if carved else (1.0, 1.0, 0.0)
+            d, r, e = mean[(curve, p_at(x, s), s, x, rate)] if carved else (1.0, 1.0, 0.0)
             meets_all &= _meets(r, e, recall_budget(s), max_error)
             own = [(mean[(curve, p, s, x, q)][0], q) for q in probe.rates if ok(curve, p, s, x, q)]
             own_best = None if not own else dict(drop_rate=min(own)[1], density=round(min(own)[0], 4))
-            row["stages"].append(dict(stage=s, drop_rate=rate if carved else 0.0, density=round(d, 4),
+            row["stages"].append(dict(stage=s, drop_rate=rate if carved else 0.0,
+                                      cdf_threshold=p_at(x, s) if carved else None, density=round(d, 4),
                                       recall=round(r, 4), output_error=round(e, 4), own_best=own_best))
         layer_rows.append(row)
     exact: dict[int, tuple[float, float, float]] = {}  # unrounded stage means of the pick
     for s in measured_stages:
-        cells = [mean[(curve, p, s, x, chosen[s])] if chosen[s] > 0 and x not in picked.dense_layers
+        cells = [mean[(curve, p_at(x, s), s, x, chosen[s])] if chosen[s] > 0 and x not in picked.dense_layers
                  else (1.0, 1.0, 0.0) for x in layers]
         exact[s] = tuple(sum(c[i] for c in cells) / len(cells) for i in range(3))
         row = dict(stage=s, drop_rate=rates[s], steps_captured=sorted(stage_steps[s]),
                    **{f: round(exact[s][i], 4) for i, f in enumerate(("density", "recall", "output_error"))})
         row["per_layer_settings"] = _per_layer_settings(mean, cfg, curve, s, layers, min_recall, max_error)
+        if layer_thresholds and chosen[s] > 0:  # the allocation: each layer's p in this stage
+            row["cdf_thresholds"] = {x: layer_p[(x, s)] for x in free}
         base_key = (cfg.curve, cfg.cdf_threshold, s)
         if all((*base_key, x, cfg.drop_rates[s]) in mean for x in layers):
             # the uncalibrated config on the same captures: what the pick is compared with
@@ -564,9 +635,86 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
         notes.append("some layer misses the budget under the picked config" if per_layer else
                      "some stage misses the budget under the picked config")
     timing = _predict(picked, probe, layer_rows, num_steps, calibration_s, num_layers)
-    budget = {"min_recall": min_recall, "max_error": max_error, "per_layer": per_layer}
+    budget = {"min_recall": min_recall, "max_error": max_error, "per_layer": per_layer,
+              "layer_thresholds": layer_thresholds}
     return CalibrationReport(picked, budget, probe.measurements, stage_rows, layer_rows, timing, probe.grid,
                              cfg.block_size, meets_all, notes)
+
+
+def _allocate(options: list[list[tuple[float, float, float]]], need: float) -> list[int] | None:
+    """One option per layer (its index in ``options[i]``, ``(density, quality, p)`` each) with the least total
+    density whose total quality reaches ``need``; ``None`` when even the best of every layer falls short.
+
+    Greedy on each layer's upper convex hull of (density, quality): from every layer's sparsest option, take
+    the hull step of the highest quality gain per kept block until the total reaches ``need`` (optimal for the
+    convex relaxation of this multiple-choice knapsack); then one- and two-layer changes among all options
+    that lower the density and keep the total (the last greedy step overshoots); finally never more than the
+    best single option index shared by every layer (one ``p`` for all, the preset's kind of config)."""
+    if sum(max(o[1] for o in opts) for opts in options) < need - 1e-12:
+        return None
+    hulls = [_upper_hull(opts) for opts in options]
+    at = [0] * len(options)
+    total = sum(options[i][hull[0]][1] for i, hull in enumerate(hulls))
+    while total < need - 1e-12:
+        steps = [((options[i][hull[at[i] + 1]][1] - options[i][hull[at[i]]][1])
+                  / (options[i][hull[at[i] + 1]][0] - options[i][hull[at[i]]][0]), i)
+                 for i, hull in enumerate(hulls) if at[i] + 1 < len(hull)]
+        _, i = max(steps)  # never empty: every hull ends at its layer's best quality, and those reach ``need``
+        total += options[i][hulls[i][at[i] + 1]][1] - options[i][hulls[i][at[i]]][1]
+        at[i] += 1
+    picks = _improve(options, [hull[a] for hull, a in zip(hulls, at, strict=True)], need)
+    # never worse than one shared option for every layer (options are listed in the same p order per layer)
+    density = lambda chosen: sum(options[i][j][0] for i, j in enumerate(chosen))  # noqa: E731
+    for j in range(min(len(opts) for opts in options)):
+        uniform = [j] * len(options)
+        if sum(o[j][1] for o in options) >= need - 1e-12 and density(uniform) < density(picks) - 1e-12:
+            picks = uniform
+    return picks
+
+
+def _upper_hull(options: list[tuple[float, float, float]]) -> list[int]:
+    """Indices of the options on the upper convex hull of (density, quality), density ascending: the
+    Pareto front (more density only for more quality), without the points below a chord."""
+    order = sorted(range(len(options)), key=lambda j: (options[j][0], -options[j][1]))
+    front: list[int] = []
+    for j in order:
+        if not front or options[j][1] > options[front[-1]][1]:
+            front.append(j)
+    hull: list[int] = []
+    for j in front:
+        while len(hull) >= 2:
+            (da, qa, _), (db, qb, _), (dc, qc, _) = options[hull[-2]], options[hull[-1]], options[j]
+            if (qb - qa) * (dc - da) > (qc - qa) * (db - da):
+                break  # the middle point lies above the chord: it stays
+            hull.pop()
+        hull.append(j)
+    return hull
+
+
+def _improve(options: list[list[tuple[float, float, float]]], picks: list[int], need: float) -> list[int]:
+    """Local search: the best density-lowering change of one layer's option, or of two layers' at once, that
+    keeps the total quality at ``need``, until none is left."""
+    picks = list(picks)
+    total = sum(options[i][j][1] for i, j in enumerate(picks))
+    for _ in range(8 * len(options) + 8):
+        best = (1e-12, ())
+        moves = [[(options[i][picks[i]][0] - o[0], o[1] - options[i][picks[i]][1], j)
+                  for j, o in enumerate(options[i]) if j != picks[i]] for i in range(len(options))]
+        for i, layer_moves in enumerate(moves):
+            for saving, gain, j in layer_moves:
+                if saving > best[0] and total + gain >= need - 1e-12:
+                    best = (saving, ((i, j, gain),))
+            for i2 in range(i + 1, len(options)):
+                for saving, gain, j in layer_moves:
+                    for saving2, gain2, j2 in moves[i2]:
+                        if saving + saving2 > best[0] and total + gain + gain2 >= need - 1e-12:
+                            best = (saving + saving2, ((i, j, gain), (i2, j2, gain2)))
+        if not best[1]:
+            return picks
+        for i, j, gain in best[1]:
+            picks[i] = j
+            total += gain
+    return picks
 
 
 def _per_layer_settings(mean, cfg: JengaConfig, curve: str, stage: int, layers, min_recall, max_error):
@@ -649,6 +797,8 @@ def _budget_text(budget: dict[str, float | None]) -> str:
     if budget.get("max_error") is not None:
         parts.append(f"output error <= {budget['max_error']}")
     where = "per layer" if budget.get("per_layer", True) else "stage mean over layers"
+    if budget.get("layer_thresholds"):
+        where += ", a p per layer"
     return " and ".join(parts) + f" ({where})"
 
 
