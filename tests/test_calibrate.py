@@ -165,7 +165,8 @@ def test_cli_calibrate_help_and_usage_errors(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for option in ("--model", "--toy", "--prompt", "--size", "--preset", "--min-recall", "--max-error", "--stage-mean",
-                   "--steps", "--run-steps", "--heads", "--query-blocks", "--curves", "--out-dir", "--toy-weights"):
+                   "--steps", "--run-steps", "--heads", "--query-blocks", "--curves", "--out-dir", "--toy-weights",
+                   "--layer-thresholds", "--cdf-thresholds"):
         assert option in text, option
     assert "exit codes:" in text
     assert cli.main(["calibrate", "--model", "no/such-model", "--device", "cpu"]) == cli.USAGE

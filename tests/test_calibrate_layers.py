@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import jenga
+from jenga import cli
 from jenga.calibration import _allocate, calibrate
 from jenga.toy.data import Prompt
 from jenga.toy.model import build_pipeline, load_pretrained, quiet_frame_rounding
@@ -95,3 +96,18 @@ def test_layer_thresholds_reject_bad_input(toy):
     base = jenga.JengaConfig(block_size=BLOCK, layer_cdf_thresholds={0: 0.5})
     with pytest.raises(ValueError, match="base has layer_cdf_thresholds"):
         calibrate(pipe, base=base, **call)
+
+
+def test_cli_layer_thresholds_writes_a_per_layer_config(tmp_path, capsys):
+    out = tmp_path / "cal"
+    code = cli.main(["calibrate", "--toy", "--size", "small", "--steps", "2", "--heads", "1", "--query-blocks", "2",
+                     "--min-recall", "base", "--layer-thresholds", "--cdf-thresholds", "0.5", "0.9", "0.97",
+                     "--device", "cpu", "--threads", "1", "--out-dir", str(out)])
+    text = capsys.readouterr().out
+    assert code == cli.OK, text
+    assert "a p per layer" in text
+    cfg = jenga.JengaConfig.from_dict(json.loads((out / "calibrated.json").read_text()))
+    assert len(cfg.layer_cdf_thresholds) == 6  # every layer of the toy model measured
+    report = json.loads((out / "calibration.json").read_text())
+    assert report["budget"]["layer_thresholds"]
+    assert {m["cdf_threshold"] for m in report["measurements"]} == {0.5, 0.9, 0.97}

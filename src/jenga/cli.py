@@ -572,6 +572,12 @@ def _add_calibrate_parser(sub: Any, common: argparse.ArgumentParser, formatter: 
     cal.add_argument("--stage-mean", action="store_true",
                      help="hold the budget for each stage's mean over the layers (as a preset is judged) instead of "
                           "every layer (layers that cannot meet it run dense)")
+    cal.add_argument("--layer-thresholds", action="store_true",
+                     help="give every layer its own p per stage, allocated so that each stage's mean over the layers "
+                          "meets the budget with the fewest kept blocks (implies --stage-mean; one budget)")
+    cal.add_argument("--cdf-thresholds", type=float, nargs="+", default=None,
+                     help="candidate p values (default 0 0.3 0.5 0.7 0.9; with --layer-thresholds 0 0.3 0.5 0.6 0.7 "
+                          "0.8 0.85 0.9 0.93 0.95 0.97 0.99)")
     cal.add_argument("--steps", type=_positive_int, default=6, help="steps of the calibration pass (default 6)")
     cal.add_argument("--run-steps", type=_positive_int, default=50,
                      help="steps of the run you plan, for the predicted times (default 50)")
@@ -662,6 +668,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                 report = calibrate(pipe, base=base, min_recall=args.min_recall, max_error=args.max_error,
                                    steps=args.steps, num_inference_steps=args.run_steps, heads=args.heads,
                                    query_blocks=args.query_blocks, curves=args.curves, per_layer=not args.stage_mean,
+                                   layer_thresholds=args.layer_thresholds, cdf_thresholds=args.cdf_thresholds,
                                    seed=args.seed, **call)
         except ValueError as err:
             raise UsageError(str(err)) from None
