@@ -19,37 +19,49 @@ from jenga.toy.model import build_pipeline, load_pretrained, quiet_frame_roundin
 BLOCK = 32
 
 
-def _instance(rng: random.Random) -> tuple[list[list[tuple[float, float, float]]], float]:
+def _instance(rng: random.Random, budgets: int) -> tuple[list[list[tuple]], tuple[float, ...]]:
+    """Random layers: more p, more blocks and more recall and less error, each layer at its own rates."""
     layers, count = rng.randint(1, 5), rng.randint(1, 5)
     options = []
-    for _ in range(layers):  # more p: more blocks and more recall, at each layer's own rates
-        densities, recalls = sorted(rng.random() for _ in range(count)), sorted(rng.random() for _ in range(count))
-        options.append([(d, r, p) for p, (d, r) in enumerate(zip(densities, recalls, strict=True))])
-    reachable = sum(max(o[1] for o in layer) for layer in options)
-    return options, rng.uniform(0.0, 1.05 * reachable)
+    for _ in range(layers):
+        densities = sorted(rng.random() for _ in range(count))
+        qualities = [sorted(rng.random() for _ in range(count)) for _ in range(budgets)]
+        options.append([(d, tuple(q[p] for q in qualities), p) for p, d in enumerate(densities)])
+    needs = tuple(rng.uniform(0.0, 1.05 * sum(max(o[1][c] for o in layer) for layer in options))
+                  for c in range(budgets))
+    return options, needs
 
 
 def _density(options, combo) -> float:
     return sum(options[i][j][0] for i, j in enumerate(combo))
 
 
-def test_allocation_meets_the_budget_and_is_near_the_brute_force_optimum():
-    rng = random.Random(0)
-    optimal = 0
+@pytest.mark.parametrize("budgets", [1, 2])
+def test_allocation_meets_the_budget_and_is_near_the_brute_force_optimum(budgets):
+    rng = random.Random(budgets)
+    optimal = feasible = 0
+
+    def meets(options, combo, needs) -> bool:
+        return all(sum(options[i][j][1][c] for i, j in enumerate(combo)) >= needs[c] - 1e-12 for c in range(budgets))
+
     for _ in range(200):
-        options, need = _instance(rng)
-        fits = [combo for combo in itertools.product(*(range(len(o)) for o in options))
-                if sum(options[i][j][1] for i, j in enumerate(combo)) >= need - 1e-12]
-        picks = _allocate(options, need)
+        options, needs = _instance(rng, budgets)
+        fits = [combo for combo in itertools.product(*(range(len(o)) for o in options)) if meets(options, combo, needs)]
+        picks = _allocate(options, needs)
         if not fits:
             assert picks is None
             continue
-        assert sum(options[i][j][1] for i, j in enumerate(picks)) >= need - 1e-12
+        feasible += 1
+        if picks is None:  # several budgets: the greedy may miss a narrow feasible set, never a uniform one
+            assert not any(len(set(c)) == 1 for c in fits)
+            continue
+        assert meets(options, picks, needs)
         uniform = [_density(options, [j] * len(options)) for j in range(len(options[0]))
                    if tuple([j] * len(options)) in fits]
         assert not uniform or _density(options, picks) <= min(uniform) + 1e-12  # never worse than one p for all
         optimal += _density(options, picks) <= min(_density(options, c) for c in fits) + 1e-9
-    assert optimal >= 190, optimal  # greedy + local search: the exact optimum in almost every case
+    print(f"{budgets} budgets: optimal in {optimal} of {feasible} feasible cases")
+    assert optimal >= 0.9 * feasible, (optimal, feasible)  # greedy + local search: the optimum in almost every case
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +75,22 @@ def toy():
     return pipe, call
 
 
-def test_layer_thresholds_meet_the_preset_s_mean_recall_with_no_more_blocks(toy):
+@pytest.mark.parametrize("max_error", [None, "base"])
+def test_layer_thresholds_meet_the_preset_s_mean_quality_with_no_more_blocks(toy, max_error):
     pipe, call = toy
     torch.set_num_threads(1)
     base = jenga.JengaConfig.preset("base", model="wan", block_size=BLOCK)
     with quiet_frame_rounding():
-        report = calibrate(pipe, base=base, min_recall="base", layer_thresholds=True, steps=3, layers=(0, 3, 5),
-                           heads=1, query_blocks=2, drop_rates=(0.75, 0.85), **call)
+        report = calibrate(pipe, base=base, min_recall="base", max_error=max_error, layer_thresholds=True, steps=3,
+                           layers=(0, 3, 5), heads=1, query_blocks=2, drop_rates=(0.75, 0.85), **call)
     cfg = report.config
     assert report.meets_budget and report.budget["layer_thresholds"] and cfg.dense_layers == ()
     assert jenga.JengaConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert [layer for layer, _ in cfg.layer_cdf_thresholds] == [0, 3, 5]
     for row in report.stages:  # the budget the preset is judged by, with no more kept blocks
         assert row["recall"] >= row["min_recall"] - 1e-9 and row["min_recall"] == row["base"]["recall"]
+        if max_error == "base":
+            assert row["output_error"] <= row["max_error"] + 1e-9 and row["max_error"] == row["base"]["output_error"]
         assert row["density"] <= row["base"]["density"] + 1e-9
         assert row["cdf_thresholds"] == {x: cfg.cdf_threshold_at(x, row["stage"]) for x in (0, 3, 5)}
     for row in report.layers:  # each layer's row is measured at its own p
@@ -89,8 +104,8 @@ def test_layer_thresholds_meet_the_preset_s_mean_recall_with_no_more_blocks(toy)
 
 def test_layer_thresholds_reject_bad_input(toy):
     pipe, call = toy
-    with pytest.raises(ValueError, match="one budget"):
-        calibrate(pipe, min_recall=0.9, max_error=0.1, layer_thresholds=True, **call)
+    with pytest.raises(ValueError, match="max_error must be > 0"):
+        calibrate(pipe, max_error="preset", layer_thresholds=True, **call)
     with pytest.raises(ValueError, match="layer_thresholds must be True or False"):
         calibrate(pipe, layer_thresholds="yes", **call)
     base = jenga.JengaConfig(block_size=BLOCK, layer_cdf_thresholds={0: 0.5})

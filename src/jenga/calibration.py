@@ -193,7 +193,7 @@ def calibrate(
     *,
     base: JengaConfig | str | None = None,
     min_recall: float | str | None = 0.95,
-    max_error: float | None = None,
+    max_error: float | str | None = None,
     steps: int = 6,
     num_inference_steps: int = 50,
     layers: Sequence[int] | None = None,
@@ -217,7 +217,8 @@ def calibrate(
         min_recall: budget on the mean attention-mass recall per layer and stage (``None``: no recall budget);
             ``"base"``: each stage's mean recall under ``base`` itself, on the same captures (implies
             ``per_layer=False``): the config that keeps fewest blocks at the base config's quality.
-        max_error: budget on the mean relative output error per layer and stage (``None``: none).
+        max_error: budget on the mean relative output error per layer and stage (``None``: none); ``"base"``:
+            each stage's mean error under ``base`` on the same captures (implies ``per_layer=False``).
         steps: denoising steps of the calibration pass (spread over the whole schedule).
         num_inference_steps: steps of the run you plan, for the predicted times.
         layers: transformer layers to measure (default: all).
@@ -228,11 +229,13 @@ def calibrate(
         per_layer: the budget holds for every measured layer (layers that cannot meet it run dense); ``False``:
             for the mean over the layers of each stage (no dense layers), the way a fixed preset is judged.
         layer_thresholds: give every measured layer its own ``p`` per stage
-            (:attr:`JengaConfig.layer_cdf_thresholds`) under the stage-mean budget (implies ``per_layer=False``;
-            one budget, ``min_recall`` or ``max_error``): per stage and candidate drop rate, a greedy allocation
-            on each layer's convex hull of (density, recall) raises first the layers that gain the most recall
-            per kept block until the stage mean meets the budget, then a local search of one- and two-layer
-            changes removes what the last step overshot; the drop rate with the lowest mean density wins.
+            (:attr:`JengaConfig.layer_cdf_thresholds`) under the stage-mean budget (implies ``per_layer=False``):
+            per stage and candidate drop rate, a greedy allocation (:func:`_allocate`: with one budget on each
+            layer's convex hull of (density, recall), raising first the layers that gain the most per kept block)
+            until the stage means meet every budget given, then a local search of one- and two-layer changes
+            removes what the last step overshot; the drop rate with the lowest mean density wins, never more
+            blocks than the best single ``p``. ``min_recall="base", max_error="base"``: the preset's own mean
+            recall and mean error both, the strictest reading of "the preset's quality".
         seed: seed of the noise of the calibration pass.
         call_kwargs: the pipeline call's own arguments (``prompt`` or ``prompt_embeds``, ``height``,
             ``width``, ``num_frames``, ``guidance_scale``...).
@@ -243,14 +246,12 @@ def calibrate(
         raise ValueError("give a quality budget: min_recall (e.g. 0.95) and/or max_error (e.g. 0.1)")
     if not isinstance(layer_thresholds, bool):
         raise ValueError(f"layer_thresholds must be True or False, got {layer_thresholds!r}")
-    if layer_thresholds and min_recall is not None and max_error is not None:
-        raise ValueError("layer_thresholds=True allocates against one budget: give min_recall or max_error, not both")
-    if min_recall == "base" or layer_thresholds:
+    if min_recall == "base" or max_error == "base" or layer_thresholds:
         per_layer = False
     elif min_recall is not None and (isinstance(min_recall, str) or not 0.0 < min_recall <= 1.0):
         raise ValueError(f"min_recall must be in (0, 1], 'base' or None, got {min_recall!r}")
-    if max_error is not None and not max_error > 0.0:
-        raise ValueError(f"max_error must be > 0 (a relative L2 error), got {max_error!r}")
+    if max_error is not None and max_error != "base" and (isinstance(max_error, str) or not max_error > 0.0):
+        raise ValueError(f"max_error must be > 0 (a relative L2 error), 'base' or None, got {max_error!r}")
     for name, value in (("steps", steps), ("num_inference_steps", num_inference_steps), ("heads", heads),
                         ("query_blocks", query_blocks)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -492,7 +493,7 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
 
     def ok(c, p, s, layer, rate):
         d, r, e = mean[(c, p, s, layer, rate)]
-        return _meets(r, e, recall_budget(s), max_error)
+        return _meets(r, e, recall_budget(s), error_budget(s))
 
     def stage_mean(c, p, s, rate, f):
         return sum(mean[(c, p, s, x, rate)][f] for x in layers) / len(layers)
@@ -504,12 +505,20 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
             return 1.0
         return stage_mean(cfg.curve, cfg.cdf_threshold, s, cfg.drop_rates[s], 1)
 
+    def error_budget(s):
+        if max_error != "base":
+            return max_error
+        if not cfg.carves(cfg.drop_rates[s]):
+            return 0.0
+        return stage_mean(cfg.curve, cfg.cdf_threshold, s, cfg.drop_rates[s], 2)
+
     def plan_for(c, p):
         if not per_layer:  # the budget on each stage's mean over the layers
             chosen = {}
             for s in measured_stages:
                 fits = [(stage_mean(c, p, s, r, 0), -r) for r in probe.rates
-                        if _meets(stage_mean(c, p, s, r, 1), stage_mean(c, p, s, r, 2), recall_budget(s), max_error)]
+                        if _meets(stage_mean(c, p, s, r, 1), stage_mean(c, p, s, r, 2), recall_budget(s),
+                                  error_budget(s))]
                 chosen[s] = -min(fits)[1] if fits and min(fits)[0] < 1 / KERNEL_VS_DENSE else 0.0
             cost = sum(len(stage_steps[s]) * (stage_mean(c, p, s, chosen[s], 0) if chosen[s] else 1 / KERNEL_VS_DENSE)
                        for s in measured_stages)
@@ -548,15 +557,19 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
         layer_p: dict[tuple[int, int], float] = {}
         cost, fixed = 0.0, len(layers) - len(free)
         for s in measured_stages:
-            if min_recall is not None:  # the sum of the free layers' recalls; a dense layer adds 1
-                quality, need = (lambda cell: cell[1]), recall_budget(s) * len(layers) - fixed
-            else:  # minus the sum of the errors (a dense layer adds 0)
-                quality, need = (lambda cell: -cell[2]), -max_error * len(layers)
+            # qualities summed over the free layers: recall (a dense layer adds 1), minus the error (it adds 0)
+            qualities, needs = [], []
+            if min_recall is not None:
+                qualities.append(lambda cell: cell[1])
+                needs.append(recall_budget(s) * len(layers) - fixed)
+            if max_error is not None:
+                qualities.append(lambda cell: -cell[2])
+                needs.append(-error_budget(s) * len(layers))
             best = None
             for rate in probe.rates:
-                options = [[(mean[(c, q, s, x, rate)][0], quality(mean[(c, q, s, x, rate)]), q)
+                options = [[(mean[(c, q, s, x, rate)][0], tuple(f(mean[(c, q, s, x, rate)]) for f in qualities), q)
                             for q in probe.thresholds] for x in free]
-                picks = _allocate(options, need)
+                picks = _allocate(options, tuple(needs))
                 if picks is None:
                     continue
                 density = (sum(options[i][j][0] for i, j in enumerate(picks)) + fixed) / len(layers)
@@ -596,7 +609,7 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
             rate = chosen[s]
             carved = rate > 0 and x not in picked.dense_layers
             d, r, e = mean[(curve, p_at(x, s), s, x, rate)] if carved else (1.0, 1.0, 0.0)
-            meets_all &= _meets(r, e, recall_budget(s), max_error)
+            meets_all &= _meets(r, e, recall_budget(s), error_budget(s))
             own = [(mean[(curve, p, s, x, q)][0], q) for q in probe.rates if ok(curve, p, s, x, q)]
             own_best = None if not own else dict(drop_rate=min(own)[1], density=round(min(own)[0], 4))
             row["stages"].append(dict(stage=s, drop_rate=rate if carved else 0.0,
@@ -621,16 +634,19 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
                                density=round(sum(c[0] for c in cells) / len(cells), 4),
                                recall=round(sum(c[1] for c in cells) / len(cells), 4),
                                output_error=round(sum(c[2] for c in cells) / len(cells), 4),
-                               layers_meeting_budget=sum(_meets(c[1], c[2], recall_budget(s), max_error)
+                               layers_meeting_budget=sum(_meets(c[1], c[2], recall_budget(s), error_budget(s))
                                                          for c in cells))
             row["base"]["mean_meets_budget"] = _meets(sum(c[1] for c in cells) / len(cells),
                                                       sum(c[2] for c in cells) / len(cells), recall_budget(s),
-                                                      max_error)
+                                                      error_budget(s))
         stage_rows.append(row)
     if not per_layer:  # judged on the stage means
-        meets_all = all(_meets(exact[s][1], exact[s][2], recall_budget(s), max_error) for s in measured_stages)
+        meets_all = all(_meets(exact[s][1], exact[s][2], recall_budget(s), error_budget(s)) for s in measured_stages)
         for row in stage_rows:
-            row["min_recall"] = round(recall_budget(row["stage"]), 4)
+            if min_recall is not None:
+                row["min_recall"] = round(recall_budget(row["stage"]), 4)
+            if max_error is not None:
+                row["max_error"] = round(error_budget(row["stage"]), 4)
     if not meets_all:
         notes.append("some layer misses the budget under the picked config" if per_layer else
                      "some stage misses the budget under the picked config")
@@ -641,49 +657,97 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
                              cfg.block_size, meets_all, notes)
 
 
-def _allocate(options: list[list[tuple[float, float, float]]], need: float) -> list[int] | None:
-    """One option per layer (its index in ``options[i]``, ``(density, quality, p)`` each) with the least total
-    density whose total quality reaches ``need``; ``None`` when even the best of every layer falls short.
+Option = tuple[float, tuple[float, ...], float]  # (density, qualities, p) of one candidate on one layer
 
-    Greedy on each layer's upper convex hull of (density, quality): from every layer's sparsest option, take
-    the hull step of the highest quality gain per kept block until the total reaches ``need`` (optimal for the
-    convex relaxation of this multiple-choice knapsack); then one- and two-layer changes among all options
-    that lower the density and keep the total (the last greedy step overshoots); finally never more than the
-    best single option index shared by every layer (one ``p`` for all, the preset's kind of config)."""
-    if sum(max(o[1] for o in opts) for opts in options) < need - 1e-12:
+
+def _allocate(options: list[list[Option]], needs: tuple[float, ...]) -> list[int] | None:
+    """One option per layer (its index in ``options[i]``) with the least total density whose total of every
+    quality ``c`` reaches ``needs[c]`` (recall, or minus the error); ``None`` when the greedy finds none.
+
+    One quality: greedy on each layer's upper convex hull of (density, quality): from every layer's sparsest
+    option, take the hull step of the highest quality gain per kept block until the total reaches the need
+    (optimal for the convex relaxation of this multiple-choice knapsack). Several: from the sparsest options,
+    the change of highest shortfall reduction (each quality's shortfall relative to its first) per kept block.
+    Then one- and two-layer changes among all options that lower the density and keep every total (the last
+    greedy step overshoots); finally never more than the best option index shared by every layer (one ``p`` for
+    all, the preset's kind of config; the options of every layer come in the same ``p`` order)."""
+    count = len(needs)
+    if any(sum(max(o[1][c] for o in opts) for opts in options) < needs[c] - 1e-12 for c in range(count)):
         return None
-    hulls = [_upper_hull(opts) for opts in options]
-    at = [0] * len(options)
-    total = sum(options[i][hull[0]][1] for i, hull in enumerate(hulls))
-    while total < need - 1e-12:
-        steps = [((options[i][hull[at[i] + 1]][1] - options[i][hull[at[i]]][1])
-                  / (options[i][hull[at[i] + 1]][0] - options[i][hull[at[i]]][0]), i)
-                 for i, hull in enumerate(hulls) if at[i] + 1 < len(hull)]
-        _, i = max(steps)  # never empty: every hull ends at its layer's best quality, and those reach ``need``
-        total += options[i][hulls[i][at[i] + 1]][1] - options[i][hulls[i][at[i]]][1]
-        at[i] += 1
-    picks = _improve(options, [hull[a] for hull, a in zip(hulls, at, strict=True)], need)
-    # never worse than one shared option for every layer (options are listed in the same p order per layer)
-    density = lambda chosen: sum(options[i][j][0] for i, j in enumerate(chosen))  # noqa: E731
+    picks = _greedy_hull(options, needs[0]) if count == 1 else _greedy_shortfall(options, needs)
+    if picks is not None:
+        picks = _improve(options, picks, needs)
+
+    def density(chosen: list[int]) -> float:
+        return sum(options[i][j][0] for i, j in enumerate(chosen))
+
     for j in range(min(len(opts) for opts in options)):
         uniform = [j] * len(options)
-        if sum(o[j][1] for o in options) >= need - 1e-12 and density(uniform) < density(picks) - 1e-12:
+        fits = all(sum(o[j][1][c] for o in options) >= needs[c] - 1e-12 for c in range(count))
+        if fits and (picks is None or density(uniform) < density(picks) - 1e-12):
             picks = uniform
     return picks
 
 
-def _upper_hull(options: list[tuple[float, float, float]]) -> list[int]:
-    """Indices of the options on the upper convex hull of (density, quality), density ascending: the
+def _greedy_hull(options: list[list[Option]], need: float) -> list[int]:
+    """One quality: hull steps of the highest gain per kept block until the total reaches ``need``."""
+    hulls = [_upper_hull(opts) for opts in options]
+    at = [0] * len(options)
+    quality = lambda i, k: options[i][hulls[i][k]][1][0]  # noqa: E731
+    total = sum(quality(i, 0) for i in range(len(options)))
+    while total < need - 1e-12:
+        steps = [((quality(i, at[i] + 1) - quality(i, at[i]))
+                  / (options[i][hull[at[i] + 1]][0] - options[i][hull[at[i]]][0]), i)
+                 for i, hull in enumerate(hulls) if at[i] + 1 < len(hull)]
+        _, i = max(steps)  # never empty: every hull ends at its layer's best quality, and those reach ``need``
+        total += quality(i, at[i] + 1) - quality(i, at[i])
+        at[i] += 1
+    return [hull[a] for hull, a in zip(hulls, at, strict=True)]
+
+
+def _greedy_shortfall(options: list[list[Option]], needs: tuple[float, ...]) -> list[int] | None:
+    """Several qualities: from the sparsest options, the change of highest relative shortfall reduction per
+    kept block (a change that lowers the shortfall without adding blocks first) until no quality falls short."""
+    count = len(needs)
+    picks = [min(range(len(opts)), key=lambda j, opts=opts: (opts[j][0], [-q for q in opts[j][1]])) for opts in options]
+    totals = [sum(options[i][j][1][c] for i, j in enumerate(picks)) for c in range(count)]
+    scale = [max(needs[c] - totals[c], 1e-12) for c in range(count)]
+
+    def shortfall(t: list[float]) -> float:
+        return sum(max(0.0, needs[c] - t[c]) / scale[c] for c in range(count))
+
+    while shortfall(totals) > 1e-12:
+        best = None
+        for i, opts in enumerate(options):
+            current = opts[picks[i]]
+            for j, o in enumerate(opts):
+                after = [totals[c] + o[1][c] - current[1][c] for c in range(count)]
+                gain = shortfall(totals) - shortfall(after)
+                if gain <= 1e-15:
+                    continue
+                added = o[0] - current[0]
+                rate = math.inf if added <= 0 else gain / added
+                if best is None or rate > best[0]:
+                    best = (rate, i, j, after)
+        if best is None:
+            return None
+        _, i, j, totals = best
+        picks[i] = j
+    return picks
+
+
+def _upper_hull(options: list[Option]) -> list[int]:
+    """Indices of the options on the upper convex hull of (density, first quality), density ascending: the
     Pareto front (more density only for more quality), without the points below a chord."""
-    order = sorted(range(len(options)), key=lambda j: (options[j][0], -options[j][1]))
+    order = sorted(range(len(options)), key=lambda j: (options[j][0], -options[j][1][0]))
     front: list[int] = []
     for j in order:
-        if not front or options[j][1] > options[front[-1]][1]:
+        if not front or options[j][1][0] > options[front[-1]][1][0]:
             front.append(j)
     hull: list[int] = []
     for j in front:
         while len(hull) >= 2:
-            (da, qa, _), (db, qb, _), (dc, qc, _) = options[hull[-2]], options[hull[-1]], options[j]
+            (da, (qa, *_), _), (db, (qb, *_), _), (dc, (qc, *_), _) = options[hull[-2]], options[hull[-1]], options[j]
             if (qb - qa) * (dc - da) > (qc - qa) * (db - da):
                 break  # the middle point lies above the chord: it stays
             hull.pop()
@@ -691,29 +755,35 @@ def _upper_hull(options: list[tuple[float, float, float]]) -> list[int]:
     return hull
 
 
-def _improve(options: list[list[tuple[float, float, float]]], picks: list[int], need: float) -> list[int]:
+def _improve(options: list[list[Option]], picks: list[int], needs: tuple[float, ...]) -> list[int]:
     """Local search: the best density-lowering change of one layer's option, or of two layers' at once, that
-    keeps the total quality at ``need``, until none is left."""
+    keeps every total at its need, until none is left."""
     picks = list(picks)
-    total = sum(options[i][j][1] for i, j in enumerate(picks))
+    count = len(needs)
+    totals = [sum(options[i][j][1][c] for i, j in enumerate(picks)) for c in range(count)]
+
+    def fits(*gains: tuple[float, ...]) -> bool:
+        return all(totals[c] + sum(g[c] for g in gains) >= needs[c] - 1e-12 for c in range(count))
+
     for _ in range(8 * len(options) + 8):
-        best = (1e-12, ())
-        moves = [[(options[i][picks[i]][0] - o[0], o[1] - options[i][picks[i]][1], j)
+        best: tuple[float, tuple] = (1e-12, ())
+        moves = [[(options[i][picks[i]][0] - o[0], tuple(a - b for a, b in zip(o[1], options[i][picks[i]][1],
+                                                                                  strict=True)), j)
                   for j, o in enumerate(options[i]) if j != picks[i]] for i in range(len(options))]
         for i, layer_moves in enumerate(moves):
             for saving, gain, j in layer_moves:
-                if saving > best[0] and total + gain >= need - 1e-12:
+                if saving > best[0] and fits(gain):
                     best = (saving, ((i, j, gain),))
             for i2 in range(i + 1, len(options)):
                 for saving, gain, j in layer_moves:
                     for saving2, gain2, j2 in moves[i2]:
-                        if saving + saving2 > best[0] and total + gain + gain2 >= need - 1e-12:
+                        if saving + saving2 > best[0] and fits(gain, gain2):
                             best = (saving + saving2, ((i, j, gain), (i2, j2, gain2)))
         if not best[1]:
             return picks
         for i, j, gain in best[1]:
             picks[i] = j
-            total += gain
+            totals = [t + g for t, g in zip(totals, gain, strict=True)]
     return picks
 
 
@@ -728,8 +798,12 @@ def _per_layer_settings(mean, cfg: JengaConfig, curve: str, stage: int, layers, 
             target = mean[key][1] if cfg.carves(cfg.drop_rates[stage]) and key in mean else 1.0
         else:
             target = min_recall
+        error_target = max_error
+        if max_error == "base":
+            key = (cfg.curve, cfg.cdf_threshold, stage, x, cfg.drop_rates[stage])
+            error_target = mean[key][2] if cfg.carves(cfg.drop_rates[stage]) and key in mean else 0.0
         fits = [(d, p, rate) for (c, p, s, layer, rate), (d, r, e) in mean.items()
-                if c == curve and s == stage and layer == x and _meets(r, e, target, max_error)]
+                if c == curve and s == stage and layer == x and _meets(r, e, target, error_target)]
         d, p, rate = min(fits) if fits else (1.0, None, 0.0)
         rows.append(dict(layer=x, cdf_threshold=p, drop_rate=rate, density=round(d, 4)))
     return dict(density=round(sum(r["density"] for r in rows) / len(rows), 4), layers=rows)
