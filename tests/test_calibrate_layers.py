@@ -106,6 +106,8 @@ def test_layer_thresholds_reject_bad_input(toy):
     pipe, call = toy
     with pytest.raises(ValueError, match="max_error must be > 0"):
         calibrate(pipe, max_error="preset", layer_thresholds=True, **call)
+    with pytest.raises(ValueError, match="min_recall must be in"):
+        calibrate(pipe, min_recall=1.5, layer_thresholds=True, **call)
     with pytest.raises(ValueError, match="layer_thresholds must be True or False"):
         calibrate(pipe, layer_thresholds="yes", **call)
     base = jenga.JengaConfig(block_size=BLOCK, layer_cdf_thresholds={0: 0.5})

@@ -248,7 +248,7 @@ def calibrate(
         raise ValueError(f"layer_thresholds must be True or False, got {layer_thresholds!r}")
     if min_recall == "base" or max_error == "base" or layer_thresholds:
         per_layer = False
-    elif min_recall is not None and (isinstance(min_recall, str) or not 0.0 < min_recall <= 1.0):
+    if min_recall is not None and min_recall != "base" and (isinstance(min_recall, str) or not 0.0 < min_recall <= 1.0):
         raise ValueError(f"min_recall must be in (0, 1], 'base' or None, got {min_recall!r}")
     if max_error is not None and max_error != "base" and (isinstance(max_error, str) or not max_error > 0.0):
         raise ValueError(f"max_error must be > 0 (a relative L2 error), 'base' or None, got {max_error!r}")
