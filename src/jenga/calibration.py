@@ -788,9 +788,11 @@ def _improve(options: list[list[Option]], picks: list[int], needs: tuple[float, 
 
 
 def _per_layer_settings(mean, cfg: JengaConfig, curve: str, stage: int, layers, min_recall, max_error):
-    """What per-layer ``(p, drop rate)`` would keep in ``stage`` (``JengaConfig`` has one ``p`` and per-stage drop
-    rates only, so this is reported, not applied): per layer the fewest blocks meeting the layer's budget, the
-    base config's own recall of that layer for ``min_recall="base"``. A layer that nothing satisfies counts dense."""
+    """What per-layer ``(p, drop rate)`` would keep in ``stage`` with every layer held to the budget on its own
+    (reported, not applied: ``JengaConfig`` has per-stage drop rates, and per-layer ``p`` is what
+    ``layer_thresholds=True`` allocates under the stage mean): per layer the fewest blocks meeting the layer's budget,
+    the base config's own recall (and error, ``max_error="base"``) of that layer for ``"base"``. A layer that nothing
+    satisfies counts dense."""
     rows = []
     for x in layers:
         if min_recall == "base":
