@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uniform", action="store_true", help="also the stage-mean pick with one p for all layers")
     parser.add_argument("--budget", choices=("recall", "recall+error"), default="recall",
                         help="the preset's own stage-mean recall (default), or its mean recall and mean error both")
+    parser.add_argument("--heads", type=int, default=2, help="calibration: heads sampled per layer (default 2)")
+    parser.add_argument("--query-blocks", type=int, default=8, help="calibration: query blocks per head (default 8)")
+    parser.add_argument("--cdf-thresholds", type=float, nargs="+", default=None,
+                        help="candidate p (default: jenga.calibration.LAYER_THRESHOLDS, 12 values from 0 to 0.99)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -97,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         with quiet_frame_rounding():
             report = calibrate(pipe, base=base, min_recall="base", layer_thresholds=layer_thresholds,
                                max_error="base" if args.budget == "recall+error" else None,
-                               steps=size.steps, num_inference_steps=size.steps, seed=args.seed, **call)
+                               steps=size.steps, num_inference_steps=size.steps, heads=args.heads,
+                               query_blocks=args.query_blocks, cdf_thresholds=args.cdf_thresholds, seed=args.seed,
+                               **call)
         print(report.table(), flush=True)
         picks[name] = report
     calibration = {name: dict(config=r.config.to_dict(), timing=r.timing, stages=[
