@@ -86,3 +86,23 @@ def test_patch_rejects_a_threshold_for_a_layer_the_model_lacks():
     with pytest.raises(ValueError, match=r"layer_cdf_thresholds \[5\] out of range: .* has layers 0..1"):
         jenga.patch(pipe, **{**CARVING, "layer_cdf_thresholds": {5: 0.5}})
     assert not jenga.is_patched(pipe)
+
+
+def test_regional_compilation_shares_graphs_between_layers_with_the_same_threshold():
+    """The layer's p is a value on its processor, not a lookup by layer id: blocks compiled one by one share a
+    graph when their thresholds agree (distinct values cost a graph each, per stage)."""
+    from _tiny import wan_transformer
+
+    pipe = wan_pipeline("t2v")
+    pipe.transformer = wan_transformer(num_layers=10)  # more blocks than the recompile limit below
+    jenga.patch(pipe, **{**CARVING, "stages": TWO_STAGES, "layer_cdf_thresholds": {x: (0.3, 0.9) for x in range(10)}})
+    inputs = wan_inputs(pipe, steps=4)
+    eager = run(pipe, inputs)
+    torch._dynamo.reset()
+    pipe.transformer.compile_repeated_blocks(backend="eager", dynamic=False)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=8, fail_on_recompile_limit_hit=True):
+            compiled = run(pipe, inputs)
+    finally:
+        torch._dynamo.reset()
+    assert torch.allclose(compiled, eager, atol=1e-5, rtol=1e-5)

@@ -94,10 +94,10 @@ class JengaConfig:
             :func:`jenga.calibrate` with ``layer_thresholds=True`` picks: concentrated layers reach a recall
             with fewer blocks than diffuse ones). Normalised to sorted ``((layer, (p per stage, ...)), ...)``
             pairs (hashable, like every field); read a layer's value with :meth:`cdf_threshold_at`. A layer may
-            not also be in ``dense_layers``. Default none. The carving call then reads the layer id and the
-            stage, so regional compilation (blocks compiled one by one, sharing code) guards on them: expect one
-            graph per listed layer and stage, and raise ``torch._dynamo.config.recompile_limit`` (8 by default)
-            for deep models (not measured yet).
+            not also be in ``dense_layers``. Default none. Regional compilation (blocks compiled one by one)
+            shares a graph between layers with the same ``p`` and compiles one more per distinct value and stage:
+            a calibrated config with many distinct values needs ``torch._dynamo.config.recompile_limit`` raised
+            above 8 (on the tiny 10-layer Wan test model, 4 distinct values over 2 stages already exceed it).
     """
 
     drop_rates: tuple[float, ...] | float = 0.75
