@@ -125,7 +125,8 @@ def test_cli_calibrate_toy_writes_config_report_and_plot(tmp_path, capsys):
     cfg = jenga.JengaConfig.from_dict(json.loads((out / "calibrated.json").read_text()))
     assert cfg.block_size == BLOCK
     report = json.loads((out / "calibration.json").read_text())
-    assert report["budget"] == {"min_recall": 0.9, "max_error": None, "per_layer": True} and report["measurements"]
+    assert report["budget"] == {"min_recall": 0.9, "max_error": None, "per_layer": True, "layer_thresholds": False}
+    assert report["measurements"]
     from PIL import Image
 
     assert Image.open(out / "calibration.png").size == (480, 260)
@@ -164,7 +165,8 @@ def test_cli_calibrate_help_and_usage_errors(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for option in ("--model", "--toy", "--prompt", "--size", "--preset", "--min-recall", "--max-error", "--stage-mean",
-                   "--steps", "--run-steps", "--heads", "--query-blocks", "--curves", "--out-dir", "--toy-weights"):
+                   "--steps", "--run-steps", "--heads", "--query-blocks", "--curves", "--out-dir", "--toy-weights",
+                   "--layer-thresholds", "--cdf-thresholds"):
         assert option in text, option
     assert "exit codes:" in text
     assert cli.main(["calibrate", "--model", "no/such-model", "--device", "cpu"]) == cli.USAGE

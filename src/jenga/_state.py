@@ -147,6 +147,7 @@ class ForwardPlan:
     inverse: torch.Tensor | None = None
     sparse: bool = False
     drop_rate: float = 0.0
+    stage: int = 0  # the stage of this step (picks per-layer thresholds, JengaConfig.cdf_threshold_at)
     step: int = 0
     total: int = 0
     progress: float = 0.0
@@ -302,6 +303,7 @@ class CarvingRuntime:
         stage = cfg.stage_of_step(step, total) if total > 0 else cfg.stage_at(progress)
         drop_rate = cfg.drop_rates[stage]
         plan.step, plan.total, plan.progress, plan.drop_rate = step, total, progress, drop_rate
+        plan.stage = stage
         plan.branch = getattr(context, "name", None)
         plan.skip, plan.residual, plan.branch_state = False, None, None
         if cfg.skip_steps:
@@ -324,7 +326,9 @@ class CarvingRuntime:
             self._note(f"dense: drop rate {drop_rate} <= dense_threshold {cfg.dense_threshold}")
         else:
             plan.sparse = True
-            self._note(f"sparse: drop rate {drop_rate}, p {cfg.cdf_threshold}")
+            per_layer = f" (per-layer p for layers {[x for x, _ in cfg.layer_cdf_thresholds]})" \
+                if cfg.layer_cdf_thresholds else ""
+            self._note(f"sparse: drop rate {drop_rate}, p {cfg.cdf_threshold}{per_layer}")
 
     @torch.compiler.disable
     def end_forward(self) -> None:

@@ -23,6 +23,12 @@ goes to ``dense_layers`` (JengaConfig has no per-layer drop rate: the per-layer 
 in :attr:`CalibrationReport.layers` instead, with the density it would give); a stage where carving never
 pays runs dense (drop rate 0). The fastest ``(curve, p)`` by predicted attention time wins.
 
+``layer_thresholds=True`` instead gives every measured layer its own ``p`` per stage
+(:attr:`JengaConfig.layer_cdf_thresholds`) and holds the budget for each stage's mean over the layers, the
+budget a fixed preset is judged by: layers whose attention is concentrated reach a high recall with few blocks,
+diffuse ones need many, so spending the kept blocks where they buy the most recall can meet the same mean
+recall with fewer blocks than one ``p`` for all (:func:`_allocate`).
+
 Predicted time: the dense pass measures, per layer, the stock self-attention time and the rest of the
 transformer call. A carved layer's attention is predicted from the kernel's per-block rate: on an H200 the
 measured TFLOP/s of ``benchmarks/RESULTS.md`` (:data:`KERNEL_TFLOPS`, per head dim); elsewhere the measured
@@ -55,7 +61,7 @@ from .config import JengaConfig
 from .curves import CURVES
 from .layout import token_layout
 
-__all__ = ["KERNEL_TFLOPS", "KERNEL_VS_DENSE", "CalibrationReport", "Measurement", "calibrate"]
+__all__ = ["KERNEL_TFLOPS", "KERNEL_VS_DENSE", "LAYER_THRESHOLDS", "CalibrationReport", "Measurement", "calibrate"]
 
 logger = logging.getLogger("jenga")
 
@@ -68,6 +74,9 @@ KERNEL_TFLOPS: dict[str, dict[int, float]] = {"H200": {128: 490.0, 64: 401.0}}
 KERNEL_VS_DENSE = 0.87
 DEFAULT_DROP_RATES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 DEFAULT_THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.9)
+# the candidates of ``layer_thresholds=True``: values above the presets' p too, so that a layer whose attention is
+# concentrated can buy recall cheaply for a diffuse one that gives some up
+LAYER_THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99)
 
 
 @dataclass(frozen=True)
@@ -112,11 +121,14 @@ class CalibrationReport:
         cfg = self.config
         lines = [f"grid {self.grid[0]}x{self.grid[1]}x{self.grid[2]} tokens, block {self.block_size}; "
                  f"budget {_budget_text(self.budget)}; picked curve {cfg.curve}, p = {cfg.cdf_threshold}, "
-                 f"drop rates {list(cfg.drop_rates)}, dense layers {list(cfg.dense_layers)}",
-                 f"{'layer':>5} {'stage':>5} {'drop':>5} {'density':>8} {'recall':>7} {'error':>7}  own best (drop)"]
+                 f"drop rates {list(cfg.drop_rates)}, dense layers {list(cfg.dense_layers)}"
+                 + (", a p per layer (column p)" if cfg.layer_cdf_thresholds else ""),
+                 f"{'layer':>5} {'stage':>5} {'drop':>5} {'p':>5} {'density':>8} {'recall':>7} {'error':>7}  "
+                 "own best (drop)"]
         for row in self.layers:
             for stage in row["stages"]:
-                lines.append(f"{row['layer']:>5} {stage['stage']:>5} {stage['drop_rate']:>5.2f} "
+                p = "-" if stage.get("cdf_threshold") is None else f"{stage['cdf_threshold']:.2f}"
+                lines.append(f"{row['layer']:>5} {stage['stage']:>5} {stage['drop_rate']:>5.2f} {p:>5} "
                              f"{stage['density']:>8.3f} {stage['recall']:>7.3f} {stage['output_error']:>7.3f}  "
                              f"{_own_text(stage['own_best'])}")
         t = self.timing
@@ -181,16 +193,17 @@ def calibrate(
     *,
     base: JengaConfig | str | None = None,
     min_recall: float | str | None = 0.95,
-    max_error: float | None = None,
+    max_error: float | str | None = None,
     steps: int = 6,
     num_inference_steps: int = 50,
     layers: Sequence[int] | None = None,
     heads: int = 2,
     query_blocks: int = 8,
     drop_rates: Sequence[float] = DEFAULT_DROP_RATES,
-    cdf_thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    cdf_thresholds: Sequence[float] | None = None,
     curves: Sequence[str] | None = None,
     per_layer: bool = True,
+    layer_thresholds: bool = False,
     seed: int = 0,
     **call_kwargs: Any,
 ) -> CalibrationReport:
@@ -204,14 +217,25 @@ def calibrate(
         min_recall: budget on the mean attention-mass recall per layer and stage (``None``: no recall budget);
             ``"base"``: each stage's mean recall under ``base`` itself, on the same captures (implies
             ``per_layer=False``): the config that keeps fewest blocks at the base config's quality.
-        max_error: budget on the mean relative output error per layer and stage (``None``: none).
+        max_error: budget on the mean relative output error per layer and stage (``None``: none); ``"base"``:
+            each stage's mean error under ``base`` on the same captures (implies ``per_layer=False``).
         steps: denoising steps of the calibration pass (spread over the whole schedule).
         num_inference_steps: steps of the run you plan, for the predicted times.
         layers: transformer layers to measure (default: all).
         heads: heads sampled per layer (evenly spread); query_blocks: query blocks per head for recall/error.
-        drop_rates, cdf_thresholds, curves: the candidates (curves default: ``base``'s).
+        drop_rates, cdf_thresholds, curves: the candidates (``cdf_thresholds`` default
+            :data:`DEFAULT_THRESHOLDS`, with ``layer_thresholds`` :data:`LAYER_THRESHOLDS`; curves default:
+            ``base``'s).
         per_layer: the budget holds for every measured layer (layers that cannot meet it run dense); ``False``:
             for the mean over the layers of each stage (no dense layers), the way a fixed preset is judged.
+        layer_thresholds: give every measured layer its own ``p`` per stage
+            (:attr:`JengaConfig.layer_cdf_thresholds`) under the stage-mean budget (implies ``per_layer=False``):
+            per stage and candidate drop rate, a greedy allocation (:func:`_allocate`: with one budget on each
+            layer's convex hull of (density, recall), raising first the layers that gain the most per kept block)
+            until the stage means meet every budget given, then a local search of one- and two-layer changes
+            removes what the last step overshot; the drop rate with the lowest mean density wins, never more
+            blocks than the best single ``p``. ``min_recall="base", max_error="base"``: the preset's own mean
+            recall and mean error both, the strictest reading of "the preset's quality".
         seed: seed of the noise of the calibration pass.
         call_kwargs: the pipeline call's own arguments (``prompt`` or ``prompt_embeds``, ``height``,
             ``width``, ``num_frames``, ``guidance_scale``...).
@@ -220,12 +244,14 @@ def calibrate(
 
     if min_recall is None and max_error is None:
         raise ValueError("give a quality budget: min_recall (e.g. 0.95) and/or max_error (e.g. 0.1)")
-    if min_recall == "base":
+    if not isinstance(layer_thresholds, bool):
+        raise ValueError(f"layer_thresholds must be True or False, got {layer_thresholds!r}")
+    if min_recall == "base" or max_error == "base" or layer_thresholds:
         per_layer = False
-    elif min_recall is not None and (isinstance(min_recall, str) or not 0.0 < min_recall <= 1.0):
+    if min_recall is not None and min_recall != "base" and (isinstance(min_recall, str) or not 0.0 < min_recall <= 1.0):
         raise ValueError(f"min_recall must be in (0, 1], 'base' or None, got {min_recall!r}")
-    if max_error is not None and not max_error > 0.0:
-        raise ValueError(f"max_error must be > 0 (a relative L2 error), got {max_error!r}")
+    if max_error is not None and max_error != "base" and (isinstance(max_error, str) or not max_error > 0.0):
+        raise ValueError(f"max_error must be > 0 (a relative L2 error), 'base' or None, got {max_error!r}")
     for name, value in (("steps", steps), ("num_inference_steps", num_inference_steps), ("heads", heads),
                         ("query_blocks", query_blocks)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -241,6 +267,9 @@ def calibrate(
         raise ValueError(f"calibrate supports Wan-family transformers (blocks[i].attn1), got "
                          f"{type(transformer).__name__}")
     cfg = _base_config(base)
+    if cfg.layer_cdf_thresholds:
+        raise ValueError("base has layer_cdf_thresholds: calibrate measures and picks p itself (per layer with "
+                         "layer_thresholds=True); pass a base without them")
     curves = tuple(curves) if curves is not None else (cfg.curve,)
     bad = [c for c in curves if c not in CURVES]
     if bad or not curves:
@@ -253,6 +282,8 @@ def calibrate(
         raise ValueError(f"every drop rate in {drop_rates!r} is at or below dense_threshold={cfg.dense_threshold} "
                          "(those run dense): give higher ones")
     rates = tuple(sorted(rates | {r for r in cfg.drop_rates if cfg.carves(r)}))  # base's own, for comparison
+    if cdf_thresholds is None:
+        cdf_thresholds = LAYER_THRESHOLDS if layer_thresholds else DEFAULT_THRESHOLDS
     thresholds = {float(p) for p in cdf_thresholds}
     if not thresholds or any(not 0.0 <= p <= 1.0 for p in thresholds):
         raise ValueError(f"cdf_thresholds must be floats in [0, 1], got {cdf_thresholds!r}")
@@ -276,7 +307,8 @@ def calibrate(
     if not probe.measurements:
         raise RuntimeError("the calibration pass captured nothing: no self-attention call reached the sampled layers")
     calibration_s = time.perf_counter() - started
-    return _pick(cfg, probe, min_recall, max_error, num_inference_steps, calibration_s, layers, num_layers, per_layer)
+    return _pick(cfg, probe, min_recall, max_error, num_inference_steps, calibration_s, layers, num_layers, per_layer,
+                 layer_thresholds)
 
 
 def _base_config(base: JengaConfig | str | None) -> JengaConfig:
@@ -438,8 +470,9 @@ def _meets(recall: float, error: float, min_recall: float | None, max_error: flo
 
 
 def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration_s: float, layers, num_layers,
-          per_layer: bool = True):
-    """Choose per (curve, p) the per-stage drop rates and dense layers, then the fastest (curve, p)."""
+          per_layer: bool = True, layer_thresholds: bool = False):
+    """Choose per (curve, p) the per-stage drop rates and dense layers, then the fastest (curve, p); with
+    ``layer_thresholds``, per curve the per-stage drop rates and every measured layer's own ``p``."""
     stages = len(cfg.stages)
     # (curve, p, stage, layer, rate) -> mean (density, recall, error) over the stage's captured steps
     groups: dict[tuple, list[Measurement]] = {}
@@ -460,7 +493,7 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
 
     def ok(c, p, s, layer, rate):
         d, r, e = mean[(c, p, s, layer, rate)]
-        return _meets(r, e, recall_budget(s), max_error)
+        return _meets(r, e, recall_budget(s), error_budget(s))
 
     def stage_mean(c, p, s, rate, f):
         return sum(mean[(c, p, s, x, rate)][f] for x in layers) / len(layers)
@@ -472,12 +505,20 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
             return 1.0
         return stage_mean(cfg.curve, cfg.cdf_threshold, s, cfg.drop_rates[s], 1)
 
+    def error_budget(s):
+        if max_error != "base":
+            return max_error
+        if not cfg.carves(cfg.drop_rates[s]):
+            return 0.0
+        return stage_mean(cfg.curve, cfg.cdf_threshold, s, cfg.drop_rates[s], 2)
+
     def plan_for(c, p):
         if not per_layer:  # the budget on each stage's mean over the layers
             chosen = {}
             for s in measured_stages:
                 fits = [(stage_mean(c, p, s, r, 0), -r) for r in probe.rates
-                        if _meets(stage_mean(c, p, s, r, 1), stage_mean(c, p, s, r, 2), recall_budget(s), max_error)]
+                        if _meets(stage_mean(c, p, s, r, 1), stage_mean(c, p, s, r, 2), recall_budget(s),
+                                  error_budget(s))]
                 chosen[s] = -min(fits)[1] if fits and min(fits)[0] < 1 / KERNEL_VS_DENSE else 0.0
             cost = sum(len(stage_steps[s]) * (stage_mean(c, p, s, chosen[s], 0) if chosen[s] else 1 / KERNEL_VS_DENSE)
                        for s in measured_stages)
@@ -508,16 +549,56 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
                 cost += n * (mean[(c, p, s, x, rate)][0] if carved else 1.0 / KERNEL_VS_DENSE)
         return cost, chosen, dense_layers
 
+    free = [x for x in layers if x not in cfg.dense_layers]  # base's dense layers stay dense: (1, 1, 0) in a mean
+
+    def plan_layers(c):
+        """Per stage, the drop rate and per-layer p of least mean density whose stage mean meets the budget."""
+        chosen: dict[int, float] = {}
+        layer_p: dict[tuple[int, int], float] = {}
+        cost, fixed = 0.0, len(layers) - len(free)
+        for s in measured_stages:
+            # qualities summed over the free layers: recall (a dense layer adds 1), minus the error (it adds 0)
+            qualities, needs = [], []
+            if min_recall is not None:
+                qualities.append(lambda cell: cell[1])
+                needs.append(recall_budget(s) * len(layers) - fixed)
+            if max_error is not None:
+                qualities.append(lambda cell: -cell[2])
+                needs.append(-error_budget(s) * len(layers))
+            best = None
+            for rate in probe.rates:
+                options = [[(mean[(c, q, s, x, rate)][0], tuple(f(mean[(c, q, s, x, rate)]) for f in qualities), q)
+                            for q in probe.thresholds] for x in free]
+                picks = _allocate(options, tuple(needs))
+                if picks is None:
+                    continue
+                density = (sum(options[i][j][0] for i, j in enumerate(picks)) + fixed) / len(layers)
+                if best is None or density < best[0] - 1e-12 or (abs(density - best[0]) <= 1e-12 and rate > best[1]):
+                    best = (density, rate, [options[i][j][2] for i, j in enumerate(picks)])
+            if best is None or best[0] >= 1 / KERNEL_VS_DENSE - 1e-12:  # carving cannot meet it, or never pays
+                chosen[s] = 0.0
+                cost += len(stage_steps[s]) / KERNEL_VS_DENSE
+                continue
+            chosen[s] = best[1]
+            layer_p.update({(x, s): q for x, q in zip(free, best[2], strict=True)})
+            cost += len(stage_steps[s]) * best[0]
+        return cost, chosen, set(), layer_p
+
     best = None
     for c in probe.curves:
-        for p in probe.thresholds:
-            cost, chosen, dense_layers = plan_for(c, p)
+        for p in (cfg.cdf_threshold,) if layer_thresholds else probe.thresholds:
+            cost, chosen, dense_layers, layer_p = plan_layers(c) if layer_thresholds else (*plan_for(c, p), {})
             if best is None or cost < best[0] - 1e-12:
-                best = (cost, c, p, chosen, dense_layers)
-    _, curve, p, chosen, dense_layers = best
+                best = (cost, c, p, chosen, dense_layers, layer_p)
+    _, curve, p, chosen, dense_layers, layer_p = best
     rates = tuple(chosen.get(s, cfg.drop_rates[s]) for s in range(stages))
+    all_dense = set(cfg.dense_layers) | dense_layers
+    mapping = {x: tuple(layer_p.get((x, s), p) for s in range(stages)) for x in free if layer_p}
     picked = dataclasses.replace(cfg, curve=curve, cdf_threshold=p, drop_rates=rates,
-                                 dense_layers=tuple(sorted(set(cfg.dense_layers) | dense_layers)))
+                                 dense_layers=tuple(sorted(all_dense)), layer_cdf_thresholds=mapping)
+
+    def p_at(x: int, s: int) -> float:
+        return layer_p.get((x, s), p)
     if len(layers) < num_layers:
         notes.append(f"layers {sorted(set(range(num_layers)) - set(layers))} were not measured: they follow the "
                      "picked drop rates without a check")
@@ -527,21 +608,24 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
         for s in measured_stages:
             rate = chosen[s]
             carved = rate > 0 and x not in picked.dense_layers
-            d, r, e = mean[(curve, p, s, x, rate)] if carved else (1.0, 1.0, 0.0)
-            meets_all &= _meets(r, e, recall_budget(s), max_error)
+            d, r, e = mean[(curve, p_at(x, s), s, x, rate)] if carved else (1.0, 1.0, 0.0)
+            meets_all &= _meets(r, e, recall_budget(s), error_budget(s))
             own = [(mean[(curve, p, s, x, q)][0], q) for q in probe.rates if ok(curve, p, s, x, q)]
             own_best = None if not own else dict(drop_rate=min(own)[1], density=round(min(own)[0], 4))
-            row["stages"].append(dict(stage=s, drop_rate=rate if carved else 0.0, density=round(d, 4),
+            row["stages"].append(dict(stage=s, drop_rate=rate if carved else 0.0,
+                                      cdf_threshold=p_at(x, s) if carved else None, density=round(d, 4),
                                       recall=round(r, 4), output_error=round(e, 4), own_best=own_best))
         layer_rows.append(row)
     exact: dict[int, tuple[float, float, float]] = {}  # unrounded stage means of the pick
     for s in measured_stages:
-        cells = [mean[(curve, p, s, x, chosen[s])] if chosen[s] > 0 and x not in picked.dense_layers
+        cells = [mean[(curve, p_at(x, s), s, x, chosen[s])] if chosen[s] > 0 and x not in picked.dense_layers
                  else (1.0, 1.0, 0.0) for x in layers]
         exact[s] = tuple(sum(c[i] for c in cells) / len(cells) for i in range(3))
         row = dict(stage=s, drop_rate=rates[s], steps_captured=sorted(stage_steps[s]),
                    **{f: round(exact[s][i], 4) for i, f in enumerate(("density", "recall", "output_error"))})
         row["per_layer_settings"] = _per_layer_settings(mean, cfg, curve, s, layers, min_recall, max_error)
+        if layer_thresholds and chosen[s] > 0:  # the allocation: each layer's p in this stage
+            row["cdf_thresholds"] = {x: layer_p[(x, s)] for x in free}
         base_key = (cfg.curve, cfg.cdf_threshold, s)
         if all((*base_key, x, cfg.drop_rates[s]) in mean for x in layers):
             # the uncalibrated config on the same captures: what the pick is compared with
@@ -550,29 +634,165 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
                                density=round(sum(c[0] for c in cells) / len(cells), 4),
                                recall=round(sum(c[1] for c in cells) / len(cells), 4),
                                output_error=round(sum(c[2] for c in cells) / len(cells), 4),
-                               layers_meeting_budget=sum(_meets(c[1], c[2], recall_budget(s), max_error)
+                               layers_meeting_budget=sum(_meets(c[1], c[2], recall_budget(s), error_budget(s))
                                                          for c in cells))
             row["base"]["mean_meets_budget"] = _meets(sum(c[1] for c in cells) / len(cells),
                                                       sum(c[2] for c in cells) / len(cells), recall_budget(s),
-                                                      max_error)
+                                                      error_budget(s))
         stage_rows.append(row)
     if not per_layer:  # judged on the stage means
-        meets_all = all(_meets(exact[s][1], exact[s][2], recall_budget(s), max_error) for s in measured_stages)
+        meets_all = all(_meets(exact[s][1], exact[s][2], recall_budget(s), error_budget(s)) for s in measured_stages)
         for row in stage_rows:
-            row["min_recall"] = round(recall_budget(row["stage"]), 4)
+            if min_recall is not None:
+                row["min_recall"] = round(recall_budget(row["stage"]), 4)
+            if max_error is not None:
+                row["max_error"] = round(error_budget(row["stage"]), 4)
     if not meets_all:
         notes.append("some layer misses the budget under the picked config" if per_layer else
                      "some stage misses the budget under the picked config")
     timing = _predict(picked, probe, layer_rows, num_steps, calibration_s, num_layers)
-    budget = {"min_recall": min_recall, "max_error": max_error, "per_layer": per_layer}
+    budget = {"min_recall": min_recall, "max_error": max_error, "per_layer": per_layer,
+              "layer_thresholds": layer_thresholds}
     return CalibrationReport(picked, budget, probe.measurements, stage_rows, layer_rows, timing, probe.grid,
                              cfg.block_size, meets_all, notes)
 
 
+Option = tuple[float, tuple[float, ...], float]  # (density, qualities, p) of one candidate on one layer
+
+
+def _allocate(options: list[list[Option]], needs: tuple[float, ...]) -> list[int] | None:
+    """One option per layer (its index in ``options[i]``) with the least total density whose total of every
+    quality ``c`` reaches ``needs[c]`` (recall, or minus the error); ``None`` when the greedy finds none.
+
+    One quality: greedy on each layer's upper convex hull of (density, quality): from every layer's sparsest
+    option, take the hull step of the highest quality gain per kept block until the total reaches the need
+    (optimal for the convex relaxation of this multiple-choice knapsack). Several: from the sparsest options,
+    the change of highest shortfall reduction (each quality's shortfall relative to its first) per kept block.
+    Then one- and two-layer changes among all options that lower the density and keep every total (the last
+    greedy step overshoots); finally never more than the best option index shared by every layer (one ``p`` for
+    all, the preset's kind of config; the options of every layer come in the same ``p`` order)."""
+    count = len(needs)
+    if any(sum(max(o[1][c] for o in opts) for opts in options) < needs[c] - 1e-12 for c in range(count)):
+        return None
+    picks = _greedy_hull(options, needs[0]) if count == 1 else _greedy_shortfall(options, needs)
+    if picks is not None:
+        picks = _improve(options, picks, needs)
+
+    def density(chosen: list[int]) -> float:
+        return sum(options[i][j][0] for i, j in enumerate(chosen))
+
+    for j in range(min(len(opts) for opts in options)):
+        uniform = [j] * len(options)
+        fits = all(sum(o[j][1][c] for o in options) >= needs[c] - 1e-12 for c in range(count))
+        if fits and (picks is None or density(uniform) < density(picks) - 1e-12):
+            picks = uniform
+    return picks
+
+
+def _greedy_hull(options: list[list[Option]], need: float) -> list[int]:
+    """One quality: hull steps of the highest gain per kept block until the total reaches ``need``."""
+    hulls = [_upper_hull(opts) for opts in options]
+    at = [0] * len(options)
+    quality = lambda i, k: options[i][hulls[i][k]][1][0]  # noqa: E731
+    total = sum(quality(i, 0) for i in range(len(options)))
+    while total < need - 1e-12:
+        steps = [((quality(i, at[i] + 1) - quality(i, at[i]))
+                  / (options[i][hull[at[i] + 1]][0] - options[i][hull[at[i]]][0]), i)
+                 for i, hull in enumerate(hulls) if at[i] + 1 < len(hull)]
+        _, i = max(steps)  # never empty: every hull ends at its layer's best quality, and those reach ``need``
+        total += quality(i, at[i] + 1) - quality(i, at[i])
+        at[i] += 1
+    return [hull[a] for hull, a in zip(hulls, at, strict=True)]
+
+
+def _greedy_shortfall(options: list[list[Option]], needs: tuple[float, ...]) -> list[int] | None:
+    """Several qualities: from the sparsest options, the change of highest relative shortfall reduction per
+    kept block (a change that lowers the shortfall without adding blocks first) until no quality falls short."""
+    count = len(needs)
+    picks = [min(range(len(opts)), key=lambda j, opts=opts: (opts[j][0], [-q for q in opts[j][1]])) for opts in options]
+    totals = [sum(options[i][j][1][c] for i, j in enumerate(picks)) for c in range(count)]
+    scale = [max(needs[c] - totals[c], 1e-12) for c in range(count)]
+
+    def shortfall(t: list[float]) -> float:
+        return sum(max(0.0, needs[c] - t[c]) / scale[c] for c in range(count))
+
+    while shortfall(totals) > 1e-12:
+        best = None
+        for i, opts in enumerate(options):
+            current = opts[picks[i]]
+            for j, o in enumerate(opts):
+                after = [totals[c] + o[1][c] - current[1][c] for c in range(count)]
+                gain = shortfall(totals) - shortfall(after)
+                if gain <= 1e-15:
+                    continue
+                added = o[0] - current[0]
+                rate = math.inf if added <= 0 else gain / added
+                if best is None or rate > best[0]:
+                    best = (rate, i, j, after)
+        if best is None:
+            return None
+        _, i, j, totals = best
+        picks[i] = j
+    return picks
+
+
+def _upper_hull(options: list[Option]) -> list[int]:
+    """Indices of the options on the upper convex hull of (density, first quality), density ascending: the
+    Pareto front (more density only for more quality), without the points below a chord."""
+    order = sorted(range(len(options)), key=lambda j: (options[j][0], -options[j][1][0]))
+    front: list[int] = []
+    for j in order:
+        if not front or options[j][1][0] > options[front[-1]][1][0]:
+            front.append(j)
+    hull: list[int] = []
+    for j in front:
+        while len(hull) >= 2:
+            (da, (qa, *_), _), (db, (qb, *_), _), (dc, (qc, *_), _) = options[hull[-2]], options[hull[-1]], options[j]
+            if (qb - qa) * (dc - da) > (qc - qa) * (db - da):
+                break  # the middle point lies above the chord: it stays
+            hull.pop()
+        hull.append(j)
+    return hull
+
+
+def _improve(options: list[list[Option]], picks: list[int], needs: tuple[float, ...]) -> list[int]:
+    """Local search: the best density-lowering change of one layer's option, or of two layers' at once, that
+    keeps every total at its need, until none is left."""
+    picks = list(picks)
+    count = len(needs)
+    totals = [sum(options[i][j][1][c] for i, j in enumerate(picks)) for c in range(count)]
+
+    def fits(*gains: tuple[float, ...]) -> bool:
+        return all(totals[c] + sum(g[c] for g in gains) >= needs[c] - 1e-12 for c in range(count))
+
+    for _ in range(8 * len(options) + 8):
+        best: tuple[float, tuple] = (1e-12, ())
+        moves = [[(options[i][picks[i]][0] - o[0], tuple(a - b for a, b in zip(o[1], options[i][picks[i]][1],
+                                                                                  strict=True)), j)
+                  for j, o in enumerate(options[i]) if j != picks[i]] for i in range(len(options))]
+        for i, layer_moves in enumerate(moves):
+            for saving, gain, j in layer_moves:
+                if saving > best[0] and fits(gain):
+                    best = (saving, ((i, j, gain),))
+            for i2 in range(i + 1, len(options)):
+                for saving, gain, j in layer_moves:
+                    for saving2, gain2, j2 in moves[i2]:
+                        if saving + saving2 > best[0] and fits(gain, gain2):
+                            best = (saving + saving2, ((i, j, gain), (i2, j2, gain2)))
+        if not best[1]:
+            return picks
+        for i, j, gain in best[1]:
+            picks[i] = j
+            totals = [t + g for t, g in zip(totals, gain, strict=True)]
+    return picks
+
+
 def _per_layer_settings(mean, cfg: JengaConfig, curve: str, stage: int, layers, min_recall, max_error):
-    """What per-layer ``(p, drop rate)`` would keep in ``stage`` (``JengaConfig`` has one ``p`` and per-stage drop
-    rates only, so this is reported, not applied): per layer the fewest blocks meeting the layer's budget, the
-    base config's own recall of that layer for ``min_recall="base"``. A layer that nothing satisfies counts dense."""
+    """What per-layer ``(p, drop rate)`` would keep in ``stage`` with every layer held to the budget on its own
+    (reported, not applied: ``JengaConfig`` has per-stage drop rates, and per-layer ``p`` is what
+    ``layer_thresholds=True`` allocates under the stage mean): per layer the fewest blocks meeting the layer's budget,
+    the base config's own recall (and error, ``max_error="base"``) of that layer for ``"base"``. A layer that nothing
+    satisfies counts dense."""
     rows = []
     for x in layers:
         if min_recall == "base":
@@ -580,8 +800,12 @@ def _per_layer_settings(mean, cfg: JengaConfig, curve: str, stage: int, layers, 
             target = mean[key][1] if cfg.carves(cfg.drop_rates[stage]) and key in mean else 1.0
         else:
             target = min_recall
+        error_target = max_error
+        if max_error == "base":
+            key = (cfg.curve, cfg.cdf_threshold, stage, x, cfg.drop_rates[stage])
+            error_target = mean[key][2] if cfg.carves(cfg.drop_rates[stage]) and key in mean else 0.0
         fits = [(d, p, rate) for (c, p, s, layer, rate), (d, r, e) in mean.items()
-                if c == curve and s == stage and layer == x and _meets(r, e, target, max_error)]
+                if c == curve and s == stage and layer == x and _meets(r, e, target, error_target)]
         d, p, rate = min(fits) if fits else (1.0, None, 0.0)
         rows.append(dict(layer=x, cdf_threshold=p, drop_rate=rate, density=round(d, 4)))
     return dict(density=round(sum(r["density"] for r in rows) / len(rows), 4), layers=rows)
@@ -649,6 +873,8 @@ def _budget_text(budget: dict[str, float | None]) -> str:
     if budget.get("max_error") is not None:
         parts.append(f"output error <= {budget['max_error']}")
     where = "per layer" if budget.get("per_layer", True) else "stage mean over layers"
+    if budget.get("layer_thresholds"):
+        where += ", a p per layer"
     return " and ".join(parts) + f" ({where})"
 
 

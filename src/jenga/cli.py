@@ -567,11 +567,19 @@ def _add_calibrate_parser(sub: Any, common: argparse.ArgumentParser, formatter: 
     cal.add_argument("--min-recall", type=_recall_budget, default=None,
                      help="budget: mean attention-mass recall per layer and stage (default 0.95 unless --max-error); "
                           "'base': each stage's mean recall under the preset itself (fewest blocks at its quality)")
-    cal.add_argument("--max-error", type=float, default=None,
-                     help="budget: mean relative output error of attention per layer and stage")
+    cal.add_argument("--max-error", type=_error_budget, default=None,
+                     help="budget: mean relative output error of attention per layer and stage; 'base': each stage's "
+                          "mean error under the preset itself")
     cal.add_argument("--stage-mean", action="store_true",
                      help="hold the budget for each stage's mean over the layers (as a preset is judged) instead of "
                           "every layer (layers that cannot meet it run dense)")
+    cal.add_argument("--layer-thresholds", action="store_true",
+                     help="give every layer its own p per stage, allocated so that each stage's mean over the layers "
+                          "meets the budget with the fewest kept blocks (implies --stage-mean; --min-recall base "
+                          "--max-error base: the preset's own mean recall and error both)")
+    cal.add_argument("--cdf-thresholds", type=float, nargs="+", default=None,
+                     help="candidate p values (default 0 0.3 0.5 0.7 0.9; with --layer-thresholds 0 0.3 0.5 0.6 0.7 "
+                          "0.8 0.85 0.9 0.93 0.95 0.97 0.99)")
     cal.add_argument("--steps", type=_positive_int, default=6, help="steps of the calibration pass (default 6)")
     cal.add_argument("--run-steps", type=_positive_int, default=50,
                      help="steps of the run you plan, for the predicted times (default 50)")
@@ -599,6 +607,15 @@ def _recall_budget(text: str) -> float | str:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a float in (0, 1] or 'base', got {text!r}") from None
+
+
+def _error_budget(text: str) -> float | str:
+    if text == "base":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a float > 0 or 'base', got {text!r}") from None
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -662,6 +679,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                 report = calibrate(pipe, base=base, min_recall=args.min_recall, max_error=args.max_error,
                                    steps=args.steps, num_inference_steps=args.run_steps, heads=args.heads,
                                    query_blocks=args.query_blocks, curves=args.curves, per_layer=not args.stage_mean,
+                                   layer_thresholds=args.layer_thresholds, cdf_thresholds=args.cdf_thresholds,
                                    seed=args.seed, **call)
         except ValueError as err:
             raise UsageError(str(err)) from None

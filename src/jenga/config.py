@@ -89,6 +89,15 @@ class JengaConfig:
         backend: attention kernel, ``"auto"`` (Triton on CUDA, torch elsewhere), ``"triton"``, ``"torch"``
             or ``"flex"``.
         collect_stats: record every sparse layer's kept-block counts (see :func:`jenga.selection_stats`).
+        layer_cdf_thresholds: per-layer ``p`` overriding ``cdf_threshold`` for those layers: a mapping
+            ``{layer id: p}`` with ``p`` one float in ``[0, 1]`` or one per stage (what
+            :func:`jenga.calibrate` with ``layer_thresholds=True`` picks: concentrated layers reach a recall
+            with fewer blocks than diffuse ones). Normalised to sorted ``((layer, (p per stage, ...)), ...)``
+            pairs (hashable, like every field); read a layer's value with :meth:`cdf_threshold_at`. A layer may
+            not also be in ``dense_layers``. Default none. Regional compilation (blocks compiled one by one)
+            shares a graph between layers with the same ``p`` and compiles one more per distinct value and stage:
+            a calibrated config with many distinct values needs ``torch._dynamo.config.recompile_limit`` raised
+            above 8 (on the tiny 10-layer Wan test model, 4 distinct values over 2 stages already exceed it).
     """
 
     drop_rates: tuple[float, ...] | float = 0.75
@@ -108,6 +117,7 @@ class JengaConfig:
     upsample: str = "trilinear"
     backend: str = "auto"
     collect_stats: bool = False
+    layer_cdf_thresholds: tuple[tuple[int, tuple[float, ...]], ...] | dict[int, Any] | None = ()
 
     def __post_init__(self) -> None:
         stages = _check_stages(self.stages)
@@ -140,6 +150,11 @@ class JengaConfig:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        set_("layer_cdf_thresholds", _check_layer_thresholds(self.layer_cdf_thresholds, len(stages)))
+        clash = sorted(set(self.dense_layers) & {layer for layer, _ in self.layer_cdf_thresholds})
+        if clash:
+            raise ValueError(f"layers {clash} are in both dense_layers and layer_cdf_thresholds: a dense layer keeps "
+                             "every block, so its threshold would be ignored; remove them from one of the two")
 
     # -- derived facts used by the patch
 
@@ -187,6 +202,13 @@ class JengaConfig:
         step of :meth:`switch_steps`). The rule: ``tests/test_skipping.py``."""
         return _skipped_steps(self, num_steps)
 
+    def cdf_threshold_at(self, layer: int, stage: int) -> float:
+        """The ``p`` of ``layer`` in ``stage``: its ``layer_cdf_thresholds`` entry, else ``cdf_threshold``."""
+        for entry, thresholds in self.layer_cdf_thresholds:
+            if entry == layer:
+                return thresholds[stage]
+        return self.cdf_threshold
+
     def carves(self, drop_rate: float) -> bool:
         """Whether a stage with this drop rate runs block-sparse attention at all (``dense_threshold=None``:
         always, even at drop rate 0, which keeps every block)."""
@@ -228,6 +250,8 @@ class JengaConfig:
         data["stages"] = [list(s) for s in self.stages]
         for name in ("drop_rates", "dense_layers", "skip_steps"):
             data[name] = list(data[name])
+        # JSON object keys are strings: layer ids as "3", read back by from_dict
+        data["layer_cdf_thresholds"] = {str(layer): list(p) for layer, p in self.layer_cdf_thresholds}
         return data
 
     @classmethod
@@ -237,6 +261,9 @@ class JengaConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown JengaConfig fields {unknown}; accepted: {sorted(known)}")
+        thresholds = data.get("layer_cdf_thresholds")
+        if isinstance(thresholds, dict):  # JSON gives the layer ids as strings
+            data = {**data, "layer_cdf_thresholds": {_layer_key(k): v for k, v in thresholds.items()}}
         return cls(**data)
 
 
@@ -326,6 +353,40 @@ def _check_layers(layers: object) -> tuple[int, ...]:
     if not isinstance(layers, (tuple, list, set, frozenset)) or not all(is_int(x) and x >= 0 for x in layers):
         raise ValueError(f"dense_layers must be a collection of layer ids (ints >= 0), got {layers!r}")
     return tuple(sorted({int(x) for x in layers}))
+
+
+def _layer_key(key: object) -> object:
+    """A layer id read back from JSON (``"3"``); anything else is left for the validation to name."""
+    return int(key) if isinstance(key, str) and key.isdigit() else key
+
+
+def _check_layer_thresholds(value: object, num_stages: int) -> tuple[tuple[int, tuple[float, ...]], ...]:
+    """``{layer: p or (p per stage)}`` (or the normalised pairs) as sorted ``((layer, (p, ...)), ...)``."""
+    accepted = (f"a mapping {{layer id (int >= 0): p in [0, 1] or one p per stage ({num_stages} stages)}}, "
+                "or None")
+    if value is None:
+        return ()
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (tuple, list)) and all(isinstance(i, (tuple, list)) and len(i) == 2 for i in value):
+        items = [tuple(i) for i in value]
+    else:
+        raise ValueError(f"layer_cdf_thresholds must be {accepted}, got {value!r}")
+    out: dict[int, tuple[float, ...]] = {}
+    for layer, p in items:
+        if not is_int(layer) or layer < 0:
+            raise ValueError(f"layer_cdf_thresholds: layer ids must be ints >= 0, got {layer!r}; accepted: {accepted}")
+        if int(layer) in out:
+            raise ValueError(f"layer_cdf_thresholds: layer {layer} is given twice")
+        per_stage = (p,) * num_stages if _is_real(p) else p
+        if not isinstance(per_stage, (tuple, list)) or len(per_stage) != num_stages:
+            raise ValueError(f"layer_cdf_thresholds[{layer}] must be one p or one per stage ({num_stages} stages), "
+                             f"got {p!r}")
+        for x in per_stage:
+            if not _is_real(x) or not 0.0 <= x <= 1.0:
+                raise ValueError(f"layer_cdf_thresholds[{layer}]: each p must be a float in [0, 1], got {x!r}")
+        out[int(layer)] = tuple(float(x) for x in per_stage)
+    return tuple(sorted(out.items()))
 
 
 def _check_skip_steps(skip: object, stages: tuple[Stage, ...]) -> tuple[float, ...]:

@@ -246,7 +246,8 @@ class _MaskCapture:
             return
         with torch.no_grad():
             q, k, _ = self_attention_qkv(attn, hidden, rotary)
-            self.lists = select_blocks(q, k, drop_rate=plan.drop_rate, cdf_threshold=cfg.cdf_threshold,
+            self.lists = select_blocks(q, k, drop_rate=plan.drop_rate,
+                                       cdf_threshold=cfg.cdf_threshold_at(self.layer, plan.stage),
                                        block_size=cfg.block_size, adjacency=plan.adjacency,
                                        always_keep=plan.always_keep)
 

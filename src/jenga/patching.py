@@ -219,10 +219,12 @@ def _resolve_config(config, overrides, adapter: ModelAdapter, transformer: torch
 
 def _check_layers(cfg: JengaConfig, adapter: ModelAdapter, transformer: torch.nn.Module) -> None:
     num_layers = adapter.num_layers(transformer)
-    bad = [layer for layer in cfg.dense_layers if layer >= num_layers]
-    if bad:
-        raise ValueError(f"dense_layers {bad} out of range: {type(transformer).__name__} has layers "
-                         f"0..{num_layers - 1}")
+    for name, layers in (("dense_layers", cfg.dense_layers),
+                         ("layer_cdf_thresholds", [layer for layer, _ in cfg.layer_cdf_thresholds])):
+        bad = [layer for layer in layers if layer >= num_layers]
+        if bad:
+            raise ValueError(f"{name} {bad} out of range: {type(transformer).__name__} has layers "
+                             f"0..{num_layers - 1}")
 
 
 def _install(transformer, adapter: ModelAdapter, cfg: JengaConfig, pipeline: Any, scheduler: Any) -> None:

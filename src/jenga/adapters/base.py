@@ -44,6 +44,9 @@ class CarvingProcessor:
         # layer and step by ``CarvingRuntime.end_forward``: traced code only sets it, so torch.compile neither
         # specialises on the layer nor on a list length (blocks compiled one by one share their graphs)
         self.pending_stats: tuple[torch.Tensor, int, int] | None = None
+        # this layer's own p per stage (JengaConfig.layer_cdf_thresholds), None: the global p. A value on the
+        # processor, not a lookup by layer id, so that regionally compiled blocks with the same p share a graph
+        self.cdf_thresholds: tuple[float, ...] | None = dict(runtime.config.layer_cdf_thresholds).get(layer)
 
     @property
     def _attention_backend(self):
@@ -249,14 +252,17 @@ def carve_attention(
         kv_count = torch.full((1, 1, num_q), num_k, dtype=torch.int32, device=q.device)
         return block_sparse_attention(q, k, v, kv_index, kv_count, block_size=block, key_lengths=key_lengths,
                                       key_bias=key_bias, backend=plan.backend, check_indices=False)
+    # a layer's own p (JengaConfig.layer_cdf_thresholds) by the stage; other layers read neither
+    thresholds = owner.cdf_thresholds
+    p = cfg.cdf_threshold if thresholds is None else thresholds[plan.stage]
     if cfg.condition or seq == num_video:
         lists = select_blocks(
-            q, k, drop_rate=plan.drop_rate, cdf_threshold=cfg.cdf_threshold, block_size=block,
+            q, k, drop_rate=plan.drop_rate, cdf_threshold=p, block_size=block,
             num_video_tokens=num_video if seq > num_video else None,
             adjacency=plan.adjacency, always_keep=plan.always_keep,
         )
     else:
-        lists = _select_without_condition(q, k, plan, cfg.cdf_threshold, block)
+        lists = _select_without_condition(q, k, plan, p, block)
     if cfg.collect_stats:
         # filed with the layer and step at the end of the forward: reading plan.step here would make
         # torch.compile specialise the graph on it and recompile every step

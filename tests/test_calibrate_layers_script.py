@@ -1,0 +1,31 @@
+"""benchmarks/quality/calibrate_layers.py runs end to end at the toy's small size and writes every figure the
+RESULTS table quotes (calibration densities against the preset's, and the generation check)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_calibrate_layers_script_writes_calibration_and_generation_figures(tmp_path):
+    out = tmp_path / "layers.json"
+    args = ["--size", "small", "--clips", "1", "--heads", "1", "--query-blocks", "2", "--threads", "1",
+            "--cdf-thresholds", "0.5", "0.9", "0.97", "--out", str(out)]
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "calibrate_layers.py"), *args],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["device"] == "cpu" and data["size"]["block_size"] == 32 and len(data["clips"]) == 1
+    for row in data["calibration"]["layers"]["stages"]:  # the pick meets the preset's mean recall, no more blocks
+        assert row["recall"] >= row["min_recall"] - 1e-9 and row["density"] <= row["preset"]["density"] + 1e-9
+        assert len(row["cdf_thresholds"]) == 6
+    generation = data["generation"]
+    assert set(generation) == {"preset", "calibrated-layers"}
+    for entry in generation.values():
+        assert 0 < entry["kept_density"] < 1 and entry["psnr_db"]["mean"] > 0 and 0 < entry["ssim"]["mean"] <= 1
+        assert entry["sparse_layer_forwards"] > 0
+    assert generation["calibrated-layers"]["config"]["layer_cdf_thresholds"]
