@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.long(21)
 def test_calibrate_layers_script_writes_calibration_and_generation_figures(tmp_path):
     out = tmp_path / "layers.json"
     args = ["--size", "small", "--clips", "1", "--heads", "1", "--query-blocks", "2", "--threads", "1",
