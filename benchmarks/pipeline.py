@@ -190,12 +190,18 @@ def _preset_config(column: Column, spec: ModelSpec) -> tuple[jenga.JengaConfig, 
 
 
 def build_transformer(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """Random weights created in ``dtype`` on ``device`` (a 14B model in float32 would need 57 GB first);
-    the modules diffusers keeps in float32 when loading a checkpoint are made float32 again."""
+    """Random weights created in ``dtype`` on ``device`` (a 14B model in float32 would need 57 GB first)."""
     from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
 
     cls = WanTransformer3DModel if spec.family == "wan" else HunyuanVideoTransformer3DModel
-    model = random_model(cls, spec.config, device, dtype)
+    return random_transformer(cls, spec.config, device, dtype)
+
+
+def random_transformer(cls: type, config: dict[str, Any], device: torch.device,
+                       dtype: torch.dtype) -> torch.nn.Module:
+    """``random_model`` in eval mode without gradients; the modules diffusers keeps in float32 when loading a
+    checkpoint (``_keep_in_fp32_modules``) are made float32 again, as users get them."""
+    model = random_model(cls, config, device, dtype)
     keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
     for name, module in model.named_modules():
         if keep & set(name.split(".")):
