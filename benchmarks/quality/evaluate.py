@@ -61,7 +61,7 @@ class Size:
 
 
 FULL = Size(frames=16, side=64, block=128, steps=50, prompts=48, layers=(0, 2, 4, 5), capture_steps=(5, 25, 45))
-TINY = Size(frames=4, side=32, block=64, steps=3, prompts=2, layers=(0, 5), capture_steps=(1, 2))
+TINY = Size(frames=4, side=32, block=64, steps=2, prompts=2, layers=(0, 5), capture_steps=(1,))
 
 
 def variants(block: int, calibrated: Path | None = None) -> dict[str, jenga.JengaConfig | None]:
