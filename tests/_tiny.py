@@ -211,6 +211,18 @@ def run(pipe, inputs: dict) -> torch.Tensor:
         return pipe(**inputs, return_dict=False)[0]
 
 
+def run_regionally_compiled(pipe, inputs: dict, recompile_limit: int = 8) -> torch.Tensor:
+    """``run`` with every block compiled on its own (diffusers' ``compile_repeated_blocks``, eager backend), failing
+    when the blocks need more than ``recompile_limit`` graphs."""
+    torch._dynamo.reset()
+    pipe.transformer.compile_repeated_blocks(backend="eager", dynamic=False)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=recompile_limit, fail_on_recompile_limit_hit=True):
+            return run(pipe, inputs)
+    finally:
+        torch._dynamo.reset()
+
+
 def branch_states(transformer):
     """The per-CFG-branch state of a patched transformer: its clock hook's ``BranchStates``."""
     from jenga._hooks import CLOCK_HOOK

@@ -17,6 +17,7 @@ from _tiny import (
     hunyuan_pipeline,
     hunyuan_transformer,
     run,
+    run_regionally_compiled,
     wan_inputs,
     wan_pipeline,
     wan_transformer,
@@ -84,13 +85,7 @@ def test_regional_compilation_shares_one_graph_across_blocks_and_matches_eager(f
     inputs = inputs_for(pipe, steps=6)
     eager = run(pipe, inputs)
     eager_stats = [(s.step, s.layer, s.branch) for s in jenga.selection_stats(pipe, clear=True)]
-    torch._dynamo.reset()
-    pipe.transformer.compile_repeated_blocks(backend="eager", dynamic=False)
-    try:
-        with torch._dynamo.config.patch(recompile_limit=8, fail_on_recompile_limit_hit=True):
-            compiled = run(pipe, inputs)
-    finally:
-        torch._dynamo.reset()
+    compiled = run_regionally_compiled(pipe, inputs)
     assert torch.allclose(compiled, eager, atol=1e-5, rtol=1e-5)
     assert [(s.step, s.layer, s.branch) for s in jenga.selection_stats(pipe, clear=True)] == eager_stats
     assert len({s[1] for s in eager_stats}) > 1  # several layers recorded, each with its own id

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from _tiny import CARVING, run, wan_inputs, wan_pipeline
+from _tiny import CARVING, run, run_regionally_compiled, wan_inputs, wan_pipeline
 
 import jenga
 from jenga import JengaConfig, selection_stats
@@ -98,11 +98,5 @@ def test_regional_compilation_shares_graphs_between_layers_with_the_same_thresho
     jenga.patch(pipe, **{**CARVING, "stages": TWO_STAGES, "layer_cdf_thresholds": {x: (0.3, 0.9) for x in range(10)}})
     inputs = wan_inputs(pipe, steps=4)
     eager = run(pipe, inputs)
-    torch._dynamo.reset()
-    pipe.transformer.compile_repeated_blocks(backend="eager", dynamic=False)
-    try:
-        with torch._dynamo.config.patch(recompile_limit=8, fail_on_recompile_limit_hit=True):
-            compiled = run(pipe, inputs)
-    finally:
-        torch._dynamo.reset()
+    compiled = run_regionally_compiled(pipe, inputs)
     assert torch.allclose(compiled, eager, atol=1e-5, rtol=1e-5)

@@ -498,19 +498,20 @@ def _pick(cfg, probe: _Probe, min_recall, max_error, num_steps: int, calibration
     def stage_mean(c, p, s, rate, f):
         return sum(mean[(c, p, s, x, rate)][f] for x in layers) / len(layers)
 
-    def recall_budget(s):
-        if min_recall != "base":
-            return min_recall
+    def base_budget(budget, s, field: int, dense_value: float):
+        """``budget`` as given, or for ``"base"`` the base config's own stage mean of ``field`` (1: recall,
+        2: output error; ``dense_value`` where base runs the stage dense)."""
+        if budget != "base":
+            return budget
         if not cfg.carves(cfg.drop_rates[s]):
-            return 1.0
-        return stage_mean(cfg.curve, cfg.cdf_threshold, s, cfg.drop_rates[s], 1)
+            return dense_value
+        return stage_mean(cfg.curve, cfg.cdf_threshold, s, cfg.drop_rates[s], field)
+
+    def recall_budget(s):
+        return base_budget(min_recall, s, 1, 1.0)
 
     def error_budget(s):
-        if max_error != "base":
-            return max_error
-        if not cfg.carves(cfg.drop_rates[s]):
-            return 0.0
-        return stage_mean(cfg.curve, cfg.cdf_threshold, s, cfg.drop_rates[s], 2)
+        return base_budget(max_error, s, 2, 0.0)
 
     def plan_for(c, p):
         if not per_layer:  # the budget on each stage's mean over the layers
