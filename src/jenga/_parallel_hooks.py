@@ -12,7 +12,8 @@ import torch
 from diffusers.hooks import ModelHook
 
 from . import _hooks
-from ._parallel_state import state_of
+from ._parallel_state import context_parallel_config, state_of
+from .adapters import check_context_parallel
 
 logger = logging.getLogger("jenga")
 
@@ -83,6 +84,8 @@ def _arrange(module: torch.nn.Module) -> None:
 
 def attach(transformer: torch.nn.Module, record: Any) -> None:
     """Make a patched transformer with context parallelism enabled carve correctly (idempotent)."""
+    if context_parallel_config(getattr(transformer, "_parallel_config", None)) is not None:
+        check_context_parallel(transformer)  # a family jenga does not carve sharded: patch rolls back and raises
     state = state_of(transformer)
     runtime = record.runtime
     if state is None:

@@ -29,7 +29,7 @@ from typing import Any
 from ._parallel_hooks import attach
 from ._parallel_state import ParallelState, check_supported, context_parallel_config, shard_bounds
 from ._record import record_of
-from .adapters import adapter_for
+from .adapters import adapter_for, check_context_parallel
 from .adapters.ulysses import carve_attention_ulysses
 from .patching import _targets
 
@@ -42,6 +42,8 @@ def enable_parallelism(target: Any, config: Any, *, cp_plan: dict | None = None)
     pipeline or a transformer), with the family's plan (HunyuanVideo has none in diffusers: jenga's), before
     or after :func:`jenga.patch`. ``config``: a ``ContextParallelConfig`` or ``ParallelConfig``."""
     transformers, _ = _targets(target, "jenga.enable_parallelism")
+    for transformer in transformers:  # every one checked before any is sharded
+        check_context_parallel(transformer)
     for transformer in transformers:
         adapter = adapter_for(transformer)
         plan = cp_plan if cp_plan is not None else adapter.cp_plan(transformer)

@@ -24,6 +24,7 @@ __all__ = [
     "TokenGrid",
     "adapter_for",
     "carve_attention",
+    "check_context_parallel",
     "register_adapter",
     "supported_pipelines",
     "supported_transformers",
@@ -57,6 +58,19 @@ def adapter_for(transformer: torch.nn.Module) -> ModelAdapter:
             f"{', '.join(supported_transformers())}; supported pipelines: {', '.join(supported_pipelines())}"
         )
     return adapter
+
+
+def check_context_parallel(transformer: torch.nn.Module) -> None:
+    """``NotImplementedError`` when jenga does not carve ``transformer``'s family under context parallelism
+    (``ModelAdapter.context_parallel``), naming the transformers it does: never a sharded sequence carved as whole."""
+    if adapter_for(transformer).context_parallel:
+        return
+    supported = sorted(cls.__name__ for cls, adapter in _REGISTRY.items() if adapter.context_parallel)
+    raise NotImplementedError(
+        f"jenga does not carve {type(transformer).__name__} under context parallelism yet; it does for "
+        f"{', '.join(supported)}. Run this model with one pipeline per GPU, or without jenga (the transformer's "
+        "own enable_parallelism() on an unpatched pipeline)"
+    )
 
 
 register_adapter(WanAdapter())

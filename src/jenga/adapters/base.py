@@ -186,6 +186,10 @@ class ModelAdapter:
 
     # context parallelism (jenga.parallel)
 
+    # whether jenga carves this family inside diffusers' context parallelism (Ulysses); a family without it is
+    # refused by ``jenga.enable_parallelism`` and by ``jenga.patch`` of a transformer already sharded
+    context_parallel: bool = False
+
     def cp_plan(self, transformer: torch.nn.Module) -> dict | None:
         """The context-parallel plan ``jenga.enable_parallelism`` passes (None: the model's own ``_cp_plan``)."""
         return None

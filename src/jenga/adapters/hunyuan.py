@@ -108,6 +108,7 @@ class HunyuanVideoCarvingProcessor(CarvingProcessor):
 
 class HunyuanVideoAdapter(ModelAdapter):
     name = "hunyuan"
+    context_parallel = True
     transformer_class = HunyuanVideoTransformer3DModel
     pipelines = ("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline")
     image_to_video_pipelines = ("HunyuanVideoImageToVideoPipeline",)

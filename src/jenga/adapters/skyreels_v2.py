@@ -115,6 +115,7 @@ class _ReleaseHook(JengaHook):
 
 class SkyReelsV2Adapter(WanAdapter):
     name = "skyreels-v2"
+    context_parallel = False  # its extra per-token hooks are not wired for a sharded sequence
     transformer_class = SkyReelsV2Transformer3DModel
     pipelines = ("SkyReelsV2Pipeline", "SkyReelsV2ImageToVideoPipeline", *DIFFUSION_FORCING_PIPELINES)
     # the diffusion-forcing I2V pipeline conditions on clean first-frame latents (timestep 0), as I2V does

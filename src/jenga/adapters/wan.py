@@ -170,6 +170,7 @@ class WanCarvingProcessor(CarvingProcessor):
 
 class WanAdapter(ModelAdapter):
     name = "wan"
+    context_parallel = True
     transformer_class = WanTransformer3DModel
     pipelines = ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline")
     image_to_video_pipelines = ("WanImageToVideoPipeline",)

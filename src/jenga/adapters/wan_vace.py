@@ -75,6 +75,7 @@ def _resize_frames(frames: Any, size: tuple[int, int], name: str, resample: PIL.
 
 class WanVACEAdapter(WanAdapter):
     name = "wan-vace"
+    context_parallel = False  # its extra per-token hooks are not wired for a sharded sequence
     transformer_class = WanVACETransformer3DModel
     pipelines = ("WanVACEPipeline",)
     image_to_video_pipelines = ()
