@@ -89,7 +89,7 @@ def _count_fused_calls(monkeypatch):
 
 @pytest.mark.skipif(not interpreting(), reason="the tiny pipelines run on the CPU; on a GPU machine "
                     "tests/gpu/test_wan_full_size.py runs the fused path at full size")
-@pytest.mark.long(35)
+@pytest.mark.long(6)
 @pytest.mark.parametrize("fused_qkv", [False, True])
 def test_patched_pipeline_takes_the_fused_path(monkeypatch, fused_qkv):
     """With the kernel forced on (the CPU needs ``JENGA_FUSED_QK_PREP=1``), a patched run through every block
@@ -97,7 +97,7 @@ def test_patched_pipeline_takes_the_fused_path(monkeypatch, fused_qkv):
     pipe = wan_pipeline("t2v")
     if fused_qkv:
         pipe.transformer.fuse_qkv_projections()
-    inputs = wan_inputs(pipe, steps=2)  # the interpreter runs the kernel row by row
+    inputs = wan_inputs(pipe, steps=2, height=64, width=64)  # 48 tokens: the interpreter runs the kernel row by row
     stock = run(pipe, inputs)
     calls = _count_fused_calls(monkeypatch)
     monkeypatch.setenv("JENGA_FUSED_QK_PREP", "1")
@@ -112,12 +112,12 @@ def test_patched_pipeline_takes_the_fused_path(monkeypatch, fused_qkv):
 
 
 @pytest.mark.skipif(not interpreting(), reason="the tiny pipelines run on the CPU")
-@pytest.mark.long(50)
+@pytest.mark.long(13)
 def test_dense_steps_take_the_fused_path_too(monkeypatch):
     """Dense steps (here the first half) run the stock processor's dense attention on the fused queries and
     keys: as many kernel calls as when every step carves, and the stock result."""
     pipe = wan_pipeline("t2v")
-    inputs = wan_inputs(pipe, steps=2)  # the interpreter runs the kernel row by row
+    inputs = wan_inputs(pipe, steps=2, height=64, width=64)  # 48 tokens: the interpreter runs the kernel row by row
     stock = run(pipe, inputs)
     calls = _count_fused_calls(monkeypatch)
     monkeypatch.setenv("JENGA_FUSED_QK_PREP", "1")
@@ -147,4 +147,4 @@ def test_not_taken_for_custom_norms_or_under_grad(monkeypatch):
         assert not wan_adapter._fused_prep_applies(attn, x, x, (cos, sin))
     pipe = wan_pipeline("t2v")
     jenga.patch(pipe, **CARVING)
-    assert torch.isfinite(run(pipe, wan_inputs(pipe, steps=1))).all()
+    assert torch.isfinite(run(pipe, wan_inputs(pipe, steps=1, height=64, width=64))).all()
