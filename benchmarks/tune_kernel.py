@@ -106,29 +106,6 @@ def _compile_worker(job) -> list[str]:
     return failures
 
 
-def time_ms(fn, budget_ms: float = 120.0, min_runs: int = 5, max_runs: int = 50) -> float:
-    """Median of CUDA-event timed runs, L2 cleared before each (about ``budget_ms`` of runs, 5 at least)."""
-    fn()
-    torch.cuda.synchronize()
-    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    runs = max(min_runs, min(max_runs, int(budget_ms / max(start.elapsed_time(end), 1e-3))))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-    for a, b in zip(starts, ends, strict=True):
-        flush.zero_()
-        a.record()
-        fn()
-        b.record()
-    torch.cuda.synchronize()
-    times = sorted(a.elapsed_time(b) for a, b in zip(starts, ends, strict=True))
-    return times[len(times) // 2]
-
-
 def pick(rows: list[dict], bucket: int, path: str):
     """The config of ``path`` with the least sum over the bucket's cases of time / the case's fastest time."""
     in_bucket = [r for r in rows if r["len_bucket"] == bucket and r["ms"] is not None]
@@ -169,6 +146,7 @@ def main(argv=None) -> int:
     from _common import card_name, git_commit
 
     from jenga.kernels import tuning
+    from jenga.kernels.triton_autotune_timer import tuning_bench
 
     started = time.time()
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +186,8 @@ def main(argv=None) -> int:
             for config, use_tma in variants[(hd, dt)]:
                 path = "tma" if use_tma else "pointer"
                 try:
-                    ms = time_ms(lambda c=config, t=use_tma, case=case: launch(case, c, t), args.budget_ms)
+                    ms = tuning_bench(lambda c=config, t=use_tma, case=case: launch(case, c, t),
+                                      budget_ms=args.budget_ms)
                 except Exception as err:  # noqa: BLE001 - a config that does not fit: recorded, never picked
                     ms = None
                     log(f"  {config} {path} n={n} failed: {type(err).__name__}: {str(err)[:120]}")

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _layouts import in_layout
 
 from jenga import block_sparse_attention, dense_to_lists, select_blocks
 from jenga.attention import triton_available
@@ -25,19 +26,6 @@ def _dense64(q, k, v, mask, block_size):
     return (probs @ vd).transpose(1, 2)
 
 
-def _strided(t: torch.Tensor, kind: str) -> torch.Tensor:
-    """The same values as ``t`` in another layout: last-dim stride 2, heads-major, or a sliced token range."""
-    if kind == "last_stride_2":
-        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
-        wide[..., ::2] = t
-        return wide[..., ::2]
-    if kind == "heads_major":
-        return t.transpose(1, 2).contiguous().transpose(1, 2)
-    if kind == "dim_major":  # the head dim outermost: last stride = B * N * H
-        return t.permute(3, 0, 1, 2).contiguous().permute(1, 2, 3, 0)
-    raise ValueError(kind)
-
-
 @needs_triton
 @pytest.mark.parametrize("kind", ["last_stride_2", "heads_major", "dim_major"])
 def test_triton_kernel_reads_any_layout(kind):
@@ -48,7 +36,7 @@ def test_triton_kernel_reads_any_layout(kind):
     mask[..., 0] = True
     index, count = dense_to_lists(mask)
     expected = _dense64(q, k, v, mask, block_size)
-    views = [_strided(t, kind) for t in (q, k, v)]
+    views = [in_layout(t, kind) for t in (q, k, v)]
     assert kind != "last_stride_2" or views[0].stride(-1) == 2
     out = block_sparse_attention(*views, index, count, block_size=block_size, backend="triton")
     assert (out.double() - expected).abs().max() < 1e-4
@@ -63,7 +51,7 @@ def test_selector_reads_any_layout():
     args = dict(drop_rate=0.6, cdf_threshold=0.5, block_size=16)
     for backend in ("torch", "triton"):
         ref = select_blocks(q, k, backend=backend, **args)
-        got = select_blocks(_strided(q, kind), _strided(k, kind), backend=backend, **args)
+        got = select_blocks(in_layout(q, kind), in_layout(k, kind), backend=backend, **args)
         assert torch.equal(ref.kv_index, got.kv_index) and torch.equal(ref.kv_count, got.kv_count)
 
 

@@ -9,6 +9,7 @@ import json
 import math
 
 import torch
+from _layouts import LAYOUTS, in_layout
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -45,22 +46,6 @@ def float64_attention(q, k, v, listed, block_size, key_lengths=None, key_bias=No
     return out
 
 
-def _layout(t: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "contiguous":
-        return t
-    if kind == "last_stride_2":
-        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
-        wide[..., ::2] = t
-        return wide[..., ::2]
-    if kind == "heads_major":
-        return t.transpose(1, 2).contiguous().transpose(1, 2)
-    if kind == "slice":  # a token window of a longer tensor
-        longer = torch.zeros(t.shape[0], t.shape[1] + 3, *t.shape[2:], dtype=t.dtype)
-        longer[:, 2 : 2 + t.shape[1]] = t
-        return longer[:, 2 : 2 + t.shape[1]]
-    raise ValueError(kind)
-
-
 @st.composite
 def attention_cases(draw):
     block_size = draw(st.sampled_from([16, 32]))
@@ -74,7 +59,7 @@ def attention_cases(draw):
               for _ in range(lb)]
     key_lengths = draw(st.none() | st.lists(st.integers(0, seq_k + 5), min_size=batch, max_size=batch))
     key_bias = draw(st.none() | st.tuples(st.integers(0, seq_k), st.floats(-4.0, 4.0)))
-    layout = draw(st.sampled_from(["contiguous", "last_stride_2", "heads_major", "slice"]))
+    layout = draw(st.sampled_from(LAYOUTS))
     seed = draw(st.integers(0, 2**16))
     return block_size, batch, heads, seq_q, seq_k, dim, dtype, listed, key_lengths, key_bias, layout, seed
 
@@ -96,7 +81,7 @@ def _check_attention(case, backend):
     q, k, v = (torch.randn(batch, n, heads, dim, generator=gen).to(dtype) for n in (seq_q, seq_k, seq_k))
     index, count = _lists(listed, math.ceil(seq_k / block_size))
     lengths = None if key_lengths is None else torch.tensor(key_lengths)
-    out = block_sparse_attention(*(_layout(t, layout) for t in (q, k, v)), index, count, block_size=block_size,
+    out = block_sparse_attention(*(in_layout(t, layout) for t in (q, k, v)), index, count, block_size=block_size,
                                  key_lengths=lengths, key_bias=key_bias, backend=backend)
     full = [[listed[b if len(listed) > 1 else 0][h if len(listed[0]) > 1 else 0] for h in range(heads)]
             for b in range(batch)]

@@ -14,9 +14,9 @@ _MIN_RUNS, _MAX_RUNS, _BENCH_MS = 5, 200, 100.0
 _L2_FLUSH_BYTES = 256 * 2**20
 
 
-def _timed_runs(estimate_ms: float) -> int:
-    """Timed runs for a launch of about ``estimate_ms``: 100 ms of them, at least 5, at most 200."""
-    return max(_MIN_RUNS, min(_MAX_RUNS, int(_BENCH_MS / max(estimate_ms, 1e-6))))
+def _timed_runs(estimate_ms: float, budget_ms: float = _BENCH_MS) -> int:
+    """Timed runs for a launch of about ``estimate_ms``: ``budget_ms`` (100) of them, at least 5, at most 200."""
+    return max(_MIN_RUNS, min(_MAX_RUNS, int(budget_ms / max(estimate_ms, 1e-6))))
 
 
 def _summarize(times_ms: list[float], quantiles) -> list[float] | float:
@@ -27,8 +27,9 @@ def _summarize(times_ms: list[float], quantiles) -> list[float] | float:
     return torch.quantile(times, torch.tensor(quantiles, dtype=torch.float64)).tolist()
 
 
-def tuning_bench(kernel_call, quantiles=None):
-    """Time ``kernel_call`` as the autotuner's ``do_bench``: one compile run, one estimate, then the runs."""
+def tuning_bench(kernel_call, quantiles=None, budget_ms: float = _BENCH_MS):
+    """Time ``kernel_call`` as the autotuner's ``do_bench``: one compile run, one estimate, then the runs
+    (about ``budget_ms`` of them; ``benchmarks/tune_kernel.py`` times with it too)."""
     kernel_call()  # compiles; not timed
     torch.cuda.synchronize()
     flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
@@ -38,7 +39,7 @@ def tuning_bench(kernel_call, quantiles=None):
     kernel_call()
     end.record()
     end.synchronize()
-    runs = _timed_runs(start.elapsed_time(end))
+    runs = _timed_runs(start.elapsed_time(end), budget_ms)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
     for first, last in zip(starts, ends, strict=True):
