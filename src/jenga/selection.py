@@ -106,26 +106,13 @@ def select_blocks(
     # -- importance: pooled scores over the video key blocks (shared by both backends, bit for bit)
     q_pool = pool_blocks(q, block_size, num_video)
     k_pool = pool_blocks(k, block_size, num_video)
+    # a row with a non-finite score (an inf / nan query or key, or a float32 overflow) has nan probabilities
+    # and no ranking: each backend keeps every block of it
     probs = torch.softmax(torch.matmul(q_pool, k_pool.transpose(-1, -2)).div_(math.sqrt(dim)), dim=-1)
-    # a row with a non-finite score (an inf / nan query or key, or a float32 overflow) carries no ranking:
-    # it keeps every block, on every backend (the ranking sees zeros, the row is then written dense)
-    nonfinite = ~torch.isfinite(probs).all(-1)
-    probs.masked_fill_(nonfinite.unsqueeze(-1), 0.0)  # in place: probs is this call's own tensor (no copy per layer)
     top_k = max(1, math.floor((1.0 - drop_rate) * video_blocks))
     mass_limit = _mass_limit(cdf_threshold)
     kv_index, kv_count = run_lists(probs, adjacency, always_keep, num_blocks, first_text_block, top_k, mass_limit)
-    kv_index, kv_count = _dense_rows(kv_index, kv_count, nonfinite, num_blocks)
     return BlockLists(kv_index, kv_count, num_key_blocks=num_blocks)
-
-
-def _dense_rows(kv_index: torch.Tensor, kv_count: torch.Tensor, rows: torch.Tensor,
-                num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lists with the video query rows flagged in ``rows`` ``bool[B, H, Vb]`` listing every key block."""
-    flagged = torch.nn.functional.pad(rows, (0, num_blocks - rows.shape[-1]))
-    ids = torch.arange(num_blocks, device=kv_index.device, dtype=kv_index.dtype)
-    kv_index = torch.where(flagged.unsqueeze(-1), ids, kv_index)
-    kv_count = torch.where(flagged, num_blocks, kv_count).to(kv_count.dtype)
-    return kv_index, kv_count
 
 
 @SELECT_REGISTRY.register("torch")
@@ -140,6 +127,8 @@ def _select_lists_torch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference for the fused kernel: rank, union and assembly on the dense ``[B, H, Qb, Kb]`` mask."""
     batch, heads, video_blocks, _ = probs.shape
+    no_ranking = ~torch.isfinite(probs).all(-1, keepdim=True)  # an inf / nan score: the row keeps every block
+    probs = probs.masked_fill(no_ranking, 0.0)
     # stable: equal probabilities rank by block id, the rule the kernel implements
     sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
     fixed = (sorted_probs * MASS_SCALE).to(torch.int64)
@@ -148,6 +137,7 @@ def _select_lists_torch(
     keep_sorted = (mass_before < mass_limit) | (rank < top_k)
     keep_video = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
 
+    keep_video |= no_ranking
     if adjacency is not None:
         keep_video |= adjacency
     if always_keep is not None:

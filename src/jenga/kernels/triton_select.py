@@ -6,7 +6,8 @@ their bits): the smallest value whose first block, in the stable descending orde
 still kept, i.e. fewer than ``top_k`` blocks rank ahead of it or their mass is below ``p``. Blocks above
 the cut-off are kept, and of those tied at it as many as the rule admits, lowest ids first: exactly
 ``n = max(top_k, n_cdf)`` blocks, the set a stable descending sort keeps. Then it adds the adjacency row,
-the always-kept blocks and every text key block, and writes the ascending kept ids with a cumulative sum
+the always-kept blocks and every text key block (a row with a non-finite probability keeps every block: it
+has no ranking), and writes the ascending kept ids with a cumulative sum
 as write positions, 0 up to the capacity. Text query rows are written dense. Bisection needs only
 reductions (31 rounds) and measured twice as fast as ``tl.sort`` on an H100 at 1024 key blocks.
 
@@ -42,6 +43,8 @@ def _select_rows(
     p = tl.load(Probs + (bh * video_blocks + rows[:, None]) * video_blocks + cols, mask=video, other=-1.0)
     bits = p.to(tl.int32, bitcast=True)  # padding (-1.0) has the sign bit: below every probability
     fixed = tl.where(video, (p * MASS_SCALE).to(tl.int64), 0)
+    # a row with a non-finite probability (an inf / nan score: softmax gives nan) has no ranking: kept whole
+    no_ranking = tl.max(((p != p) | (tl.abs(p) == float("inf"))).to(tl.int32), 1) > 0
 
     # -- bisection for the cut-off over [0, +inf bits]: "v passes" = the blocks above v are fewer than
     #    top_k or hold less mass than the limit; harder as v falls, and the row maximum passes (top_k >= 1)
@@ -67,6 +70,7 @@ def _select_rows(
     take = tl.minimum(num_tied, tl.maximum(top_k - ranked_ahead, by_mass))  # int64: by_mass can be huge
     keep = above | (tied & (tl.cumsum(tied.to(tl.int32), 1) <= take[:, None]))
 
+    keep = keep | no_ranking[:, None]
     if HAS_ADJACENCY:
         keep = keep | (tl.load(Adjacency + rows[:, None] * video_blocks + cols, mask=video, other=0) != 0)
     if HAS_ALWAYS_KEEP:
