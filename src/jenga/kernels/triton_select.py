@@ -41,10 +41,12 @@ def _select_rows(
     video = video_row & (cols < video_blocks)
 
     p = tl.load(Probs + (bh * video_blocks + rows[:, None]) * video_blocks + cols, mask=video, other=-1.0)
+    # a row with a non-finite probability (an inf / nan score: softmax gives nan) has no ranking: kept whole;
+    # its values become zeros so that the ranking's arithmetic below stays defined
+    no_ranking = tl.max(((p != p) | (tl.abs(p) == float("inf"))).to(tl.int32), 1) > 0
+    p = tl.where(no_ranking[:, None] & video, 0.0, p)
     bits = p.to(tl.int32, bitcast=True)  # padding (-1.0) has the sign bit: below every probability
     fixed = tl.where(video, (p * MASS_SCALE).to(tl.int64), 0)
-    # a row with a non-finite probability (an inf / nan score: softmax gives nan) has no ranking: kept whole
-    no_ranking = tl.max(((p != p) | (tl.abs(p) == float("inf"))).to(tl.int32), 1) > 0
 
     # -- bisection for the cut-off over [0, +inf bits]: "v passes" = the blocks above v are fewer than
     #    top_k or hold less mass than the limit; harder as v falls, and the row maximum passes (top_k >= 1)
