@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="every N steps (and at the end) score generations of the EMA weights; 0: never")
     parser.add_argument("--eval-repeats", type=int, default=2, help="copies of the 48 prompts per evaluation")
     parser.add_argument("--eval-steps", type=int, default=20, help="Euler steps per evaluation generation (default 20)")
+    parser.add_argument("--object-weight", type=float, default=0.0,
+                        help="extra loss weight on pixels the objects cover (0: plain MSE); the objects are a few "
+                             "percent of the pixels but all of the task")
     parser.add_argument("--target", type=float, default=None,
                         help="stop early once an evaluation has direction and shape both >= this (percent)")
     args = parser.parse_args(argv)
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.object_weight < 0:
+        parser.error("--object-weight must be >= 0")
     if args.eval_every < 0:
         parser.error("--eval-every must be >= 0")
     if args.target is not None and not args.eval_every:
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         frames, side, *_ = buckets[int(torch.multinomial(weights, 1, generator=data_gen))]
         batch = max(1, tokens // (frames * side * side // 4))
         batch_prompts = random_prompts(batch, data_gen)
-        clips = render(batch_prompts, frames, side, side, data_gen, device=device)
+        clips, coverage = render(batch_prompts, frames, side, side, data_gen, device=device, with_coverage=True)
         conditioned = [p if float(torch.rand((), generator=data_gen)) > 0.1 else None for p in batch_prompts]
 
         sigma = torch.sigmoid(torch.randn(batch, device=device, generator=noise_gen))
@@ -159,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         with autocast:
             pred = transformer(noisy, timestep=sigma * 1000, encoder_hidden_states=prompts(conditioned),
                                return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(pred.float(), noise - clips)
+        error = (pred.float() - (noise - clips)).pow(2)
+        if args.object_weight:
+            weight = 1 + args.object_weight * coverage  # normalised, so the loss scale stays that of plain MSE
+            loss = (error * weight).mean() / weight.mean()
+        else:
+            loss = error.mean()
 
         lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for group in optimizer.param_groups:
@@ -191,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = dict(steps=step, seconds=round(time.perf_counter() - started, 1), device=str(device),
                    card=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                    params=sum(p.numel() for p in transformer.parameters()), lr=args.lr, ema=args.ema,
-                   seed=args.seed, init=None if args.init is None else str(args.init), buckets=buckets,
+                   seed=args.seed, object_weight=args.object_weight,
+                   init=None if args.init is None else str(args.init), buckets=buckets,
                    tokens_per_batch=tokens, step_budget=args.steps, target=args.target, stopped_early=stopped_early,
                    evaluations=evaluations, best=best, log=log,
                    weights_bytes=args.out.stat().st_size)

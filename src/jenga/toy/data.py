@@ -127,9 +127,13 @@ def _bounce(position: torch.Tensor, low: float, high: float) -> torch.Tensor:
 
 
 def render(prompts: list[Prompt], frames: int, height: int, width: int, generator: torch.Generator,
-           device: torch.device | str = "cpu") -> torch.Tensor:
+           device: torch.device | str = "cpu", with_coverage: bool = False
+           ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Clips for ``prompts``, ``[B, 3, frames, height, width]`` in ``[-1, 1]``; random placement, size, speed
-    and background drawn from ``generator`` (a CPU generator: the same seed gives the same clips anywhere)."""
+    and background drawn from ``generator`` (a CPU generator: the same seed gives the same clips anywhere).
+
+    ``with_coverage``: also how much of each pixel the objects cover, ``[B, 1, frames, height, width]`` in
+    ``[0, 1]`` (training can weight the loss towards the objects, which are a few percent of the pixels)."""
     if frames < 1 or height < 8 or width < 8:
         raise ValueError(f"need frames >= 1 and height, width >= 8, got {frames}x{height}x{width}")
     device = torch.device(device)
@@ -150,6 +154,7 @@ def render(prompts: list[Prompt], frames: int, height: int, width: int, generato
         wave = torch.sin(2 * math.pi * (torch.cos(angle) * xx + torch.sin(angle) * yy) / period + phase)
         background = background + 0.05 * wave.unsqueeze(1)
     video = background.unsqueeze(2).expand(batch, 3, frames, height, width).clone()
+    coverage = torch.zeros(batch, 1, frames, height, width, device=device) if with_coverage else None
 
     t = torch.arange(frames, dtype=torch.float32, device=device).view(frames, 1, 1)
     for slot in range(2):
@@ -180,4 +185,7 @@ def render(prompts: list[Prompt], frames: int, height: int, width: int, generato
                 alpha = (half - distance + 0.5).clamp(0, 1)
             colour = torch.tensor(COLOURS[obj.colour], device=device).view(3, 1, 1, 1)
             video[b] = video[b] * (1 - alpha) + colour * alpha
-    return video.clamp(0, 1) * 2 - 1
+            if coverage is not None:
+                coverage[b, 0] = torch.maximum(coverage[b, 0], alpha)
+    video = video.clamp(0, 1) * 2 - 1
+    return video if coverage is None else (video, coverage)

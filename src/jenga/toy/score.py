@@ -70,6 +70,7 @@ class ObjectReading:
     axis_ok: bool  # moves along the prompted axis, either way: learned motion even where the sign is wrong
     shape_ok: bool
     displacement: tuple[float, float]  # (dy, dx) of the blob's centroid over the first frames, pixels
+    fill: float = float("nan")  # share of its first-frame bounding box the blob fills (disc pi/4, square 1)
 
     @property
     def correct(self) -> bool:
@@ -109,7 +110,7 @@ def read_object(clip: torch.Tensor, prompt: Prompt) -> ObjectReading:
     fill = float(first.sum() / box)
     shape_ok = (fill > SQUARE_FILL) == (obj.shape == "square")
     return ObjectReading(present=True, direction_ok=bool(direction_ok), axis_ok=bool(axis_ok), shape_ok=bool(shape_ok),
-                         displacement=(dy, dx))
+                         displacement=(dy, dx), fill=fill)
 
 
 def task_score(videos: torch.Tensor, prompts: list[Prompt]) -> dict[str, float]:
