@@ -151,3 +151,26 @@ def test_tune_names_what_it_needs():
         tune([256], device="cpu")
     with pytest.raises(ValueError, match="density"):
         tune([256], density=0.0, device="cuda")
+
+
+def test_descriptor_allocator_is_set_in_every_thread():
+    """Triton keeps its allocator in a ContextVar: a pipeline run from a worker thread must find it set too
+    (it used to be set once per process, so a second thread's first descriptor launch failed)."""
+    import threading
+
+    from triton.runtime import _allocation
+
+    from jenga.kernels import triton_block_sparse as tbs
+
+    tbs._ensure_descriptor_allocator()
+    seen = []
+
+    def worker():
+        seen.append(_allocation._allocator.get() is tbs._descriptor_scratch)
+        tbs._ensure_descriptor_allocator()
+        seen.append(_allocation._allocator.get() is tbs._descriptor_scratch)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen[1], "the worker thread's launches would find no allocator"  # seen[0]: Triton's own default

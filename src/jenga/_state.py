@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from ._warm_up import KernelWarmUp, warm_up_enabled
 from .backends import triton_available
 from .config import PROGRESS_SLACK, JengaConfig
 from .layout import TokenLayout, token_layout
@@ -162,6 +163,8 @@ class ForwardPlan:
     adjacency: torch.Tensor | None = None
     always_keep: torch.Tensor | None = None
     backend: str = "torch"
+    # a dense step of a stage that will carve: the dense attention starts compiling the carved kernels
+    warm_up: bool = False
 
     def carves(self, num_tokens: int) -> bool:
         """True when a processor seeing ``num_tokens`` video tokens should run block-sparse attention.
@@ -235,6 +238,7 @@ class CarvingRuntime:
     regional_compile_warned: bool = field(default=False, repr=False)  # jenga.skipping.check_skip_stack
     _outside_warned: bool = field(default=False, repr=False)
     _owner: int | None = field(default=None, repr=False)  # thread id of the forward under way, else None
+    kernel_warm_up: KernelWarmUp = field(default_factory=KernelWarmUp, repr=False)
 
     def __post_init__(self) -> None:
         # a weak reference: the pipeline owns the transformer, not the other way round
@@ -305,7 +309,7 @@ class CarvingRuntime:
         plan.step, plan.total, plan.progress, plan.drop_rate = step, total, progress, drop_rate
         plan.stage = stage
         plan.branch = getattr(context, "name", None)
-        plan.skip, plan.residual, plan.branch_state = False, None, None
+        plan.skip, plan.residual, plan.branch_state, plan.warm_up = False, None, None, False
         if cfg.skip_steps:
             plan.skip_key, state = branches.branch(step)
             plan.branch_state = state
@@ -320,15 +324,28 @@ class CarvingRuntime:
             plan.sparse = False
         elif progress < cfg.dense_steps - PROGRESS_SLACK:
             plan.sparse = False
+            plan.warm_up = cfg.carves(drop_rate) and self.parallel is None and warm_up_enabled()
             self._note(f"dense: step {step} is inside dense_steps={cfg.dense_steps}")
         elif not cfg.carves(drop_rate):
             plan.sparse = False
             self._note(f"dense: drop rate {drop_rate} <= dense_threshold {cfg.dense_threshold}")
         else:
             plan.sparse = True
+            self.kernel_warm_up.wait()  # the carved kernels' compile started by a dense step, if under way
             per_layer = f" (per-layer p for layers {[x for x, _ in cfg.layer_cdf_thresholds]})" \
                 if cfg.layer_cdf_thresholds else ""
             self._note(f"sparse: drop rate {drop_rate}, p {cfg.cdf_threshold}{per_layer}")
+
+    @torch.compiler.disable
+    def warm_up_kernels(self, query_like: tuple[tuple[int, ...], torch.dtype, torch.device], owner: Any) -> None:
+        """From a dense step's attention (``plan.warm_up``): compile what this stage's carved steps will run,
+        on a background thread (:mod:`jenga._warm_up`), for queries of ``(shape, dtype, device)``."""
+        plan, cfg = self.plan, self.config
+        thresholds = owner.cdf_thresholds
+        p = cfg.cdf_threshold if thresholds is None else thresholds[plan.stage]
+        self.kernel_warm_up.start(*query_like, drop_rate=plan.drop_rate, cdf_threshold=p, block_size=cfg.block_size,
+                                  num_video=plan.num_tokens, adjacency=plan.adjacency,
+                                  always_keep=plan.always_keep, backend=plan.backend)
 
     @torch.compiler.disable
     def end_forward(self) -> None:

@@ -62,3 +62,26 @@ def test_longest_first_equals_plain_order(config):
     ref = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch",
                                  key_lengths=key_lengths, key_bias=(4000, 0.4))
     assert _rel(lpt, ref) < 2e-2
+
+
+def test_one_binary_for_every_video_size():
+    """Sizes are not specialised on: two progressive-stage lengths (18,018 and 32,760 tokens: 141 and 256
+    blocks) reuse the attention and selector binaries compiled for the first (a fresh process compiled each
+    twice, 2.1-2.4 s per attention compile on an H200), and both are still right."""
+    from jenga import select_blocks
+    from jenga.kernels.triton_block_sparse import _block_sparse_fwd
+    from jenga.kernels.triton_select import _select_rows
+
+    def variants(kernel):
+        return sum(len(cache[0]) for cache in kernel.device_caches.values())
+
+    counts = []
+    for n in (18_018, 32_760):
+        q, k, v = (torch.randn(1, n, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        lists = select_blocks(q, k, drop_rate=0.75, cdf_threshold=0.9, block_size=128, backend="triton")
+        out = block_sparse_attention(q, k, v, lists.kv_index, lists.kv_count, backend="triton")
+        ref = block_sparse_attention(q.double(), k.double(), v.double(), lists.kv_index, lists.kv_count,
+                                     backend="torch")
+        assert _rel(out, ref) < 2e-2
+        counts.append((variants(_block_sparse_fwd), variants(_select_rows)))
+    assert counts[1] == counts[0], counts

@@ -182,7 +182,16 @@ def _attend_tile(
     return acc, l_i, m_new
 
 
-@triton.jit
+# Integer arguments that follow the video's size (lengths, the list and LSE strides) are not specialised on
+# (Triton would otherwise compile a variant per divisibility by 16): every progressive stage, resolution and
+# frame count runs one binary, so a first generation compiles the kernel once (issue 18; measured on an H200,
+# each compile of this kernel takes 2.1-2.4 s). q/k/v/out strides stay specialised: their alignment lets the
+# loads vectorise, and it does not change with the size.
+_SIZE_ARGUMENTS = ["seq_q", "seq_k", "bias_start", "len_bucket", "kb_lo", "kb_hi", "stride_lb", "stride_lh",
+                   "stride_ib", "stride_ih", "stride_iq", "stride_cb", "stride_ch", "stride_plb", "stride_plh"]
+
+
+@triton.jit(do_not_specialize=_SIZE_ARGUMENTS)
 def _block_sparse_fwd(
     Q, K, V, Out, Lse, KvIndex, KvCount, KeyLengths, Part, PartLse, Order,
     stride_qb, stride_qn, stride_qh,
@@ -543,16 +552,16 @@ def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-_allocator_set = False
+def _descriptor_scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.empty(size, dtype=torch.int8, device=device)
 
 
 def _ensure_descriptor_allocator() -> None:
-    """Device-side tensor descriptors need a little global scratch memory, taken from torch's allocator."""
-    global _allocator_set
-    if not _allocator_set:
-        def alloc(size: int, alignment: int, stream):
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            return torch.empty(size, dtype=torch.int8, device=device)
+    """Device-side tensor descriptors need a little global scratch memory, taken from torch's allocator.
 
-        triton.set_allocator(alloc)
-        _allocator_set = True
+    Triton keeps the allocator in a ``ContextVar``: a thread starts without the one another thread set, so it
+    is set on every launch that uses descriptors (a context-variable write), not once per process -- a
+    pipeline run from a worker thread (a web UI's, a thread pool's) would otherwise fail at its first launch.
+    """
+    triton.set_allocator(_descriptor_scratch)

@@ -27,7 +27,8 @@ from ..backends import interpreting
 MAX_BLOCKS = 4096  # a row of key blocks stays in the registers of at most 4 warps
 
 
-@triton.jit
+# sizes (blocks, the top-k floor) are not specialised on: one binary for every stage and video size
+@triton.jit(do_not_specialize=["video_blocks", "num_blocks", "first_text_block", "top_k"])
 def _select_rows(
     Probs, Adjacency, AlwaysKeep, KvIndex, KvCount,
     video_blocks, num_blocks, first_text_block, top_k, mass_limit,
