@@ -4,7 +4,8 @@
 
 Each tree runs in its own fresh process (``PYTHONPATH=<tree>``), alternating old, new, old, new so that clock
 drift hits both; every process times ``jenga.block_sparse_attention`` with the autotuner on
-(``JENGA_AUTOTUNE=1``, which trees without a tile table ignore), so both pick their tiles the same way. The
+(``JENGA_AUTOTUNE=1``, which trees without a tile table ignore), so both pick their tiles the same way; with
+``--table``, from their shipped tile tables instead (trees that ship the same table). The
 JSON gives each tree's median over its rounds per shape and density, and new / old.
 """
 
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--densities", nargs="+", type=float, default=[1.0, 0.25])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--table", action="store_true",
+                        help="tiles from each tree's shipped table instead of autotuning (trees with the same table)")
     parser.add_argument("--out", default="kernel-ab.json")
     args = parser.parse_args()
     trees = dict(item.split("=", 1) for item in args.tree)
@@ -53,7 +56,7 @@ def main() -> None:
     for round_index in range(args.rounds):
         for name, path in trees.items():
             env = {**os.environ, "PYTHONPATH": os.path.abspath(path) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   "JENGA_AUTOTUNE": "1"}
+                   "JENGA_AUTOTUNE": "0" if args.table else "1"}
             done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(shapes), json.dumps(args.densities)],
                                   env=env, capture_output=True, text=True, check=False)
             line = next((x for x in done.stdout.splitlines() if x.startswith("ROWS ")), None)
@@ -73,7 +76,8 @@ def main() -> None:
         rows.append(row)
     import torch
 
-    record = {"card": torch.cuda.get_device_name(), "trees": trees, "rounds": args.rounds, "rows": rows}
+    record = {"card": torch.cuda.get_device_name(), "trees": trees, "rounds": args.rounds,
+              "tiles": "shipped table" if args.table else "autotuned", "rows": rows}
     with open(args.out, "w") as handle:
         json.dump(record, handle, indent=1)
     print(json.dumps(record, indent=1))
