@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         frames, side, *_ = buckets[int(torch.multinomial(weights, 1, generator=data_gen))]
         batch = max(1, tokens // (frames * side * side // 4))
         batch_prompts = random_prompts(batch, data_gen)
-        clips, coverage = render(batch_prompts, frames, side, side, data_gen, device=device, with_coverage=True)
+        rendered = render(batch_prompts, frames, side, side, data_gen, device=device,
+                          with_coverage=bool(args.object_weight))
+        clips, coverage = rendered if args.object_weight else (rendered, None)
         conditioned = [p if float(torch.rand((), generator=data_gen)) > 0.1 else None for p in batch_prompts]
 
         sigma = torch.sigmoid(torch.randn(batch, device=device, generator=noise_gen))

@@ -74,10 +74,6 @@ class KernelWarmUp:
         if thread is not None:
             thread.join()
 
-    def reset(self) -> None:
-        self.wait()
-        self._done.clear()
-
 
 def _warm(owner: KernelWarmUp, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, main: Any,
           drop_rate: float, cdf_threshold: float, block_size: int, num_video: int | None,

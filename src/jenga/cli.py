@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -600,22 +601,20 @@ def _add_calibrate_parser(sub: Any, common: argparse.ArgumentParser, formatter: 
     cal.set_defaults(run=_cmd_calibrate)
 
 
-def _recall_budget(text: str) -> float | str:
-    if text == "base":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a float in (0, 1] or 'base', got {text!r}") from None
+def _float_or_base(accepted: str) -> Callable[[str], float | str]:
+    """An argparse type: ``base`` (the preset's own figure) or a float; ``accepted`` names the range."""
+    def parse(text: str) -> float | str:
+        if text == "base":
+            return text
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {accepted} or 'base', got {text!r}") from None
+    return parse
 
 
-def _error_budget(text: str) -> float | str:
-    if text == "base":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a float > 0 or 'base', got {text!r}") from None
+_recall_budget = _float_or_base("a float in (0, 1]")
+_error_budget = _float_or_base("a float > 0")
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:

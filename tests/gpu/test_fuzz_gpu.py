@@ -26,6 +26,8 @@ import torch
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
+from _layouts import in_layout  # noqa: E402
+
 from jenga import block_sparse_attention, select_blocks  # noqa: E402
 from jenga.kernels import triton_block_sparse as kernel  # noqa: E402
 from jenga.kernels.triton_key_phases import block_sparse_attention_key_phases  # noqa: E402
@@ -36,20 +38,6 @@ TOLERANCE = {torch.float32: 2e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 LAYOUTS = ("contiguous", "last_stride_2", "heads_major", "slice")
 COUNTS: dict[str, object] = {}
-
-
-def _layout(t: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "last_stride_2":
-        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
-        wide[..., ::2] = t
-        return wide[..., ::2]
-    if kind == "heads_major":
-        return t.transpose(1, 2).contiguous().transpose(1, 2)
-    if kind == "slice":
-        longer = torch.zeros(t.shape[0], t.shape[1] + 7, *t.shape[2:], dtype=t.dtype, device=t.device)
-        longer[:, 3 : 3 + t.shape[1]] = t
-        return longer[:, 3 : 3 + t.shape[1]]
-    return t
 
 
 def _float64_attention(q, k, v, block_mask, block_size, key_lengths, key_bias):
@@ -116,7 +104,7 @@ def _run_attention(rng: random.Random, c: dict) -> str | None:
     """None when the case passes, else what went wrong."""
     gen_shape = [(c["batch"], n, c["heads"], c["dim"]) for n in (c["seq_q"], c["seq_k"], c["seq_k"])]
     q, k, v = (torch.randn(s, device="cuda").to(c["dtype"]) for s in gen_shape)
-    qv, kv_, vv = (_layout(t, c["layout"]) for t in (q, k, v))
+    qv, kv_, vv = (in_layout(t, c["layout"]) for t in (q, k, v))
     index, count = _lists(c["block_mask"])
     bias = c["key_bias"]
     expected, expected_lse = _float64_attention(q, k, v, c["block_mask"], c["block_size"], c["key_lengths"], bias)
@@ -163,7 +151,7 @@ def _run_selector(rng: random.Random) -> str | None:
     adjacency = torch.rand(vb, vb, device="cuda") < 0.1 if rng.random() < 0.5 else None
     args = dict(drop_rate=rng.uniform(0.0, 0.95), cdf_threshold=rng.uniform(0.0, 1.0), block_size=block_size,
                 num_video_tokens=num_video, adjacency=adjacency)
-    a = select_blocks(_layout(q, rng.choice(LAYOUTS)), k, backend="triton", **args)
+    a = select_blocks(in_layout(q, rng.choice(LAYOUTS)), k, backend="triton", **args)
     b = select_blocks(q, k, backend="torch", **args)
     if not (torch.equal(a.kv_index, b.kv_index) and torch.equal(a.kv_count, b.kv_count)):
         return f"selector lists differ ({args['drop_rate']:.2f}, p {args['cdf_threshold']:.2f})"
