@@ -11,7 +11,10 @@ weights, latent output, cuDNN first in SDPA, the column's config as in ``benchma
 Triton compile inside a run is timed by wrapping ``triton.compiler.compile``, with the kernel's name and the
 time into the run it started. The first run's excess over the last, less the compile time, is what the first
 CUDA / cuDNN / cuBLAS calls and allocations cost. Stock diffusers pays that part too: run the ``stock-cudnn``
-column in its own process for it.
+column in its own process for it. Compiles that jenga's warm-up runs in a forked child process happen outside
+this process: the wrapper sees only the cache hit that loads them; each run's ``warm_up`` entry lists the
+children (seconds, succeeded) and how long the first carved step waited. ``steps_at_s`` is when each step's
+work had been queued on the host.
 """
 
 from __future__ import annotations
@@ -97,6 +100,17 @@ def cached_kernels() -> dict[str, int]:
     return names
 
 
+def warm_up_report(pipe) -> dict | None:
+    """The background warm-up's account so far (``jenga._warm_up``): runs, threads through, the wait it cost
+    the first carved steps, and each compile child's (thread, seconds, succeeded)."""
+    for module in pipe.transformer.modules():
+        warm_up = getattr(getattr(getattr(module, "processor", None), "runtime", None), "kernel_warm_up", None)
+        if warm_up is not None:
+            return dict(runs=warm_up.runs, finished=warm_up.finished, waited_s=round(warm_up.waited_s, 3),
+                        child_compiles=[list(c) for c in warm_up.child_compiles])
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--column", default="jenga-full", choices=list(COLUMNS))
@@ -130,18 +144,26 @@ def main(argv: list[str] | None = None) -> int:
     build_s = time.perf_counter() - started
 
     runs = []
+    steps_at: list[float] = []
+
+    def record_step(pipeline, step, timestep, callback_kwargs):
+        steps_at.append(round(time.perf_counter() - _run_started[0], 3))  # host time the step's work was queued
+        return callback_kwargs
+
     with sdpa_backend(column.sdpa), torch.no_grad():
         for _ in range(args.runs):
             before = len(COMPILES)
+            steps_at.clear()
             sync()
             _run_started[0] = time.perf_counter()
-            pipe(**call, generator=torch.Generator().manual_seed(0))
+            pipe(**call, generator=torch.Generator().manual_seed(0), callback_on_step_end=record_step)
             sync()
             seconds = time.perf_counter() - _run_started[0]
             compiles = COMPILES[before:]
             runs.append(dict(seconds=round(seconds, 3), compiles=len(compiles),
                              compile_s=round(sum(c["seconds"] for c in compiles), 3), compile_list=compiles,
-                             cached_kernels=cached_kernels()))
+                             cached_kernels=cached_kernels(), steps_at_s=list(steps_at),
+                             warm_up=warm_up_report(pipe)))
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "compile_list"}), flush=True)
             for entry in compiles:
                 print(json.dumps(entry), flush=True)

@@ -337,15 +337,21 @@ class CarvingRuntime:
             self._note(f"sparse: drop rate {drop_rate}, p {cfg.cdf_threshold}{per_layer}")
 
     @torch.compiler.disable
-    def warm_up_kernels(self, query_like: tuple[tuple[int, ...], torch.dtype, torch.device], owner: Any) -> None:
+    def warm_up_kernels(self, query_like: tuple[tuple[int, ...], torch.dtype, torch.device], owner: Any, *,
+                        key_lengths: bool = False) -> None:
         """From a dense step's attention (``plan.warm_up``): compile what this stage's carved steps will run,
-        on a background thread (:mod:`jenga._warm_up`), for queries of ``(shape, dtype, device)``."""
+        on background threads (:mod:`jenga._warm_up`), for queries of ``(shape, dtype, device)``; the carved
+        call passes per-sample key lengths when ``key_lengths``, and a text-key bias as ``carve_attention``
+        adds it."""
         plan, cfg = self.plan, self.config
         thresholds = owner.cdf_thresholds
         p = cfg.cdf_threshold if thresholds is None else thresholds[plan.stage]
+        seq = query_like[0][1]
+        key_bias = (plan.num_tokens, self.text_bias) if self.text_bias and seq > plan.num_tokens else None
         self.kernel_warm_up.start(*query_like, drop_rate=plan.drop_rate, cdf_threshold=p, block_size=cfg.block_size,
                                   num_video=plan.num_tokens, adjacency=plan.adjacency,
-                                  always_keep=plan.always_keep, backend=plan.backend)
+                                  always_keep=plan.always_keep, backend=plan.backend, key_lengths=key_lengths,
+                                  key_bias=key_bias)
 
     @torch.compiler.disable
     def end_forward(self) -> None:

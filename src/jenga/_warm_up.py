@@ -1,21 +1,33 @@
-"""Compile the carved path's Triton kernels on a background thread while the dense first steps run.
+"""Compile the carved path's Triton kernels in the background while the dense first steps run.
 
 A fresh process with an empty Triton cache compiles the selector and the block-sparse kernel at the first
 carved step (about 2.7 s on an H200, plus their launchers), with the GPU idle meanwhile. The dense steps
 before it (``JengaConfig.dense_steps``) keep the GPU busy for seconds with the host mostly waiting, so the
-first dense forward of a stage that will carve starts one thread that runs the selector and the kernel once
-on small random stand-ins with the same compile-time properties (dtype, head dim, block size, sequence
-length, which fixes the tile choice, and the head and batch counts' specialisation classes), on its own CUDA
-stream. The first carved forward waits for it. Results are never used, so a stand-in that misses a property
-costs only the compile the first carved step would have paid anyway. ``JENGA_WARM_UP=0`` turns it off.
+first dense forward of a stage that will carve starts two threads, one running the selector and one the
+kernel, once each, on small random stand-ins with the same compile-time properties (dtype, head dim, block
+size, sequence length, which fixes the tile choice, and the head and batch counts' specialisation classes), on
+their own CUDA stream. The first carved forward waits for them. Results are never used, so a stand-in that
+misses a property costs only the compile the first carved step would have paid anyway.
+
+Where the OS can fork (Linux, macOS), each thread's compile runs first in a forked child process that only
+compiles (Triton's compiler needs no GPU) and writes Triton's on-disk cache; the thread then loads the binary
+from that cache. Triton's compiler holds the GIL for most of its work: compiled on a thread, it left the
+pipeline's own thread about a quarter of its Python speed (measured on an H200 machine), and the dense steps
+slowed by most of the compile time. A child that fails or hangs (killed after :data:`CHILD_TIMEOUT_S`) only
+means the thread compiles in this process, as before. ``JENGA_WARM_UP=0`` turns the warm-up off,
+``JENGA_WARM_UP=thread`` keeps the compiles in this process.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
+import signal
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,10 +37,15 @@ from .backends import interpreting
 logger = logging.getLogger("jenga")
 
 WARM_UP_ENV = "JENGA_WARM_UP"
+CHILD_TIMEOUT_S = 60.0  # a compile child still running then is killed; its thread compiles in this process
 
 
 def warm_up_enabled() -> bool:
     return os.environ.get(WARM_UP_ENV, "1") != "0"
+
+
+def _compiles_in_child_wanted() -> bool:
+    return hasattr(os, "fork") and os.environ.get(WARM_UP_ENV, "1") != "thread"
 
 
 def _stand_in_count(n: int) -> int:
@@ -37,17 +54,20 @@ def _stand_in_count(n: int) -> int:
 
 
 class KernelWarmUp:
-    """One per patched transformer: the shapes already warmed and the thread under way, if any."""
+    """One per patched transformer: the shapes already warmed and the threads under way, if any."""
 
     def __init__(self) -> None:
         self._done: set[tuple] = set()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.runs = 0  # warm-ups started
-        self.finished = 0  # of them, those that ran through (a failure is logged at debug level only)
+        self.finished = 0  # of their threads, those that ran through (a failure is logged at debug level only)
+        self.child_compiles: list[tuple[str, float, bool]] = []  # (thread, seconds, child succeeded)
+        self.waited_s = 0.0  # what the first carved steps spent waiting for the threads
 
     def start(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *, drop_rate: float,
               cdf_threshold: float, block_size: int, num_video: int, adjacency: torch.Tensor | None,
-              always_keep: torch.Tensor | None, backend: str, force: bool = False) -> None:
+              always_keep: torch.Tensor | None, backend: str, key_lengths: bool = False,
+              key_bias: tuple[int, float] | None = None, force: bool = False) -> None:
         """Warm the kernels a carved forward with queries of ``shape`` ``[B, N, H, D]``, ``dtype`` and ``device``
         will launch, unless done for these. ``force``: also off CUDA (CPU tests run it through the interpreter)."""
         on_gpu = device.type == "cuda" and not interpreting()
@@ -55,46 +75,130 @@ class KernelWarmUp:
             return
         batch, seq, heads, head_dim = shape
         key = (seq, num_video, head_dim, dtype, device, _stand_in_count(batch), _stand_in_count(heads),
-               block_size, adjacency is None, always_keep is None)
+               block_size, adjacency is None, always_keep is None, key_lengths, key_bias)
         if key in self._done:
             return
         self._done.add(key)
         self.wait()
         stand_in = (_stand_in_count(batch), seq, _stand_in_count(heads), head_dim)
         main = torch.cuda.current_stream(device) if device.type == "cuda" else None
-        args = (self, stand_in, dtype, device, main, drop_rate, cdf_threshold, block_size,
-                num_video if seq > num_video else None, adjacency, always_keep, backend)
-        self._thread = threading.Thread(target=_warm, args=args, name="jenga-kernel-warm-up", daemon=True)
+        selector = dict(drop_rate=drop_rate, cdf_threshold=cdf_threshold, block_size=block_size,
+                        num_video_tokens=num_video if seq > num_video else None, adjacency=adjacency,
+                        always_keep=always_keep)
+        attention = dict(block_size=block_size, backend=backend, key_lengths=key_lengths, key_bias=key_bias)
+        jobs = (("selector", _run_selector, selector), ("attention", _run_attention, attention))
         self.runs += 1
-        self._thread.start()
+        for name, job, kwargs in jobs:  # two threads: with compiles in children, they compile in parallel
+            thread = threading.Thread(target=self._warm, args=(name, job, stand_in, dtype, device, main, kwargs),
+                                      name=f"jenga-kernel-warm-up-{name}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def wait(self) -> None:
         """Block until the warm-up under way (if any) is done: the carved forward then finds the binaries."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join()
+        threads, self._threads = self._threads, []
+        if threads:
+            started = time.perf_counter()
+            for thread in threads:
+                thread.join()
+            self.waited_s += time.perf_counter() - started
+
+    def _warm(self, name: str, job: Callable[..., Any], shape: tuple[int, ...], dtype: torch.dtype,
+              device: torch.device, main: Any, kwargs: dict[str, Any]) -> None:
+        try:
+            stream = torch.cuda.Stream(device) if main is not None else None
+            if stream is not None:
+                stream.wait_stream(main)  # adjacency / always_keep come from the main stream's work
+            compiles = _ChildCompiles(name, self.child_compiles) if main is not None else None
+            with (torch.no_grad(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext(),
+                  compiles.mode() if compiles is not None else contextlib.nullcontext()):
+                g = torch.Generator(device=device).manual_seed(0)
+                q, k, v = (torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(3))
+                job(q, k, v, **kwargs)
+            if stream is not None:
+                stream.synchronize()
+            self.finished += 1
+        except Exception as err:  # never fails the user's run: the carved step compiles as it would have
+            logger.debug("jenga: kernel warm-up (%s) failed (%s); the first carved step compiles instead", name, err)
 
 
-def _warm(owner: KernelWarmUp, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, main: Any,
-          drop_rate: float, cdf_threshold: float, block_size: int, num_video: int | None,
-          adjacency: torch.Tensor | None, always_keep: torch.Tensor | None, backend: str) -> None:
-    from .attention import block_sparse_attention
+def _run_selector(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> None:
     from .selection import select_blocks
 
-    try:
-        stream = torch.cuda.Stream(device) if main is not None else None
-        if stream is not None:
-            stream.wait_stream(main)  # adjacency / always_keep come from the main stream's work
-        with torch.no_grad(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            g = torch.Generator(device=device).manual_seed(0)
-            q, k, v = (torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(3))
-            lists = select_blocks(q, k, drop_rate=drop_rate, cdf_threshold=cdf_threshold, block_size=block_size,
-                                  num_video_tokens=num_video, adjacency=adjacency, always_keep=always_keep)
-            block_sparse_attention(q, k, v, lists.kv_index, lists.kv_count, block_size=block_size, backend=backend,
-                                   check_indices=False)
-        if stream is not None:
-            stream.synchronize()
-        owner.finished += 1
-    except Exception as err:  # never fails the user's run: the carved step compiles as it would have
-        logger.debug("jenga: kernel warm-up failed (%s); the first carved step compiles instead", err)
+    select_blocks(q, k, **kwargs)
 
+
+def _run_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_size: int, backend: str,
+                   key_lengths: bool, key_bias: tuple[int, float] | None) -> None:
+    from .attention import block_sparse_attention
+    from .blocks import dense_to_lists
+
+    batch, seq, heads, _ = q.shape
+    blocks = -(-seq // block_size)
+    g = torch.Generator(device=q.device).manual_seed(1)
+    mask = torch.rand(batch, heads, blocks, blocks, generator=g, device=q.device) < 0.25
+    mask[..., 0] = True  # at least one block per row
+    kv_index, kv_count = dense_to_lists(mask)
+    lengths = torch.full((batch,), seq, dtype=torch.int64, device=q.device) if key_lengths else None
+    block_sparse_attention(q, k, v, kv_index, kv_count, block_size=block_size, key_lengths=lengths,
+                           key_bias=key_bias, backend=backend, check_indices=False)
+
+
+class _ChildCompiles(concurrent.futures.Executor):
+    """Triton's compile jobs, each run first in a forked child that writes the on-disk cache, then here.
+
+    Used through Triton's ``AsyncCompileMode`` (a JIT launch inside it hands its compile to ``submit``). The
+    second run of the job in this process finds the child's binary in the cache and only loads it; if the child
+    failed, it compiles, as it would have without a child."""
+
+    def __init__(self, name: str, record: list[tuple[str, float, bool]]) -> None:
+        self.name, self.record = name, record
+
+    def mode(self) -> contextlib.AbstractContextManager[Any]:
+        if not _compiles_in_child_wanted():
+            return contextlib.nullcontext()
+        try:
+            from triton.runtime._async_compile import AsyncCompileMode
+        except ImportError:  # an older Triton: the thread compiles in this process
+            return contextlib.nullcontext()
+        return AsyncCompileMode(self)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        started = time.perf_counter()
+        ok = compile_in_child(lambda: fn(*args, **kwargs))
+        self.record.append((self.name, round(time.perf_counter() - started, 3), ok))
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as err:  # the launch that asked for it raises it, as a compile error would
+            future.set_exception(err)
+        return future
+
+
+def compile_in_child(job: Callable[[], Any], timeout_s: float = CHILD_TIMEOUT_S) -> bool:
+    """Run ``job`` in a forked child process (for its side effects on disk) and wait without holding the GIL.
+    True when the child ran it through; False when it raised, was killed, ran past ``timeout_s`` or could not
+    be forked. The child never touches the GPU: it must not, after a fork."""
+    try:
+        pid = os.fork()
+    except Exception as err:  # no fork here, or fork refused (limits, a warning turned into an error)
+        logger.debug("jenga: no compile child (%s)", err)
+        return False
+    if pid == 0:  # the child: run, and leave without running this process's exit handlers
+        code = 1
+        try:
+            job()
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) == 0
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            logger.debug("jenga: a compile child ran past %.0f s and was killed", timeout_s)
+            return False
+        time.sleep(0.005)

@@ -64,6 +64,17 @@ class CarvingProcessor:
     def _parallel_config(self, value) -> None:
         self.stock._parallel_config = value
 
+    def warm_up_on_dense_step(self, attn: torch.nn.Module, hidden_states: torch.Tensor, *, text_tokens: int = 0,
+                              key_lengths: bool = False) -> None:
+        """On a dense step before carved ones (``plan.warm_up``), start compiling what the carved steps will
+        launch for this attention (:mod:`jenga._warm_up`): queries made from ``hidden_states`` plus
+        ``text_tokens`` joined after them, with per-sample key lengths if the carved call will pass them."""
+        if self.dense or not self.runtime.plan.warm_up or torch.compiler.is_compiling():
+            return
+        (batch, seq, heads, head_dim), dtype, device = query_like(attn, hidden_states)
+        self.runtime.warm_up_kernels(((batch, seq + text_tokens, heads, head_dim), dtype, device), self,
+                                     key_lengths=key_lengths)
+
     def __repr__(self) -> str:
         mode = "dense" if self.dense else "carving"
         return f"{type(self).__name__}(layer={self.layer}, {mode}, stock={type(self.stock).__name__})"
@@ -225,6 +236,16 @@ class ModelAdapter:
         """The pipeline's pixel ``(height, width)`` when a call passes none (progressive stages need the full
         size); ``None``: the pipeline has no default (the call must pass them)."""
         return None
+
+
+def query_like(attn: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype,
+                                                                           torch.device]:
+    """Shape ``[B, N, H, D]``, dtype and device of the queries ``attn`` makes from ``hidden_states``."""
+    batch, seq, _ = hidden_states.shape
+    weight = attn.to_q.weight
+    dtype = torch.get_autocast_dtype(weight.device.type) if torch.is_autocast_enabled(weight.device.type) \
+        else weight.dtype
+    return (batch, seq, attn.heads, weight.shape[0] // attn.heads), dtype, hidden_states.device
 
 
 def carve_attention(

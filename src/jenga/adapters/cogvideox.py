@@ -49,6 +49,8 @@ class CogVideoXCarvingProcessor(CarvingProcessor):
         if image_rotary_emb is not None and plan.active and plan.perm is not None and plan.num_tokens == num_video:
             image_rotary_emb = tuple(t.index_select(t.ndim - 2, plan.perm) for t in image_rotary_emb)
         if self.dense or attention_mask is not None or not plan.carves(num_video):
+            if attention_mask is None:
+                self.warm_up_on_dense_step(attn, hidden_states, text_tokens=encoder_hidden_states.shape[1])
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
         tokens = torch.cat([hidden_states, encoder_hidden_states], dim=1)  # video first: carve_attention's order

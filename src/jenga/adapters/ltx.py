@@ -48,6 +48,8 @@ class LTXCarvingProcessor(CarvingProcessor):
             or attention_mask is not None
             or not plan.carves(hidden_states.shape[1] - plan.extra_tokens)
         ):
+            if encoder_hidden_states is None and attention_mask is None:
+                self.warm_up_on_dense_step(attn, hidden_states)
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         query = attn.norm_q(attn.to_q(hidden_states))
         key = attn.norm_k(attn.to_k(hidden_states))

@@ -112,16 +112,6 @@ def _prepare(attn: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, valu
     return query, key, value
 
 
-def _query_like(attn: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype,
-                                                                               torch.device]:
-    """Shape ``[B, N, H, D]``, dtype and device of the queries ``attn`` makes from ``hidden_states``."""
-    batch, seq, _ = hidden_states.shape
-    weight = attn.to_q.weight
-    dtype = torch.get_autocast_dtype(weight.device.type) if torch.is_autocast_enabled(weight.device.type) \
-        else weight.dtype
-    return (batch, seq, attn.heads, weight.shape[0] // attn.heads), dtype, hidden_states.device
-
-
 def _rms_eps(norm: torch.nn.RMSNorm, x: torch.Tensor) -> float:
     """``torch.nn.RMSNorm``'s epsilon: its own, or the input dtype's machine epsilon when None."""
     return float(norm.eps) if norm.eps is not None else float(torch.finfo(x.dtype).eps)
@@ -150,9 +140,7 @@ class WanCarvingProcessor(CarvingProcessor):
             or not self.runtime.plan.carves(video_tokens_seen(self.runtime, hidden_states.shape[1]))
         ):
             if encoder_hidden_states is None and getattr(attn, "add_k_proj", None) is None:
-                if not torch.compiler.is_compiling() and self.runtime.plan.warm_up:
-                    # a dense step before carved ones: their kernels compile meanwhile
-                    self.runtime.warm_up_kernels(_query_like(attn, hidden_states), self)
+                self.warm_up_on_dense_step(attn, hidden_states)  # a dense step: the carved kernels compile meanwhile
                 return self._dense(attn, hidden_states, attention_mask, rotary_emb)
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
