@@ -106,8 +106,9 @@ def warm_up_report(pipe) -> dict | None:
     for module in pipe.transformer.modules():
         warm_up = getattr(getattr(getattr(module, "processor", None), "runtime", None), "kernel_warm_up", None)
         if warm_up is not None:
-            return dict(runs=warm_up.runs, finished=warm_up.finished, waited_s=round(warm_up.waited_s, 3),
-                        child_compiles=[list(c) for c in warm_up.child_compiles])
+            return dict(runs=warm_up.runs, finished=warm_up.finished,  # (an older jenga has only these two)
+                        waited_s=round(getattr(warm_up, "waited_s", float("nan")), 3),
+                        child_compiles=[list(c) for c in getattr(warm_up, "child_compiles", [])])
     return None
 
 
