@@ -3,11 +3,7 @@ on its own thread, before the first carved step, and changes nothing in the outp
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
 import torch
@@ -16,7 +12,7 @@ from _tiny import CARVING, hunyuan_inputs, hunyuan_pipeline, run, wan_inputs, wa
 import jenga
 import jenga.selection
 from jenga import selection_stats
-from jenga._warm_up import WARM_UP_ENV, KernelWarmUp, _ChildCompiles, compile_in_child
+from jenga._warm_up import WARM_UP_ENV, KernelWarmUp
 from jenga.attention import triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="needs Triton (a GPU or TRITON_INTERPRET=1)")
@@ -82,89 +78,3 @@ def test_no_warm_up_off_gpu_or_for_other_backends():
     warm_up.start((1, 192, 2, 16), torch.float32, torch.device("cpu"), backend="torch", force=True, **common)
     assert warm_up.runs == 0
 
-
-needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="the compile child is forked")
-
-
-CHILD_COMPILE_SCRIPT = """
-import os, sys
-import triton
-import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from jenga._warm_up import compile_in_child
-
-@triton.jit
-def copy(x, y, n, BLOCK: tl.constexpr):
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(y + i, tl.load(x + i, mask=i < n), mask=i < n)
-
-def source(block):
-    return ASTSource(copy, signature={"x": "*fp32", "y": "*fp32", "n": "i32", "BLOCK": "constexpr"},
-                     constexprs={"BLOCK": block})
-
-target = GPUTarget("cuda", 90, 32)  # an H100/H200: compiling needs no GPU
-hits = []
-triton.knobs.compilation.listener = lambda **kw: hits.append(kw["cache_hit"])
-assert compile_in_child(lambda: triton.compile(source(64), target=target)), "the child did not compile"
-assert hits == [], hits  # the child's compile is not seen here
-assert os.listdir(os.environ["TRITON_CACHE_DIR"]), "the child wrote no cache"
-assert "cubin" in triton.compile(source(64), target=target).asm
-triton.compile(source(128), target=target)
-assert hits == [True, False], hits  # the child's binary is a hit here, one it never built is not
-print("ok")
-"""
-
-
-@needs_fork
-def test_a_child_compile_fills_the_cache_this_process_then_loads(tmp_path):
-    """A real Triton compile for an H100/H200 target, in a fresh process (this one runs Triton's interpreter,
-    which patches the language for its own use): the child writes the on-disk cache, the same compile here is
-    then a cache hit, and a compile the child never did is not."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(TRITON_CACHE_DIR=str(tmp_path / "cache"), TRITON_DEFAULT_FP_FUSION="1")
-    script = tmp_path / "child_compile.py"  # Triton reads a kernel's source from its file
-    script.write_text(CHILD_COMPILE_SCRIPT)
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
-
-
-@needs_fork
-def test_a_failing_or_hanging_child_is_reported_not_waited_for(tmp_path):
-    marker = tmp_path / "ran"
-    assert compile_in_child(lambda: marker.write_text("child"))
-    assert marker.read_text() == "child"  # it ran in the child: the parent never called it
-
-    def fails():
-        raise RuntimeError("compile error")
-
-    assert not compile_in_child(fails)
-    started = time.monotonic()
-    assert not compile_in_child(lambda: time.sleep(30), timeout_s=0.3)
-    assert time.monotonic() - started < 10
-
-
-@needs_fork
-def test_child_compiles_run_the_job_here_too_and_pass_its_result_or_error(tmp_path):
-    record: list = []
-    executor = _ChildCompiles("attention", record)
-    calls = tmp_path / "calls"
-    calls.write_text("")
-
-    def job(value):
-        with calls.open("a") as f:
-            f.write(f"{os.getpid()}\n")
-        return value
-
-    assert executor.submit(job, 7).result() == 7
-    pids = calls.read_text().split()
-    assert len(pids) == 2 and pids[1] == str(os.getpid()) and pids[0] != pids[1]  # the child first, then here
-    assert [(name, ok) for name, _, ok in record] == [("attention", True)]
-
-    def broken():
-        raise ValueError("bad kernel")
-
-    with pytest.raises(ValueError, match="bad kernel"):
-        executor.submit(broken).result()
-    assert record[-1][2] is False

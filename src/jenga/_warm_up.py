@@ -5,26 +5,20 @@ carved step (about 2.7 s on an H200, plus their launchers), with the GPU idle me
 before it (``JengaConfig.dense_steps``) keep the GPU busy for seconds with the host mostly waiting, so the
 first dense forward of a stage that will carve starts two threads, one running the selector and one the
 kernel, once each, on small random stand-ins with the same compile-time properties (dtype, head dim, block
-size, sequence length, which fixes the tile choice, and the head and batch counts' specialisation classes), on
-their own CUDA stream. The first carved forward waits for them. Results are never used, so a stand-in that
-misses a property costs only the compile the first carved step would have paid anyway.
+size, sequence length, which fixes the tile choice, the head and batch counts' specialisation classes, and
+the carved call's key lengths and text-key bias where it passes them), on their own CUDA stream. The first
+carved forward waits for them. Results are never used, so a stand-in that misses a property costs only the
+compile the first carved step would have paid anyway.
 
-Where the OS can fork (Linux, macOS), each thread's compile runs first in a forked child process that only
-compiles (Triton's compiler needs no GPU) and writes Triton's on-disk cache; the thread then loads the binary
-from that cache. Triton's compiler holds the GIL for most of its work: compiled on a thread, it left the
-pipeline's own thread about a quarter of its Python speed (measured on an H200 machine), and the dense steps
-slowed by most of the compile time. A child that fails or hangs (killed after :data:`CHILD_TIMEOUT_S`) only
-means the thread compiles in this process, as before. ``JENGA_WARM_UP=0`` turns the warm-up off,
-``JENGA_WARM_UP=thread`` keeps the compiles in this process.
+Two threads, so that the two kernels compile in parallel (Triton runs ``ptxas`` as a separate process).
+``JENGA_WARM_UP=0`` turns the warm-up off.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -37,15 +31,10 @@ from .backends import interpreting
 logger = logging.getLogger("jenga")
 
 WARM_UP_ENV = "JENGA_WARM_UP"
-CHILD_TIMEOUT_S = 60.0  # a compile child still running then is killed; its thread compiles in this process
 
 
 def warm_up_enabled() -> bool:
     return os.environ.get(WARM_UP_ENV, "1") != "0"
-
-
-def _compiles_in_child_wanted() -> bool:
-    return hasattr(os, "fork") and os.environ.get(WARM_UP_ENV, "1") != "thread"
 
 
 def _stand_in_count(n: int) -> int:
@@ -61,7 +50,6 @@ class KernelWarmUp:
         self._threads: list[threading.Thread] = []
         self.runs = 0  # warm-ups started
         self.finished = 0  # of their threads, those that ran through (a failure is logged at debug level only)
-        self.child_compiles: list[tuple[str, float, bool]] = []  # (thread, seconds, child succeeded)
         self.waited_s = 0.0  # what the first carved steps spent waiting for the threads
 
     def start(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *, drop_rate: float,
@@ -88,7 +76,7 @@ class KernelWarmUp:
         attention = dict(block_size=block_size, backend=backend, key_lengths=key_lengths, key_bias=key_bias)
         jobs = (("selector", _run_selector, selector), ("attention", _run_attention, attention))
         self.runs += 1
-        for name, job, kwargs in jobs:  # two threads: with compiles in children, they compile in parallel
+        for name, job, kwargs in jobs:  # two threads: the kernels compile in parallel
             thread = threading.Thread(target=self._warm, args=(name, job, stand_in, dtype, device, main, kwargs),
                                       name=f"jenga-kernel-warm-up-{name}", daemon=True)
             self._threads.append(thread)
@@ -109,9 +97,7 @@ class KernelWarmUp:
             stream = torch.cuda.Stream(device) if main is not None else None
             if stream is not None:
                 stream.wait_stream(main)  # adjacency / always_keep come from the main stream's work
-            compiles = _ChildCompiles(name, self.child_compiles) if main is not None else None
-            with (torch.no_grad(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext(),
-                  compiles.mode() if compiles is not None else contextlib.nullcontext()):
+            with torch.no_grad(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                 g = torch.Generator(device=device).manual_seed(0)
                 q, k, v = (torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(3))
                 job(q, k, v, **kwargs)
@@ -142,63 +128,3 @@ def _run_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_s
     lengths = torch.full((batch,), seq, dtype=torch.int64, device=q.device) if key_lengths else None
     block_sparse_attention(q, k, v, kv_index, kv_count, block_size=block_size, key_lengths=lengths,
                            key_bias=key_bias, backend=backend, check_indices=False)
-
-
-class _ChildCompiles(concurrent.futures.Executor):
-    """Triton's compile jobs, each run first in a forked child that writes the on-disk cache, then here.
-
-    Used through Triton's ``AsyncCompileMode`` (a JIT launch inside it hands its compile to ``submit``). The
-    second run of the job in this process finds the child's binary in the cache and only loads it; if the child
-    failed, it compiles, as it would have without a child."""
-
-    def __init__(self, name: str, record: list[tuple[str, float, bool]]) -> None:
-        self.name, self.record = name, record
-
-    def mode(self) -> contextlib.AbstractContextManager[Any]:
-        if not _compiles_in_child_wanted():
-            return contextlib.nullcontext()
-        try:
-            from triton.runtime._async_compile import AsyncCompileMode
-        except ImportError:  # an older Triton: the thread compiles in this process
-            return contextlib.nullcontext()
-        return AsyncCompileMode(self)
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
-        started = time.perf_counter()
-        ok = compile_in_child(lambda: fn(*args, **kwargs))
-        self.record.append((self.name, round(time.perf_counter() - started, 3), ok))
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as err:  # the launch that asked for it raises it, as a compile error would
-            future.set_exception(err)
-        return future
-
-
-def compile_in_child(job: Callable[[], Any], timeout_s: float = CHILD_TIMEOUT_S) -> bool:
-    """Run ``job`` in a forked child process (for its side effects on disk) and wait without holding the GIL.
-    True when the child ran it through; False when it raised, was killed, ran past ``timeout_s`` or could not
-    be forked. The child never touches the GPU: it must not, after a fork."""
-    try:
-        pid = os.fork()
-    except Exception as err:  # no fork here, or fork refused (limits, a warning turned into an error)
-        logger.debug("jenga: no compile child (%s)", err)
-        return False
-    if pid == 0:  # the child: run, and leave without running this process's exit handlers
-        code = 1
-        try:
-            job()
-            code = 0
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) == 0
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            logger.debug("jenga: a compile child ran past %.0f s and was killed", timeout_s)
-            return False
-        time.sleep(0.005)
