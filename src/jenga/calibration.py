@@ -794,7 +794,7 @@ def _per_layer_settings(mean, cfg: JengaConfig, curve: str, stage: int, layers, 
     ``layer_thresholds=True`` allocates under the stage mean): per layer the fewest blocks meeting the layer's budget,
     the base config's own recall (and error, ``max_error="base"``) of that layer for ``"base"``. A layer that nothing
     satisfies counts dense."""
-    rows = []
+    rows, densities = [], []
     for x in layers:
         if min_recall == "base":
             key = (cfg.curve, cfg.cdf_threshold, stage, x, cfg.drop_rates[stage])
@@ -808,8 +808,10 @@ def _per_layer_settings(mean, cfg: JengaConfig, curve: str, stage: int, layers, 
         fits = [(d, p, rate) for (c, p, s, layer, rate), (d, r, e) in mean.items()
                 if c == curve and s == stage and layer == x and _meets(r, e, target, error_target)]
         d, p, rate = min(fits) if fits else (1.0, None, 0.0)
+        densities.append(d)
         rows.append(dict(layer=x, cdf_threshold=p, drop_rate=rate, density=round(d, 4)))
-    return dict(density=round(sum(r["density"] for r in rows) / len(rows), 4), layers=rows)
+    # the mean of the unrounded densities, rounded as the stage rows are (a mean of rounded ones can exceed them)
+    return dict(density=round(sum(densities) / len(densities), 4), layers=rows)
 
 
 def _predict(cfg: JengaConfig, probe: _Probe, layer_rows, num_steps: int, calibration_s: float, num_layers: int):
