@@ -78,3 +78,21 @@ def test_no_warm_up_off_gpu_or_for_other_backends():
     warm_up.start((1, 192, 2, 16), torch.float32, torch.device("cpu"), backend="torch", force=True, **common)
     assert warm_up.runs == 0
 
+
+
+def test_query_like_reads_what_the_projections_allow():
+    """The warm-up's stand-in shape comes from the attention module; a module it cannot read skips the warm-up
+    (never fails the dense step), and integer (quantised) weights give the activations' dtype."""
+    from types import SimpleNamespace
+
+    from jenga.adapters.base import query_like
+
+    hidden = torch.randn(2, 40, 96, dtype=torch.bfloat16)
+    plain = SimpleNamespace(heads=4, inner_dim=128, to_q=torch.nn.Linear(96, 128, dtype=torch.float16))
+    assert query_like(plain, hidden) == ((2, 40, 4, 32), torch.float16, hidden.device)
+    quantised = SimpleNamespace(heads=4, inner_dim=128,
+                                to_q=SimpleNamespace(weight=torch.zeros(64, 1, dtype=torch.uint8)))  # packed 4-bit
+    assert query_like(quantised, hidden) == ((2, 40, 4, 32), torch.bfloat16, hidden.device)
+    fused = SimpleNamespace(heads=4, inner_dim=128)  # fused QKV projection: no to_q
+    assert query_like(fused, hidden) == ((2, 40, 4, 32), torch.bfloat16, hidden.device)
+    assert query_like(SimpleNamespace(heads=4), hidden) is None

@@ -48,6 +48,7 @@ class KernelWarmUp:
     def __init__(self) -> None:
         self._done: set[tuple] = set()
         self._threads: list[threading.Thread] = []
+        self._count = threading.Lock()  # the threads count themselves in ``finished``
         self.runs = 0  # warm-ups started
         self.finished = 0  # of their threads, those that ran through (a failure is logged at debug level only)
         self.waited_s = 0.0  # what the first carved steps spent waiting for the threads
@@ -103,7 +104,8 @@ class KernelWarmUp:
                 job(q, k, v, **kwargs)
             if stream is not None:
                 stream.synchronize()
-            self.finished += 1
+            with self._count:
+                self.finished += 1
         except Exception as err:  # never fails the user's run: the carved step compiles as it would have
             logger.debug("jenga: kernel warm-up (%s) failed (%s); the first carved step compiles instead", name, err)
 

@@ -71,7 +71,10 @@ class CarvingProcessor:
         ``text_tokens`` joined after them, with per-sample key lengths if the carved call will pass them."""
         if self.dense or not self.runtime.plan.warm_up or torch.compiler.is_compiling():
             return
-        (batch, seq, heads, head_dim), dtype, device = query_like(attn, hidden_states)
+        like = query_like(attn, hidden_states)
+        if like is None:
+            return
+        (batch, seq, heads, head_dim), dtype, device = like
         self.runtime.warm_up_kernels(((batch, seq + text_tokens, heads, head_dim), dtype, device), self,
                                      key_lengths=key_lengths)
 
@@ -239,13 +242,21 @@ class ModelAdapter:
 
 
 def query_like(attn: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype,
-                                                                           torch.device]:
-    """Shape ``[B, N, H, D]``, dtype and device of the queries ``attn`` makes from ``hidden_states``."""
+                                                                           torch.device] | None:
+    """Shape ``[B, N, H, D]``, dtype and device of the queries ``attn`` makes from ``hidden_states``; None where
+    that cannot be read (no ``inner_dim`` or query projection). Quantised projections (integer weights) give the
+    activations' dtype."""
     batch, seq, _ = hidden_states.shape
-    weight = attn.to_q.weight
-    dtype = torch.get_autocast_dtype(weight.device.type) if torch.is_autocast_enabled(weight.device.type) \
-        else weight.dtype
-    return (batch, seq, attn.heads, weight.shape[0] // attn.heads), dtype, hidden_states.device
+    weight = getattr(getattr(attn, "to_q", None), "weight", None)
+    inner = getattr(attn, "inner_dim", None) or (weight.shape[0] if weight is not None else None)
+    if not inner or not getattr(attn, "heads", None):
+        return None
+    device = hidden_states.device
+    if torch.is_autocast_enabled(device.type):
+        dtype = torch.get_autocast_dtype(device.type)
+    else:
+        dtype = weight.dtype if weight is not None and weight.dtype.is_floating_point else hidden_states.dtype
+    return (batch, seq, attn.heads, inner // attn.heads), dtype, device
 
 
 def carve_attention(
