@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pipeline import random_transformer
+from _pipelines import random_transformer
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import card_name, git_commit  # noqa: E402
-from pipeline import (  # noqa: E402
+from _pipelines import (  # noqa: E402
     COLUMNS,
     MODELS,
     TINY_MODELS,

@@ -43,9 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _call_timer import plan_reader
 from _common import card_name, git_commit
+from _pipelines import sdpa_backend
 from _video_specs import FAMILIES, SPECS, TINY_SPECS, ForwardSpec, build_transformer, forward_inputs
-from pipeline import _plan_reader, sdpa_backend
 
 import jenga
 
@@ -90,7 +91,7 @@ def carving(transformer: torch.nn.Module, inputs: dict[str, Any], cfg: jenga.Jen
         with torch.no_grad():
             transformer(**inputs)
         stats = jenga.selection_stats(transformer)
-        drop_rate = float(_plan_reader(transformer)().drop_rate)  # the plan is reset in place by unpatch
+        drop_rate = float(plan_reader(transformer)().drop_rate)  # the plan is reset in place by unpatch
     finally:
         jenga.unpatch(transformer)
     if not stats:
