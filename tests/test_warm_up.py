@@ -3,16 +3,16 @@ on its own thread, before the first carved step, and changes nothing in the outp
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 from _tiny import CARVING, hunyuan_inputs, hunyuan_pipeline, run, wan_inputs, wan_pipeline
 
 import jenga
-import jenga.selection
+from jenga import attention as attention_module
+from jenga import selection as selection_module
 from jenga import selection_stats
 from jenga._warm_up import WARM_UP_ENV, KernelWarmUp
+from jenga.adapters import base as carving
 from jenga.attention import triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="needs Triton (a GPU or TRITON_INTERPRET=1)")
@@ -24,28 +24,28 @@ def _runtime(pipe):
                 and hasattr(m.processor, "runtime")).processor.runtime
 
 
+def _recording(calls: list, kind: str, fn):
+    """``fn`` recording, per call, this kind (warm-up or carved), the query length and the key-length and
+    key-bias presence it was given."""
+    def wrapper(q, *args, **kwargs):
+        calls.append((kind, q.shape[1], kwargs.get("key_lengths") is not None, kwargs.get("key_bias") is not None))
+        return fn(q, *args, **kwargs)
+    return wrapper
+
+
 @pytest.mark.parametrize("family", ["wan", "hunyuan"])
 def test_warm_up_runs_once_before_carving_and_changes_nothing(monkeypatch, family):
-    """HunyuanVideo's carved calls join text tokens and pass key lengths (its prompts are padded): the
-    attention stand-in does too, so it compiles the variant the carved steps launch."""
+    """The stand-ins get what the carved calls get: HunyuanVideo's join text tokens and pass key lengths (its
+    prompts are padded). The warm-up's calls and the carved forward's are told apart by where they look the
+    functions up (the warm-up imports them from their modules, the carving path has its own binding)."""
     forced = KernelWarmUp.start
-    starts = []
-
-    def start(self, *args, **kwargs):  # as on a GPU: the CPU runs Triton through its interpreter
-        starts.append((args[0], kwargs["key_lengths"]))
-        return forced(self, *args, **{**kwargs, "force": True, "backend": "triton"})
-
-    monkeypatch.setattr(KernelWarmUp, "start", start)
-    threads = []
-    select = jenga.selection.select_blocks
-
-    def recording_select(*args, **kwargs):
-        threads.append(threading.current_thread().name)
-        lengths.append(args[0].shape[1])
-        return select(*args, **kwargs)
-
-    lengths = []
-    monkeypatch.setattr(jenga.selection, "select_blocks", recording_select)
+    monkeypatch.setattr(KernelWarmUp, "start",  # as on a GPU: the CPU runs Triton through its interpreter
+                        lambda self, *a, **kw: forced(self, *a, **{**kw, "force": True, "backend": "triton"}))
+    selects, attends = [], []
+    for module, kind in ((selection_module, "warm-up"), (carving, "carved")):
+        monkeypatch.setattr(module, "select_blocks", _recording(selects, kind, module.select_blocks))
+    for module, kind in ((attention_module, "warm-up"), (carving, "carved")):
+        monkeypatch.setattr(module, "block_sparse_attention", _recording(attends, kind, module.block_sparse_attention))
     if family == "wan":
         pipe = wan_pipeline("t2v")
         inputs = wan_inputs(pipe, steps=2)
@@ -57,11 +57,12 @@ def test_warm_up_runs_once_before_carving_and_changes_nothing(monkeypatch, famil
     warm_up = _runtime(pipe).kernel_warm_up
     assert warm_up.finished == 2  # both threads (selector, attention) joined by the first carved step, ran through
     assert warm_up.runs == 1  # one stage, one shape: the dense step 0 started it once
-    assert threads.count("jenga-kernel-warm-up-selector") == 1
     assert {s.step for s in selection_stats(pipe)} == {1}  # carving unchanged: step 1
-    (shape, key_lengths), = set(starts)
-    assert set(lengths) == {shape[1]}  # the stand-in's length is the carved calls' (HunyuanVideo: video + text)
-    assert key_lengths == (family == "hunyuan")
+    for calls in (selects, attends):
+        warm = {c[1:] for c in calls if c[0] == "warm-up"}
+        carved = {c[1:] for c in calls if c[0] == "carved"}
+        assert len(warm) == 1 and carved == warm, (warm, carved)  # same length, key lengths and key bias
+    assert next(iter({c[2] for c in attends})) == (family == "hunyuan")  # HunyuanVideo: padded prompts
     jenga.unpatch(pipe)
 
     monkeypatch.setenv(WARM_UP_ENV, "0")
@@ -93,6 +94,9 @@ def test_query_like_reads_what_the_projections_allow():
     quantised = SimpleNamespace(heads=4, inner_dim=128,
                                 to_q=SimpleNamespace(weight=torch.zeros(64, 1, dtype=torch.uint8)))  # packed 4-bit
     assert query_like(quantised, hidden) == ((2, 40, 4, 32), torch.bfloat16, hidden.device)
+    float8 = SimpleNamespace(heads=4, inner_dim=128,  # diffusers' layerwise casting stores weights so
+                             to_q=SimpleNamespace(weight=torch.zeros(128, 96, dtype=torch.float8_e4m3fn)))
+    assert query_like(float8, hidden) == ((2, 40, 4, 32), torch.bfloat16, hidden.device)
     fused = SimpleNamespace(heads=4, inner_dim=128)  # fused QKV projection: no to_q
     assert query_like(fused, hidden) == ((2, 40, 4, 32), torch.bfloat16, hidden.device)
     assert query_like(SimpleNamespace(heads=4), hidden) is None

@@ -69,8 +69,8 @@ class CarvingProcessor:
         """On a dense step before carved ones (``plan.warm_up``), start compiling what the carved steps will
         launch for this attention (:mod:`jenga._warm_up`): queries made from ``hidden_states`` plus
         ``text_tokens`` joined after them, with per-sample key lengths if the carved call will pass them."""
-        if self.dense or not self.runtime.plan.warm_up or torch.compiler.is_compiling():
-            return
+        if torch.compiler.is_compiling() or self.dense or not self.runtime.plan.warm_up:
+            return  # (compiling first: a graph must not guard on the plan's flag)
         like = query_like(attn, hidden_states)
         if like is None:
             return
@@ -241,11 +241,14 @@ class ModelAdapter:
         return None
 
 
+_COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def query_like(attn: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype,
                                                                            torch.device] | None:
     """Shape ``[B, N, H, D]``, dtype and device of the queries ``attn`` makes from ``hidden_states``; None where
     that cannot be read (no ``inner_dim`` or query projection). Quantised projections (integer weights) give the
-    activations' dtype."""
+    activations' dtype, and so do float8 weights (layerwise casting stores them so between forwards)."""
     batch, seq, _ = hidden_states.shape
     weight = getattr(getattr(attn, "to_q", None), "weight", None)
     inner = getattr(attn, "inner_dim", None) or (weight.shape[0] if weight is not None else None)
@@ -255,7 +258,7 @@ def query_like(attn: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[tupl
     if torch.is_autocast_enabled(device.type):
         dtype = torch.get_autocast_dtype(device.type)
     else:
-        dtype = weight.dtype if weight is not None and weight.dtype.is_floating_point else hidden_states.dtype
+        dtype = weight.dtype if weight is not None and weight.dtype in _COMPUTE_DTYPES else hidden_states.dtype
     return (batch, seq, attn.heads, inner // attn.heads), dtype, device
 
 

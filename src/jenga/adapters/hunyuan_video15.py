@@ -70,10 +70,10 @@ class HunyuanVideo15CarvingProcessor(CarvingProcessor):
         plan = self.runtime.plan
         num_video = hidden_states.shape[1]
         amplify = self.runtime.text_bias > 0 and plan.active and plan.num_tokens == num_video
+        if encoder_hidden_states is not None:  # dense steps, the text amplifier's too: the carved kernels compile
+            self.warm_up_on_dense_step(attn, hidden_states, text_tokens=encoder_hidden_states.shape[1],
+                                       key_lengths=attention_mask is not None)
         if encoder_hidden_states is None or not (amplify or (not self.dense and plan.carves(num_video))):
-            if encoder_hidden_states is not None:
-                self.warm_up_on_dense_step(attn, hidden_states, text_tokens=encoder_hidden_states.shape[1],
-                                           key_lengths=attention_mask is not None)
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
         # the stock processor's ops in its order (identical rounding), projections read at call time (LoRA)

@@ -140,7 +140,8 @@ class WanCarvingProcessor(CarvingProcessor):
             or not self.runtime.plan.carves(video_tokens_seen(self.runtime, hidden_states.shape[1]))
         ):
             if encoder_hidden_states is None and getattr(attn, "add_k_proj", None) is None:
-                self.warm_up_on_dense_step(attn, hidden_states)  # a dense step: the carved kernels compile meanwhile
+                if attention_mask is None:  # (a masked forward, e.g. SkyReels-V2's causal blocks, never carves)
+                    self.warm_up_on_dense_step(attn, hidden_states)  # the carved kernels compile meanwhile
                 return self._dense(attn, hidden_states, attention_mask, rotary_emb)
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
