@@ -338,16 +338,15 @@ class CarvingRuntime:
 
     @torch.compiler.disable
     def warm_up_kernels(self, query_like: tuple[tuple[int, ...], torch.dtype, torch.device], owner: Any, *,
-                        key_lengths: bool = False) -> None:
+                        key_lengths: bool = False, key_bias: tuple[int, float] | None = None) -> None:
         """From a dense step's attention (``plan.warm_up``): compile what this stage's carved steps will run,
-        on background threads (:mod:`jenga._warm_up`), for queries of ``(shape, dtype, device)``; the carved
-        call passes per-sample key lengths when ``key_lengths``, and a text-key bias as ``carve_attention``
-        adds it."""
+        on background threads (:mod:`jenga._warm_up`), for queries of ``(shape, dtype, device)``, with
+        per-sample key lengths when ``key_lengths`` and ``key_bias`` as the carved call passes them. Once per
+        forward: the flag is cleared, so the later layers of the step do not ask again."""
         plan, cfg = self.plan, self.config
+        plan.warm_up = False
         thresholds = owner.cdf_thresholds
         p = cfg.cdf_threshold if thresholds is None else thresholds[plan.stage]
-        seq = query_like[0][1]
-        key_bias = (plan.num_tokens, self.text_bias) if self.text_bias and seq > plan.num_tokens else None
         self.kernel_warm_up.start(*query_like, drop_rate=plan.drop_rate, cdf_threshold=p, block_size=cfg.block_size,
                                   num_video=plan.num_tokens, adjacency=plan.adjacency,
                                   always_keep=plan.always_keep, backend=plan.backend, key_lengths=key_lengths,

@@ -75,8 +75,9 @@ class CarvingProcessor:
         if like is None:
             return
         (batch, seq, heads, head_dim), dtype, device = like
-        self.runtime.warm_up_kernels(((batch, seq + text_tokens, heads, head_dim), dtype, device), self,
-                                     key_lengths=key_lengths)
+        seq += text_tokens
+        self.runtime.warm_up_kernels(((batch, seq, heads, head_dim), dtype, device), self, key_lengths=key_lengths,
+                                     key_bias=text_key_bias(self.runtime, seq))
 
     def __repr__(self) -> str:
         mode = "dense" if self.dense else "carving"
@@ -262,6 +263,13 @@ def query_like(attn: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[tupl
     return (batch, seq, attn.heads, inner // attn.heads), dtype, device
 
 
+def text_key_bias(runtime: Any, seq: int) -> tuple[int, float] | None:
+    """``(first text key, bias)`` for a carved call over ``seq`` tokens (video, then any text) while the text
+    amplifier (``runtime.text_bias``) is on; None otherwise."""
+    bias, num_video = runtime.text_bias, runtime.plan.num_tokens
+    return (num_video, bias) if bias and seq > num_video else None
+
+
 def carve_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -283,8 +291,7 @@ def carve_attention(
     num_video = plan.num_tokens
     seq = q.shape[1]
     block = cfg.block_size
-    bias = runtime.text_bias
-    key_bias = (num_video, bias) if bias and seq > num_video else None
+    key_bias = text_key_bias(runtime, seq)
     if dense or not plan.carves(num_video):
         num_q, num_k = math.ceil(seq / block), math.ceil(k.shape[1] / block)
         kv_index = torch.arange(num_k, dtype=torch.int32, device=q.device).expand(1, 1, num_q, num_k)
