@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--object-weight", type=float, default=0.0,
                         help="extra loss weight on pixels the objects cover (0: plain MSE); the objects are a few "
                              "percent of the pixels but all of the task")
+    parser.add_argument("--shape-weight", type=float, default=0.0,
+                        help="extra loss weight on the pixels where a square and a disc of the object's size differ "
+                             "(0: none); the shape word is decided there alone")
     parser.add_argument("--target", type=float, default=None,
                         help="stop early once an evaluation has direction and shape both >= this (percent)")
     args = parser.parse_args(argv)
@@ -91,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.object_weight < 0:
-        parser.error("--object-weight must be >= 0")
+    for name in ("object_weight", "shape_weight"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0")
     if args.eval_every < 0:
         parser.error("--eval-every must be >= 0")
     if args.target is not None and not args.eval_every:
@@ -153,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         frames, side, *_ = buckets[int(torch.multinomial(weights, 1, generator=data_gen))]
         batch = max(1, tokens // (frames * side * side // 4))
         batch_prompts = random_prompts(batch, data_gen)
-        rendered = render(batch_prompts, frames, side, side, data_gen, device=device,
-                          with_coverage=bool(args.object_weight))
-        clips, coverage = rendered if args.object_weight else (rendered, None)
+        weighted = bool(args.object_weight or args.shape_weight)
+        rendered = render(batch_prompts, frames, side, side, data_gen, device=device, with_coverage=weighted)
+        clips, coverage = rendered if weighted else (rendered, None)
         conditioned = [p if float(torch.rand((), generator=data_gen)) > 0.1 else None for p in batch_prompts]
 
         sigma = torch.sigmoid(torch.randn(batch, device=device, generator=noise_gen))
@@ -167,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             pred = transformer(noisy, timestep=sigma * 1000, encoder_hidden_states=prompts(conditioned),
                                return_dict=False)[0]
         error = (pred.float() - (noise - clips)).pow(2)
-        if args.object_weight:
-            weight = 1 + args.object_weight * coverage  # normalised, so the loss scale stays that of plain MSE
+        if weighted:  # normalised, so the loss scale stays that of plain MSE
+            weight = 1 + args.object_weight * coverage[:, :1] + args.shape_weight * coverage[:, 1:]
             loss = (error * weight).mean() / weight.mean()
         else:
             loss = error.mean()
@@ -203,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = dict(steps=step, seconds=round(time.perf_counter() - started, 1), device=str(device),
                    card=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                    params=sum(p.numel() for p in transformer.parameters()), lr=args.lr, ema=args.ema,
-                   seed=args.seed, object_weight=args.object_weight,
+                   seed=args.seed, object_weight=args.object_weight, shape_weight=args.shape_weight,
                    init=None if args.init is None else str(args.init), buckets=buckets,
                    tokens_per_batch=tokens, step_budget=args.steps, target=args.target, stopped_early=stopped_early,
                    evaluations=evaluations, best=best, log=log,

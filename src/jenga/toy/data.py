@@ -132,8 +132,10 @@ def render(prompts: list[Prompt], frames: int, height: int, width: int, generato
     """Clips for ``prompts``, ``[B, 3, frames, height, width]`` in ``[-1, 1]``; random placement, size, speed
     and background drawn from ``generator`` (a CPU generator: the same seed gives the same clips anywhere).
 
-    ``with_coverage``: also how much of each pixel the objects cover, ``[B, 1, frames, height, width]`` in
-    ``[0, 1]`` (training can weight the loss towards the objects, which are a few percent of the pixels)."""
+    ``with_coverage``: also two maps ``[B, 2, frames, height, width]`` in ``[0, 1]`` for weighting a training loss:
+    channel 0 how much of each pixel the objects cover (they are a few percent of the pixels but all of the
+    task), channel 1 the pixels where a square and a disc of the object's size differ (the corners of its
+    bounding square: the only pixels that carry the shape word, under 1 % of a frame)."""
     if frames < 1 or height < 8 or width < 8:
         raise ValueError(f"need frames >= 1 and height, width >= 8, got {frames}x{height}x{width}")
     device = torch.device(device)
@@ -154,7 +156,7 @@ def render(prompts: list[Prompt], frames: int, height: int, width: int, generato
         wave = torch.sin(2 * math.pi * (torch.cos(angle) * xx + torch.sin(angle) * yy) / period + phase)
         background = background + 0.05 * wave.unsqueeze(1)
     video = background.unsqueeze(2).expand(batch, 3, frames, height, width).clone()
-    coverage = torch.zeros(batch, 1, frames, height, width, device=device) if with_coverage else None
+    coverage = torch.zeros(batch, 2, frames, height, width, device=device) if with_coverage else None
 
     t = torch.arange(frames, dtype=torch.float32, device=device).view(frames, 1, 1)
     for slot in range(2):
@@ -176,16 +178,14 @@ def render(prompts: list[Prompt], frames: int, height: int, width: int, generato
                 start = low + (high - low) * starts[axis]
                 centre.append(_bounce(start + step * speed * t, radius, extent - radius))
             cy, cx = centre
-            if obj.shape == "disc":
-                distance = torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
-                alpha = (radius - distance + 0.5).clamp(0, 1)
-            else:  # a square whose side is the disc's diameter
-                half = radius
-                distance = torch.maximum((yy - cy).abs(), (xx - cx).abs())
-                alpha = (half - distance + 0.5).clamp(0, 1)
+            disc = (radius - torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) + 0.5).clamp(0, 1)
+            # a square whose side is the disc's diameter
+            square = (radius - torch.maximum((yy - cy).abs(), (xx - cx).abs()) + 0.5).clamp(0, 1)
+            alpha = disc if obj.shape == "disc" else square
             colour = torch.tensor(COLOURS[obj.colour], device=device).view(3, 1, 1, 1)
             video[b] = video[b] * (1 - alpha) + colour * alpha
             if coverage is not None:
                 coverage[b, 0] = torch.maximum(coverage[b, 0], alpha)
+                coverage[b, 1] = torch.maximum(coverage[b, 1], square - disc)
     video = video.clamp(0, 1) * 2 - 1
     return video if coverage is None else (video, coverage)
