@@ -27,6 +27,9 @@ class Call:
     seconds: float
     sparse: bool | None = None
     skip: bool | None = None
+    # carved attention layers that ran in this call (jenga files one LayerStats per layer that ran the block-
+    # sparse kernel); None without a jenga patch collecting statistics. Work done, not time: load-proof
+    carved_layers: int | None = None
 
 
 class CallTimer:
@@ -38,9 +41,11 @@ class CallTimer:
     """
 
     def __init__(self, module: torch.nn.Module, cfg: jenga.JengaConfig | None, steps: int, branches: int,
-                 replay: bool, warmup: int, samples: int, sync: Callable[[], None], plan: Callable[[], Any]) -> None:
+                 replay: bool, warmup: int, samples: int, sync: Callable[[], None], plan: Callable[[], Any],
+                 carved: Callable[[], int | None] | None = None) -> None:
         self.module, self.cfg, self.steps, self.branches = module, cfg, steps, branches
         self.replay, self.warmup, self.samples, self.sync, self.plan = replay, warmup, samples, sync, plan
+        self.carved = carved or (lambda: None)
         self.skipped = _skipped_steps(cfg, steps)
         self.calls: list[Call] = []
         self.outputs: dict[tuple, Any] = {}
@@ -78,14 +83,16 @@ class CallTimer:
             out = _clone(self.outputs[kind])
             self.calls.append(Call(index, step, kind, shape, False, time.perf_counter() - start))
             return out
+        carved_before = self.carved()
         self.sync()
         start = time.perf_counter()
         out = self._inner(hidden_states, *args, **kwargs)
         self.sync()
         seconds = time.perf_counter() - start
-        plan = self.plan()
+        plan, carved_after = self.plan(), self.carved()
+        carved = None if carved_before is None or carved_after is None else carved_after - carved_before
         self.calls.append(Call(index, step, kind, shape, True, seconds, getattr(plan, "sparse", None),
-                               getattr(plan, "skip", None)))
+                               getattr(plan, "skip", None), carved))
         self.computed[kind] = done + 1
         if self.replay:
             self.outputs[kind] = out
@@ -134,3 +141,15 @@ def plan_reader(transformer: torch.nn.Module) -> Callable[[], Any]:
         record = transformer.__dict__.get("_jenga_patch")
         return None if record is None else record.runtime.plan
     return read
+
+
+def carved_layer_counter(transformer: torch.nn.Module) -> Callable[[], int | None]:
+    """How many carved-layer records (LayerStats) jenga has filed so far: the difference over a call is the
+    number of attention layers that really ran block-sparse in it. None when unpatched or without
+    ``collect_stats`` (no records, so no evidence either way)."""
+    def count() -> int | None:
+        record = transformer.__dict__.get("_jenga_patch")
+        if record is None or not record.runtime.config.collect_stats:
+            return None
+        return len(record.runtime.stats)
+    return count

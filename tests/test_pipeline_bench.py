@@ -112,3 +112,33 @@ def test_ratios_use_the_fair_baseline_and_targets(bench):
     assert results["jenga-full"]["speedup"] == 10.0 and results["jenga-full"]["target_met"] is True
     assert results["jenga-full-compile"]["speedup_vs"] == "stock-cudnn-compile"
     assert results["jenga-full"]["memory_ok"] is True and results["jenga-full-compile"]["memory_ok"] is False
+
+
+def _skip_calls(bench, timer, skipped_layers, skipped_flag, skipped_seconds):
+    """Computed calls of one carved stage: two computed steps (2 carved layers each, 1 s) and two skipped ones."""
+    shape = (1, 16, 3, 8, 8)
+    steps = sorted(timer.skipped)[:2]
+    computed = [s for s in range(5, 10) if s not in timer.skipped][:2]
+    calls = [bench.Call(i, s, timer.kind_of(s, shape), shape, True, 1.0, True, False, 2)
+             for i, s in enumerate(computed)]
+    calls += [bench.Call(2 + i, s, timer.kind_of(s, shape), shape, True, skipped_seconds, True, skipped_flag,
+                         skipped_layers) for i, s in enumerate(steps)]
+    assert {c.kind[2:] for c in calls} == {("sparse", "computed"), ("sparse", "skipped")}
+    return calls
+
+
+@pytest.mark.parametrize(("layers", "flag", "seconds", "verdict"), [
+    (0, True, 0.9, True),  # skipped steps as slow as computed ones (a loaded CPU): still skipped, by the count
+    (0, True, 0.01, True),
+    (2, True, 0.01, False),  # jenga flagged skip but the block stack still ran its carved layers
+    (0, False, 0.01, False),  # jenga never decided to skip: a fast step proves nothing
+    (None, True, 0.01, False),  # no carved-layer records: no evidence
+])
+def test_skipping_verdict_counts_work_not_time(bench, layers, flag, seconds, verdict):
+    cfg = jenga.JengaConfig(drop_rates=(0.8,), dense_steps=0.2, skip_steps=(0.6, 0.8))
+    timer = _timer(bench, Doubler(), cfg, steps=10, branches=1)
+    timer.calls = _skip_calls(bench, timer, layers, flag, seconds)
+    effects = bench.check_effects(timer, cfg, bench.TINY_MODELS["wan1.3b"], timer.kind_medians())
+    assert effects["skipping"] is verdict, effects["notes"]
+    assert effects["carving"] is True
+    assert f"skipped/computed step time [{seconds}]" in effects["notes"][-1]  # the time is still reported
