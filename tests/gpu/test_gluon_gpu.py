@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 from jenga import block_sparse_attention, dense_to_lists  # noqa: E402
-from jenga.kernels.gluon_block_sparse import block_sparse_attention_gluon, gluon_applies  # noqa: E402
+from jenga.kernels.gluon_block_sparse import SCHEDULES, block_sparse_attention_gluon, gluon_applies  # noqa: E402
 
 _probe = torch.empty(1, 128, 1, 128, device="cuda", dtype=torch.bfloat16)
 _reason = gluon_applies(_probe, _probe, _probe, 128, 0.0)
@@ -23,12 +23,12 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-@pytest.mark.parametrize("pipeline", [False, True])
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("seq_q, seq_k, with_lengths", [(1_000, 1_000, False), (1_000, 1_300, True),
                                                         (4_096, 4_096, True)])
-def test_gluon_matches_float64(dtype, head_dim, seq_q, seq_k, with_lengths, pipeline):
+def test_gluon_matches_float64(dtype, head_dim, seq_q, seq_k, with_lengths, schedule):
     torch.manual_seed(torch.seed() % 2**31)
     batch, heads = 2, 3
     q = torch.randn(batch, seq_q, heads, head_dim, device="cuda", dtype=dtype)
@@ -42,7 +42,7 @@ def test_gluon_matches_float64(dtype, head_dim, seq_q, seq_k, with_lengths, pipe
     out = torch.full_like(q, float("nan"))
     lse = torch.full((batch, heads, seq_q), float("nan"), device="cuda")
     block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, key_lengths, True, out=out, lse=lse,
-                                 pipeline=pipeline)
+                                 schedule=schedule)
     ref, ref_lse = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch",
                                           key_lengths=key_lengths, return_lse=True)
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()

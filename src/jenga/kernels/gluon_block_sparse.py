@@ -55,6 +55,7 @@ except ImportError as err:  # pragma: no cover - depends on the Triton build
     GLUON_IMPORT_ERROR = f"{type(err).__name__}: {err}"
 
 _LOG2E = 1.4426950408889634
+SCHEDULES = ("plain", "pipelined", "pingpong", "pingpong-plain")  # the consumer's schedules (launcher's ``schedule``)
 GLUON_ENV = "JENGA_GLUON"
 BLOCK = 128  # query and key block; one program per query block
 
@@ -232,12 +233,131 @@ if GLUON_IMPORT_ERROR is None:
         return acc, m_i, l_i
 
     @gluon.jit
+    def _softmax_step(s, kb, key_limit, qk_scale, m_i, l_i, offs_block):
+        """One block's online-softmax update in log2 units: the probabilities, the new max and sums, and the
+        factor the running output must be rescaled by. Only the block that straddles the key limit is masked."""
+        s = s * qk_scale
+        if (kb + 1) * TILE > key_limit:
+            s = gl.where(gl.expand_dims(kb * TILE + offs_block < key_limit, 0), s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, 1))
+        p = gl.exp2(s - gl.expand_dims(m_new, 1))
+        alpha = gl.exp2(m_i - m_new)
+        return p, m_new, l_i * alpha + gl.sum(p, 1), alpha
+
+    @gluon.jit
+    def _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left,
+                       HALF: gl.constexpr, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr):
+        """One warpgroup's 64 query rows of the block (``HALF`` 0: the top rows, 1: the bottom rows), as
+        FlashAttention-3 schedules them: the two warpgroups take turns issuing their ``wgmma`` (``turn``
+        mbarriers pass the token), so one's softmax runs while the other's products occupy the tensor cores;
+        within a warpgroup block i+1's Q·Kᵀ and block i's P·V are issued together and block i+1's softmax
+        runs while that P·V is in flight. Writes its rows of the output (and LSE) itself."""
+        HEAD_DIM: gl.constexpr = q_smem.shape[1]
+        NUM_STAGES: gl.constexpr = k_smem.shape[0]
+        ROWS: gl.constexpr = TILE // 2
+        s_layout: gl.constexpr = _wgmma_layout(4, TILE)
+        o_layout: gl.constexpr = _wgmma_layout(4, HEAD_DIM)
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+        q_half = q_smem.slice(HALF * ROWS, ROWS)
+
+        m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
+        l_i = gl.zeros([ROWS], gl.float32, layout=row_s)
+        acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
+        s_zero = gl.zeros([ROWS, TILE], gl.float32, layout=s_layout)
+        offs_block = gl.arange(0, TILE, layout=gl.SliceLayout(0, s_layout))
+        p_op = gl.zeros([ROWS, TILE], q_smem.dtype, layout=p_layout)
+
+        mbarrier.wait(q_bar, 0)
+        if OVERLAP:
+            if n_valid > 0:  # turn 0: block 0's Q·Kᵀ alone
+                mbarrier.wait(k_ready.index(0), 0)
+                mbarrier.wait(turn.index(HALF), 0)
+                s = warpgroup_mma(q_half, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+                mbarrier.arrive(turn.index(1 - HALF), count=1)
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                p, m_i, l_i, alpha = _softmax_step(s, gl.load(idx_base), key_limit, qk_scale, m_i, l_i, offs_block)
+                p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+            for i in range(1, n_valid):  # loop-carried values are plain tensors: every wgmma is waited for within
+                stage = i % NUM_STAGES
+                prev = (i - 1) % NUM_STAGES
+                mbarrier.wait(k_ready.index(stage), (i // NUM_STAGES) & 1)
+                mbarrier.wait(v_ready.index(prev), ((i - 1) // NUM_STAGES) & 1)
+                mbarrier.wait(turn.index(HALF), i & 1)
+                s = warpgroup_mma(q_half, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+                acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+                mbarrier.arrive(turn.index(1 - HALF), count=1)
+                s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_i done; P·V of block i-1 may still run
+                p, m_i, l_i, alpha = _softmax_step(s, gl.load(idx_base + i), key_limit, qk_scale, m_i, l_i,
+                                                   offs_block)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                mbarrier.arrive(kv_empty.index(prev), count=1)
+                acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+                p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+            if n_valid > 0:  # the last block's P·V
+                last = (n_valid - 1) % NUM_STAGES
+                mbarrier.wait(v_ready.index(last), ((n_valid - 1) // NUM_STAGES) & 1)
+                acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                mbarrier.arrive(kv_empty.index(last), count=1)
+
+        else:  # FlashAttention-3 without the intra-warpgroup overlap: only Q·Kᵀ takes turns
+            for i in range(n_valid):
+                stage = i % NUM_STAGES
+                phase = (i // NUM_STAGES) & 1
+                mbarrier.wait(k_ready.index(stage), phase)
+                mbarrier.wait(turn.index(HALF), i & 1)
+                s = warpgroup_mma(q_half, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
+                                  is_async=True)
+                mbarrier.arrive(turn.index(1 - HALF), count=1)
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                p, m_i, l_i, alpha = _softmax_step(s, gl.load(idx_base + i), key_limit, qk_scale, m_i, l_i,
+                                                   offs_block)
+                acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+                p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+                mbarrier.wait(v_ready.index(stage), phase)
+                acc = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                mbarrier.arrive(kv_empty.index(stage), count=1)
+
+        # epilogue: rows with no valid key get 0 and LSE = -inf
+        has_key = l_i > 0.0
+        l_safe = gl.where(has_key, l_i, 1.0)
+        out = acc / gl.expand_dims(gl.convert_layout(l_safe, row_o), 1)
+        rows_o = HALF * ROWS + gl.arange(0, ROWS, layout=row_o)  # within the query block
+        offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+        o_ptrs = (Out + out_row0 + gl.expand_dims(rows_o.to(gl.int64) * stride_on, 1) + gl.expand_dims(offs_d, 0))
+        gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(rows_o < rows_left, 1))
+        if WRITE_LSE:
+            lse = gl.where(has_key, (m_i + gl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+            rows_s = HALF * ROWS + gl.arange(0, ROWS, layout=row_s)
+            gl.store(Lse + lse_row0 + rows_s, lse, mask=rows_s < rows_left)
+
+    @gluon.jit
+    def _pingpong_top(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+                      key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, WRITE_LSE: gl.constexpr,
+                      OVERLAP: gl.constexpr):
+        _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, 0, WRITE_LSE, OVERLAP)
+
+    @gluon.jit
+    def _pingpong_bottom(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+                         key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left,
+                         WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr):
+        _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, 1, WRITE_LSE, OVERLAP)
+
+    @gluon.jit
     def _gluon_block_sparse_fwd(
         q_desc, k_desc, v_desc, Out, Lse, KvIndex, KvCount, KeyLengths,
         stride_ob, stride_on, stride_oh, stride_lb, stride_lh, stride_ib, stride_ih, stride_iq, stride_cb, stride_ch,
         num_heads, seq_q, seq_k, qk_scale,
         HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, HAS_KEY_LENGTHS: gl.constexpr,
-        WRITE_LSE: gl.constexpr, NEW_WS_API: gl.constexpr, PIPELINE: gl.constexpr, num_warps: gl.constexpr,
+        WRITE_LSE: gl.constexpr, NEW_WS_API: gl.constexpr, PIPELINE: gl.constexpr,
+        PINGPONG: gl.constexpr,  # 0: off, 1: with the intra-warpgroup overlap, 2: without
+        num_warps: gl.constexpr,
     ):
         qb = gl.program_id(0)
         pid_bh = gl.program_id(1)
@@ -269,11 +389,16 @@ if GLUON_IMPORT_ERROR is None:
         k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
         v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
         kv_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # ping-pong's token
         mbarrier.init(q_bar, count=1)
         for s in gl.static_range(NUM_STAGES):
             mbarrier.init(k_ready.index(s), count=1)
             mbarrier.init(v_ready.index(s), count=1)
-            mbarrier.init(kv_empty.index(s), count=1)
+            mbarrier.init(kv_empty.index(s), count=2 if PINGPONG else 1)  # both warpgroups release a buffer
+        for s in gl.static_range(2):
+            mbarrier.init(turn.index(s), count=1)
+        if PINGPONG:
+            mbarrier.arrive(turn.index(0), count=1)  # the top half issues first
 
         col0 = h * HEAD_DIM
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
@@ -283,7 +408,14 @@ if GLUON_IMPORT_ERROR is None:
                          qk_scale)
         producer_args = (k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, kv_empty, idx_base, n_valid, b * seq_k,
                          col0)
-        if PIPELINE:
+        if PINGPONG:  # two consumer partitions of one warpgroup each; each writes its own rows
+            half_args = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+                         key_limit, qk_scale, Out, Lse, b64 * stride_ob + h64 * stride_oh + q_start * stride_on,
+                         b64 * stride_lb + h64 * stride_lh + q_start, stride_on, seq_q - q_start, WRITE_LSE,
+                         PINGPONG == 1)
+            gl.warp_specialize([(_pingpong_top, half_args), (_pingpong_bottom, half_args), (_producer, producer_args)],
+                               [4, 1], [240, 24])
+        elif PIPELINE:
             if NEW_WS_API:
                 acc, m_i, l_i = gl.warp_specialize([(_consumer_pipelined, consumer_args), (_producer, producer_args)],
                                                    [1], [24])
@@ -297,7 +429,23 @@ if GLUON_IMPORT_ERROR is None:
             else:
                 acc, m_i, l_i = gl.warp_specialize(consumer_args, _consumer, producer_args, [_producer], [1], [24])
 
-        # -- epilogue: rows with no valid key get 0 and LSE = -inf
+        if not PINGPONG:
+            _epilogue(acc, m_i, l_i, Out, Lse, b64, h64, q_start, stride_ob, stride_on, stride_oh, stride_lb,
+                      stride_lh, seq_q, WRITE_LSE)
+
+        mbarrier.invalidate(q_bar)
+        for s in gl.static_range(NUM_STAGES):
+            mbarrier.invalidate(k_ready.index(s))
+            mbarrier.invalidate(v_ready.index(s))
+            mbarrier.invalidate(kv_empty.index(s))
+        for s in gl.static_range(2):
+            mbarrier.invalidate(turn.index(s))
+
+    @gluon.jit
+    def _epilogue(acc, m_i, l_i, Out, Lse, b64, h64, q_start, stride_ob, stride_on, stride_oh, stride_lb, stride_lh,
+                  seq_q, WRITE_LSE: gl.constexpr):
+        """The one-partition consumers' output: rows with no valid key get 0 and LSE = -inf."""
+        HEAD_DIM: gl.constexpr = acc.shape[1]
         s_layout: gl.constexpr = _wgmma_layout(CONSUMER_WARPS, TILE)
         o_layout: gl.constexpr = _wgmma_layout(CONSUMER_WARPS, HEAD_DIM)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -314,12 +462,6 @@ if GLUON_IMPORT_ERROR is None:
             offs_l = q_start + gl.arange(0, TILE, layout=gl.SliceLayout(1, s_layout))
             gl.store(Lse + b64 * stride_lb + h64 * stride_lh + offs_l, lse, mask=offs_l < seq_q)
 
-        mbarrier.invalidate(q_bar)
-        for s in gl.static_range(NUM_STAGES):
-            mbarrier.invalidate(k_ready.index(s))
-            mbarrier.invalidate(v_ready.index(s))
-            mbarrier.invalidate(kv_empty.index(s))
-
 
 def block_sparse_attention_gluon(
     q: torch.Tensor,
@@ -334,11 +476,15 @@ def block_sparse_attention_gluon(
     lse: torch.Tensor | None = None,
     num_stages: int | None = None,
     pipeline: bool | None = None,
+    schedule: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """EXPERIMENTAL launcher; the same contract as ``block_sparse_attention_triton`` without key bias.
 
     ``pipeline`` (default: ``JENGA_GLUON_PIPELINE=1``, off otherwise) selects the software-pipelined consumer
-    (:func:`_consumer_pipelined`) over the plain one.
+    (:func:`_consumer_pipelined`) over the plain one. ``schedule`` (default: ``JENGA_GLUON_SCHEDULE``, else
+    what ``pipeline`` says) names one of :data:`SCHEDULES`: ``"pingpong"`` is FlashAttention-3's two
+    warpgroups taking turns with the intra-warpgroup overlap (:func:`_pingpong_half`), ``"pingpong-plain"``
+    the turns alone.
 
     Raises ``ValueError`` naming the reason where :func:`gluon_applies` says the kernel cannot run.
     """
@@ -362,31 +508,48 @@ def block_sparse_attention_gluon(
         for t in (q, k, v))
     if pipeline is None:
         pipeline = os.environ.get("JENGA_GLUON_PIPELINE", "0") == "1"
-    # the pipelined consumer refills a buffer only after the P·V that read it: one stage more (at head dim 128,
-    # 3 stages take 229,612 bytes of shared memory of the 232,448 a Hopper block may have)
-    stages = num_stages or (2 if head_dim == 128 else 3) + int(bool(pipeline))
+    schedule = schedule or os.environ.get("JENGA_GLUON_SCHEDULE") or ("pipelined" if pipeline else "plain")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown Gluon schedule {schedule!r}; accepted: {', '.join(SCHEDULES)}")
+    pingpong = SCHEDULES.index(schedule) - 1 if schedule.startswith("pingpong") else 0
+    stages = num_stages or _default_stages(head_dim, schedule != "plain")
     _gluon_block_sparse_fwd[(math.ceil(seq_q / BLOCK), batch * heads)](
         q_desc, k_desc, v_desc, out, lse, kv_index, kv_count, key_lengths_arg,
         out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
         kv_index.stride(0), kv_index.stride(1), kv_index.stride(2), kv_count.stride(0), kv_count.stride(1),
         heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim),
         HEAD_DIM=head_dim, NUM_STAGES=stages, HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=return_lse,
-        NEW_WS_API=_new_warp_specialize_api(), PIPELINE=bool(pipeline), num_warps=CONSUMER_WARPS.value,
+        NEW_WS_API=_new_warp_specialize_api(), PIPELINE=schedule == "pipelined", PINGPONG=pingpong,
+        num_warps=_default_warps(bool(pingpong)),
     )
     return out, lse
 
 
+def _default_stages(head_dim: int, refill_after_pv: bool) -> int:
+    """Key/value ring depth. The pipelined and ping-pong consumers refill a buffer only after the P·V that read
+    it: one stage more (at head dim 128, 3 stages take 229,612 bytes of shared memory of the 232,448 a Hopper
+    block may have)."""
+    return (2 if head_dim == 128 else 3) + int(refill_after_pv)
+
+
+def _default_warps(pingpong: bool) -> int:
+    """The default partition's warps: both consumer warpgroups, or (ping-pong) the top half's one."""
+    return 4 if pingpong else CONSUMER_WARPS.value
+
+
 def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_key_lengths: bool = True,
-                       pipeline: bool = False):
+                       schedule: str = "plain"):
     """Compile the kernel for sm_90 without a GPU (``GluonASTSource`` with an explicit target, Triton >= 3.9):
     a build check and a way to read its PTX, registers and shared memory. Not under ``TRITON_INTERPRET=1``."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     layout = gl.NVMMASharedLayout.get_default_for([BLOCK, head_dim], gl.bfloat16)
-    constants = dict(HEAD_DIM=head_dim, NUM_STAGES=num_stages or (2 if head_dim == 128 else 3) + int(pipeline),
+    pingpong = SCHEDULES.index(schedule) - 1 if schedule.startswith("pingpong") else 0
+    warps = _default_warps(bool(pingpong))
+    constants = dict(HEAD_DIM=head_dim, NUM_STAGES=num_stages or _default_stages(head_dim, schedule != "plain"),
                      HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=True, NEW_WS_API=_new_warp_specialize_api(),
-                     PIPELINE=pipeline, num_warps=CONSUMER_WARPS.value)
+                     PIPELINE=schedule == "pipelined", PINGPONG=pingpong, num_warps=warps)
     pointers = {"Out": "*bf16", "Lse": "*fp32", "KvIndex": "*i32", "KvCount": "*i32", "KeyLengths": "*i32"}
     signature = {}
     for name in _gluon_block_sparse_fwd.arg_names:
@@ -397,4 +560,4 @@ def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_k
         else:
             signature[name] = pointers.get(name, "fp32" if name == "qk_scale" else "i32")
     return triton.compile(GluonASTSource(_gluon_block_sparse_fwd, signature, constants),
-                          target=GPUTarget("cuda", 90, 32), options=dict(num_warps=CONSUMER_WARPS.value))
+                          target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))

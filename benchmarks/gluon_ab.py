@@ -1,0 +1,95 @@
+"""Same-run A/B of the Gluon kernel's schedules against the Triton kernel and cuDNN, on the real shapes.
+
+    python benchmarks/gluon_ab.py --out $OUT/gluon-ab.json      # Hopper GPU only
+
+Per shape: cuDNN dense (SDPA, contiguous ``[B, H, N, D]``); then per density the same random lists (exactly
+round(density · Kb) key blocks per query block) through the Triton kernel (``jenga.block_sparse_attention``,
+the shipped tile table) and every Gluon schedule (``jenga.kernels.gluon_block_sparse.SCHEDULES``). Each
+Gluon output is checked against the Triton kernel's first (relative L2 error, outputs poisoned with NaN
+before); a schedule that fails or is wrong is recorded and not timed. Median of ``triton.testing.do_bench``,
+random bf16 inputs. The JSON is rewritten after every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+from fa4_peer import SHAPES, random_lists
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=["wan1.3b-480p", "wan14b-720p", "hunyuan-720p"],
+                        choices=list(SHAPES))
+    parser.add_argument("--densities", nargs="+", type=float, default=[1.0, 0.25, 0.10])
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--schedules", nargs="+", default=None, help="default: all")
+    parser.add_argument("--rep", type=int, default=200, help="do_bench's rep (ms)")
+    parser.add_argument("--out", default="gluon-ab.json")
+    args = parser.parse_args()
+
+    import triton
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention
+
+    import jenga
+    from jenga.kernels.gluon_block_sparse import SCHEDULES, block_sparse_attention_gluon
+
+    schedules = args.schedules or list(SCHEDULES)
+    record: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+                    "head_dim": args.head_dim, "dtype": "bfloat16", "schedules": schedules, "rows": []}
+    print(json.dumps({k: v for k, v in record.items() if k != "rows"}), flush=True)
+
+    def bench(fn) -> float:
+        return triton.testing.do_bench(fn, warmup=25, rep=args.rep)
+
+    for name in args.shapes:
+        heads, tokens = SHAPES[name]
+        blocks = math.ceil(tokens / 128)
+        q, k, v = (torch.randn(1, tokens, heads, args.head_dim, device="cuda", dtype=torch.bfloat16)
+                   for _ in range(3))
+        transposed = [x.transpose(1, 2).contiguous() for x in (q, k, v)]
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            cudnn_ms = bench(lambda transposed=transposed: scaled_dot_product_attention(*transposed))
+        del transposed
+        for density in args.densities:
+            index, count = random_lists(heads, blocks, density, seed=blocks + round(density * 100), device="cuda")
+            kept = count.double().sum().item() / (heads * blocks * blocks)
+            row = {"shape": name, "heads": heads, "tokens": tokens, "density": kept, "cudnn_dense_ms": cudnn_ms}
+            ours = jenga.block_sparse_attention(q, k, v, index, count)
+            row["triton_ms"] = bench(lambda q=q, k=k, v=v, index=index, count=count: jenga.block_sparse_attention(
+                q, k, v, index, count))
+            row["triton_share_of_cudnn"] = cudnn_ms * kept / row["triton_ms"]
+            for schedule in schedules:
+                out = torch.full_like(q, float("nan"))
+                try:
+                    first = time.perf_counter()
+                    block_sparse_attention_gluon(q, k, v, index, count, 128, None, False, out=out, schedule=schedule)
+                    torch.cuda.synchronize()
+                    row[f"{schedule}_first_call_s"] = time.perf_counter() - first
+                    err = ((out.float() - ours.float()).norm() / ours.float().norm()).item()
+                    row[f"{schedule}_rel_err_vs_triton"] = err
+                    if not math.isfinite(err) or err > 2e-2:
+                        row[f"{schedule}_error"] = f"wrong output (relative error {err:.3g})"
+                        continue
+                    row[f"{schedule}_ms"] = bench(
+                        lambda q=q, k=k, v=v, index=index, count=count, schedule=schedule: block_sparse_attention_gluon(
+                            q, k, v, index, count, 128, None, False, schedule=schedule))
+                    row[f"{schedule}_share_of_cudnn"] = cudnn_ms * kept / row[f"{schedule}_ms"]
+                    row[f"{schedule}_vs_triton"] = row["triton_ms"] / row[f"{schedule}_ms"]
+                except Exception as error:  # noqa: BLE001 - recorded, the other schedules go on
+                    row[f"{schedule}_error"] = f"{type(error).__name__}: {str(error)[:300]}"
+            print(json.dumps({key: round(val, 4) if isinstance(val, float) else val for key, val in row.items()}),
+                  flush=True)
+            record["rows"].append(row)
+            with open(args.out, "w") as handle:
+                json.dump(record, handle, indent=1)
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
