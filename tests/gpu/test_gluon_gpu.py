@@ -54,6 +54,20 @@ def test_gluon_matches_float64(dtype, head_dim, seq_q, seq_k, with_lengths, sche
     assert torch.allclose(lse.double()[finite], ref_lse.double()[finite], atol=2e-2)
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_gluon_without_lse_matches_float64(schedule):
+    """return_lse=False compiles another kernel (the LSE store masked off): the output must not change."""
+    torch.manual_seed(torch.seed() % 2**31)
+    q, k, v = (torch.randn(1, 1_500, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    mask = torch.rand(1, 2, 12, 12, device="cuda") < 0.5
+    mask[..., -1] = True
+    kv_index, kv_count = dense_to_lists(mask)
+    out = torch.full_like(q, float("nan"))
+    block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, None, False, out=out, schedule=schedule)
+    ref = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch")
+    assert not torch.isnan(out).any() and _rel(out, ref) < 2e-2
+
+
 def test_gluon_through_the_environment_switch(monkeypatch):
     """JENGA_GLUON=1 routes the public call to it; the result equals the direct launch."""
     monkeypatch.setenv("JENGA_GLUON", "1")

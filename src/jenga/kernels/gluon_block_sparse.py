@@ -330,10 +330,11 @@ if GLUON_IMPORT_ERROR is None:
         offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
         o_ptrs = (Out + out_row0 + gl.expand_dims(rows_o.to(gl.int64) * stride_on, 1) + gl.expand_dims(offs_d, 0))
         gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(rows_o < rows_left, 1))
-        if WRITE_LSE:
-            lse = gl.where(has_key, (m_i + gl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
-            rows_s = HALF * ROWS + gl.arange(0, ROWS, layout=row_s)
-            gl.store(Lse + lse_row0 + rows_s, lse, mask=rows_s < rows_left)
+        # without WRITE_LSE the store is masked off entirely (Lse is empty then), not left out: Triton 3.6 fails
+        # to lower a warp-specialised partition with an unused pointer argument
+        lse = gl.where(has_key, (m_i + gl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+        rows_s = HALF * ROWS + gl.arange(0, ROWS, layout=row_s)
+        gl.store(Lse + lse_row0 + rows_s, lse, mask=(rows_s < rows_left) & WRITE_LSE)
 
     @gluon.jit
     def _pingpong_top(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
@@ -538,7 +539,7 @@ def _default_warps(pingpong: bool) -> int:
 
 
 def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_key_lengths: bool = True,
-                       schedule: str = "plain"):
+                       schedule: str = "plain", write_lse: bool = True):
     """Compile the kernel for sm_90 without a GPU (``GluonASTSource`` with an explicit target, Triton >= 3.9):
     a build check and a way to read its PTX, registers and shared memory. Not under ``TRITON_INTERPRET=1``."""
     from triton.backends.compiler import GPUTarget
@@ -548,7 +549,7 @@ def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_k
     pingpong = SCHEDULES.index(schedule) - 1 if schedule.startswith("pingpong") else 0
     warps = _default_warps(bool(pingpong))
     constants = dict(HEAD_DIM=head_dim, NUM_STAGES=num_stages or _default_stages(head_dim, schedule != "plain"),
-                     HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=True, NEW_WS_API=_new_warp_specialize_api(),
+                     HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=write_lse, NEW_WS_API=_new_warp_specialize_api(),
                      PIPELINE=schedule == "pipelined", PINGPONG=pingpong, num_warps=warps)
     pointers = {"Out": "*bf16", "Lse": "*fp32", "KvIndex": "*i32", "KvCount": "*i32", "KeyLengths": "*i32"}
     signature = {}
