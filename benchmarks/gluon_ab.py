@@ -7,7 +7,7 @@ round(density · Kb) key blocks per query block) through the Triton kernel (``je
 the shipped tile table) and every Gluon schedule (``jenga.kernels.gluon_block_sparse.SCHEDULES``). Each
 Gluon output is checked against the Triton kernel's first (relative L2 error, outputs poisoned with NaN
 before); a schedule that fails or is wrong is recorded and not timed. Median of ``triton.testing.do_bench``,
-random bf16 inputs. The JSON is rewritten after every row.
+random inputs (bf16 unless ``--dtype float16``). The JSON is rewritten after every row.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def main() -> None:
                         choices=list(SHAPES))
     parser.add_argument("--densities", nargs="+", type=float, default=[1.0, 0.25, 0.10])
     parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
     parser.add_argument("--schedules", nargs="+", default=None, help="default: all")
     parser.add_argument("--rep", type=int, default=200, help="do_bench's rep (ms)")
     parser.add_argument("--out", default="gluon-ab.json")
@@ -41,7 +42,7 @@ def main() -> None:
 
     schedules = args.schedules or list(SCHEDULES)
     record: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-                    "head_dim": args.head_dim, "dtype": "bfloat16", "schedules": schedules, "rows": []}
+                    "head_dim": args.head_dim, "dtype": args.dtype, "schedules": schedules, "rows": []}
     print(json.dumps({k: v for k, v in record.items() if k != "rows"}), flush=True)
 
     def bench(fn) -> float:
@@ -50,7 +51,7 @@ def main() -> None:
     for name in args.shapes:
         heads, tokens = SHAPES[name]
         blocks = math.ceil(tokens / 128)
-        q, k, v = (torch.randn(1, tokens, heads, args.head_dim, device="cuda", dtype=torch.bfloat16)
+        q, k, v = (torch.randn(1, tokens, heads, args.head_dim, device="cuda", dtype=getattr(torch, args.dtype))
                    for _ in range(3))
         transposed = [x.transpose(1, 2).contiguous() for x in (q, k, v)]
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
