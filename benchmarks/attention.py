@@ -15,7 +15,10 @@ Peers, all on the same lists in the same run, each given its best inputs:
 - ``flex-flash``: the same with ``kernel_options={"BACKEND": "FLASH"}`` (FlexAttention's FlashAttention-4
   lowering, where this torch has it and ``flash_attn.cute`` is installed);
 - ``fa4``: FlashAttention-4's own block-sparse forward (``flash_attn.cute``), 128 x 128 tiles, if installed;
-- ``jenga-triton``: ours, tiles from the shipped table (``jenga.kernels.tuning``), never autotuned here.
+- ``jenga``: ours through the launcher every call takes: on Hopper the Gluon ping-pong kernel
+  (``jenga.kernels.gluon_block_sparse``), elsewhere the portable Triton kernel with the tiles of the shipped table
+  (``jenga.kernels.tuning``), never autotuned here; the row's ``kernel`` says which ran;
+- ``jenga-portable`` (``--portable``): the portable Triton kernel on Hopper too (``JENGA_GLUON=0``).
 
 A peer that cannot run here is skipped with its reason in the JSON (``skipped``). Shapes come at the real
 lengths and at the nearest multiples of 128 (``wan1.3b-32768``, ``hunyuan-119040``), where dense kernels
@@ -187,29 +190,31 @@ class Peers:
         return fn, out
 
 
-def time_gluon(q, k, v, kv_index, kv_count, key_lengths, ref, budget_ms, pipeline=False):
-    """((ms, relative error against ours), None) for the experimental Gluon kernel, or (None, the reason)."""
+def time_portable(ours, budget_ms):
+    """ms of the same launch with the Gluon kernel switched off (``JENGA_GLUON=0``): the portable kernel."""
+    saved = os.environ.get("JENGA_GLUON")
+    os.environ["JENGA_GLUON"] = "0"
     try:
-        from jenga.kernels.gluon_block_sparse import block_sparse_attention_gluon, gluon_applies
+        return bench(ours, budget_ms), ours()[0]
+    finally:
+        if saved is None:
+            os.environ.pop("JENGA_GLUON")
+        else:
+            os.environ["JENGA_GLUON"] = saved
 
-        reason = gluon_applies(q, k, v, BLOCK, 0.0)
-        if reason is not None:
-            return None, reason
 
-        def run():
-            return block_sparse_attention_gluon(q, k, v, kv_index, kv_count, BLOCK, key_lengths, False,
-                                                pipeline=pipeline)
-        out = run()[0]
-        torch.cuda.synchronize()
-        err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-        return (bench(run, budget_ms), float(f"{err:.3g}")), None
-    except Exception as err:  # noqa: BLE001 - an experimental kernel's failure is recorded, not fatal
-        return None, f"{type(err).__name__}: {str(err)[:300]}"
+def kernel_that_runs(q, k, v) -> str:
+    """Which kernel jenga's launcher picks for these inputs (no key bias, 128-blocks)."""
+    from jenga.kernels.gluon_block_sparse import gluon_applies
+
+    if os.environ.get("JENGA_GLUON", "") != "0" and gluon_applies(q, k, v, BLOCK, 0.0) is None:
+        return "gluon-pingpong"
+    return "triton"
 
 
 def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: float, log,
               peers=("flex", "flex-flash", "fa4"), skipped: dict | None = None,
-              dtype: torch.dtype = torch.bfloat16, longest_first: bool = False, gluon: bool = False,
+              dtype: torch.dtype = torch.bfloat16, longest_first: bool = False, portable: bool = False,
               list_kinds=("random", "selector")) -> list[dict]:
     device = torch.device("cuda")
     gen = torch.Generator(device=device).manual_seed(0)
@@ -280,7 +285,7 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
 
             ms_ours = bench(ours, budget_ms)
             ref = ours()[0]
-            extra = dict(tiles=tiles)
+            extra = dict(tiles=tiles, kernel=kernel_that_runs(q, k, v))
             if "sdpa-cudnn" in dense:
                 extra["vs_cudnn_per_block"] = round(dense["sdpa-cudnn"] * real_density / ms_ours, 3)
             cut_index, cut_count = lists_within(kv_index, kv_count, kb, math.ceil(limit / BLOCK))
@@ -324,20 +329,14 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
                                  selector_graph_share=round(ms_sel_graph / ms_ours, 4))
                 except Exception as err:  # noqa: BLE001 - a capture failure must not cost the other figures
                     log(f"  graphed selector failed: {type(err).__name__}: {str(err)[:200]}")
-            record("jenga-triton", lists_kind, real_density, ms_ours, **extra)
-            for pipeline in (False, True) if gluon else ():  # the EXPERIMENTAL Gluon kernel, same lists
-                label = "jenga-gluon-pipelined" if pipeline else "jenga-gluon"
-                if label in others.skipped:
-                    continue
-                ms_gluon, why = time_gluon(q, k, v, kv_index, kv_count, key_lengths, ref, budget_ms, pipeline)
-                if ms_gluon is None:
-                    others.skipped[label] = why
-                    log(f"  {label} skipped: {why}")
-                else:
-                    record(label, lists_kind, real_density, ms_gluon[0], rel_err_vs_jenga=ms_gluon[1],
-                           vs_jenga_triton=round(ms_ours / ms_gluon[0], 3),
-                           **({"vs_cudnn_per_block": round(dense["sdpa-cudnn"] * real_density / ms_gluon[0], 3)}
-                              if "sdpa-cudnn" in dense else {}))
+            record("jenga", lists_kind, real_density, ms_ours, **extra)
+            if portable and extra["kernel"] != "triton":  # the portable kernel on the same lists
+                ms_portable, out_portable = time_portable(ours, budget_ms)
+                err = ((out_portable.float() - ref.float()).norm() / ref.float().norm()).item()
+                record("jenga-portable", lists_kind, real_density, ms_portable, rel_err_vs_jenga=float(f"{err:.3g}"),
+                       jenga_speedup=round(ms_portable / ms_ours, 3),
+                       **({"vs_cudnn_per_block": round(dense["sdpa-cudnn"] * real_density / ms_portable, 3)}
+                          if "sdpa-cudnn" in dense else {}))
             if longest_first:  # the same launch with query tiles started longest list first
                 def ours_sorted(kv_index=kv_index, kv_count=kv_count):
                     return block_sparse_attention_triton(q, k, v, kv_index, kv_count, BLOCK, key_lengths, n, 0.0,
@@ -437,7 +436,8 @@ def main(argv=None) -> int:
     parser.add_argument("--head-dims", nargs="+", type=int, default=[128])
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16"], choices=["bfloat16", "float16"])
     parser.add_argument("--sweep", action="store_true", help="also time each kernel config explicitly")
-    parser.add_argument("--gluon", action="store_true", help="also time the experimental Gluon kernel")
+    parser.add_argument("--portable", action="store_true",
+                        help="also time the portable Triton kernel where the Gluon one runs (Hopper)")
     parser.add_argument("--lists", nargs="+", default=["random", "selector"], choices=["random", "ragged", "selector"],
                         help="block lists: random (equal counts), ragged (uneven counts), the real selector's")
     parser.add_argument("--longest-first", action="store_true",
@@ -480,7 +480,7 @@ def main(argv=None) -> int:
         for name in args.shapes:
             rows += run_shape(ALL_SHAPES[name], head_dim, args.densities, args.sweep, args.budget_ms, log,
                               peers=args.peers, skipped=skipped, dtype=getattr(torch, dtype),
-                              longest_first=args.longest_first, gluon=args.gluon, list_kinds=args.lists)
+                              longest_first=args.longest_first, portable=args.portable, list_kinds=args.lists)
             save()
     return 0
 

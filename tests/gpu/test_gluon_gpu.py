@@ -68,6 +68,21 @@ def test_gluon_without_lse_matches_float64(schedule):
     assert not torch.isnan(out).any() and _rel(out, ref) < 2e-2
 
 
+def test_gluon_is_hoppers_default_and_the_switch_turns_it_off(monkeypatch):
+    """Unset JENGA_GLUON: the public call runs the Gluon kernel (same bits as the direct launch);
+    JENGA_GLUON=0: the portable Triton kernel (other bits, the same values)."""
+    monkeypatch.delenv("JENGA_GLUON", raising=False)
+    q, k, v = (torch.randn(1, 2_000, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    mask = torch.rand(1, 2, 16, 16, device="cuda") < 0.5
+    kv_index, kv_count = dense_to_lists(mask)
+    default = block_sparse_attention(q, k, v, kv_index, kv_count, backend="triton")
+    direct, _ = block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, None, False)
+    assert torch.equal(default, direct)
+    monkeypatch.setenv("JENGA_GLUON", "0")
+    portable = block_sparse_attention(q, k, v, kv_index, kv_count, backend="triton")
+    assert _rel(portable, direct) < 1e-2
+
+
 def test_gluon_through_the_environment_switch(monkeypatch):
     """JENGA_GLUON=1 routes the public call to it; the result equals the direct launch."""
     monkeypatch.setenv("JENGA_GLUON", "1")

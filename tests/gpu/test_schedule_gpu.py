@@ -69,11 +69,12 @@ def test_one_binary_for_every_video_size():
     blocks) reuse the attention and selector binaries compiled for the first (a fresh process compiled each
     twice, 2.1-2.4 s per attention compile on an H200), and both are still right."""
     from jenga import select_blocks
+    from jenga.kernels.gluon_block_sparse import _gluon_block_sparse_fwd
     from jenga.kernels.triton_block_sparse import _block_sparse_fwd
     from jenga.kernels.triton_select import _select_rows
 
-    def variants(kernel):
-        return sum(len(cache[0]) for cache in kernel.device_caches.values())
+    def variants(*kernels):
+        return sum(len(cache[0]) for kernel in kernels for cache in kernel.device_caches.values())
 
     counts = []
     for n in (18_018, 32_760):
@@ -83,5 +84,6 @@ def test_one_binary_for_every_video_size():
         ref = block_sparse_attention(q.double(), k.double(), v.double(), lists.kv_index, lists.kv_count,
                                      backend="torch")
         assert _rel(out, ref) < 2e-2
-        counts.append((variants(_block_sparse_fwd), variants(_select_rows)))
+        counts.append((variants(_block_sparse_fwd, _gluon_block_sparse_fwd), variants(_select_rows)))
+    assert counts[0][0] > 0 and counts[0][1] > 0, counts  # the kernels that ran are the ones counted
     assert counts[1] == counts[0], counts

@@ -121,7 +121,9 @@ print(json.dumps(dict(
 # - the warm-up's kernels, jenga's selector (kernels/triton_select.py) and block-sparse attention
 #   (kernels/triton_block_sparse.py): compiled on the warm-up's threads only. The dense steps never launch them
 #   (their attention is the stock SDPA), so a compile of them on the main thread is a carved step's.
-WARMED = {"_select_rows", "_block_sparse_fwd"}
+#   On Hopper the attention kernel is the Gluon one (kernels/gluon_block_sparse.py); elsewhere the Triton one.
+_ON_HOPPER = torch.cuda.get_device_capability()[0] == 9
+WARMED = {"_select_rows", "_gluon_block_sparse_fwd" if _ON_HOPPER else "_block_sparse_fwd"}
 # - jenga's fused RMSNorm + RoPE (kernels/triton_qk_prep.py, eager CUDA only): the dense steps run it too, with the
 #   shapes the carved steps give it, so the first dense forward compiles it on the main thread; the warm-up leaves
 #   it alone by design. Accepted on the main thread during the dense steps only.

@@ -1,26 +1,28 @@
-"""EXPERIMENTAL, opt-in: a Hopper warp-specialised block-sparse attention forward in Gluon.
+"""Hopper's block-sparse attention forward in Gluon: FlashAttention-3's schedule for jenga's block lists.
 
-Not the default anywhere. It runs only when asked (``backend="gluon"`` in the launcher below, or
-``JENGA_GLUON=1`` for :func:`jenga.block_sparse_attention`'s Triton backend) and only where it applies
-(:func:`gluon_applies`); everywhere else the portable Triton kernel (:mod:`.triton_block_sparse`) runs.
-Gluon does not run in the CPU interpreter: this file is exercised by ``tests/gpu/test_gluon_gpu.py`` on an
-H200 only, and was written without a GPU to try it on; its speed is unmeasured.
+Hopper's default (:func:`jenga.block_sparse_attention` with the Triton backend routes here where
+:func:`gluon_applies` says it can; ``JENGA_GLUON=0`` turns it off). Everywhere else (other GPUs, the CPU
+interpreter, key bias, non-contiguous inputs) the portable Triton kernel (:mod:`.triton_block_sparse`) runs.
+Gluon does not run in the CPU interpreter: ``tests/test_gluon_compile.py`` compiles it for sm_90 on the CPU,
+``tests/gpu/test_gluon_gpu.py`` checks it on an H200 against a float64 reference.
 
-Structure (FlashAttention-3 style, first step):
+Structure (the default schedule, ``"pingpong"``):
 
-- one program per 128-query block and (batch, head); the default partition is two consumer warpgroups
-  (8 warps, 64 query rows each) running ``wgmma`` for Q·Kᵀ and P·V with the online softmax in float32 and
-  ``exp2`` (the softmax scale and log2(e) folded into one multiply per logit);
-- a one-warp producer partition walks the block list and TMA-loads each listed key block and value block
-  into a ring of ``NUM_STAGES`` shared-memory buffers, signalling ``k_ready`` / ``v_ready`` mbarriers; the
-  consumers release a buffer through ``kv_empty`` once its P·V has completed, so loads run ahead of the math;
+- one program per 128-query block and (batch, head); three partitions: two consumer warpgroups (64 query
+  rows each) and one producer warp;
+- the producer walks the block list and TMA-loads each listed key and value block into a ring of
+  ``NUM_STAGES`` shared-memory buffers (``k_ready`` / ``v_ready`` mbarriers); both consumers release a
+  buffer through ``kv_empty`` once their P·V has read it;
+- the consumers take turns issuing their ``wgmma`` (a token passed through two mbarriers), so one's softmax
+  (float32, ``exp2``, scale and log2(e) folded into one multiply) runs while the other's products occupy the
+  tensor cores; within each, block i+1's Q·Kᵀ and block i's P·V are issued together and block i+1's
+  softmax runs while that P·V is in flight; each writes its own rows of the output and LSE;
 - the block that straddles the key limit (key lengths, or Nk not a multiple of 128) is the only one masked.
 
-Optionally (``pipeline=True`` or ``JENGA_GLUON_PIPELINE=1``) the consumer is software-pipelined as in FA3:
-block i's softmax runs while block i-1's P·V is in flight, block i+1's Q·Kᵀ is issued ahead of block i's P·V.
-
-Not yet done (FA3's remaining steps): ping-pong scheduling between the two warpgroups, ``setmaxnreg`` tuning,
-key bias, a persistent grid.
+Measured on an H200 (benchmarks/RESULTS.md): every block at 0.84-1.07 of cuDNN's dense rate, 1.2-1.7x the
+Triton kernel. Kept for A/B runs (``schedule=``): ``"pingpong-plain"`` (the turns without the overlap) and the
+single 8-warp consumer, ``"plain"`` and ``"pipelined"``, which ran no faster than the Triton kernel.
+Not done: key bias, a persistent grid.
 
 Semantics kept: key lengths, LSE, partial blocks, Nq != Nk, per-batch and per-head lists. Inputs must be
 contiguous ``[B, N, H, D]`` (they are viewed as ``[B*N, H*D]`` for the TMA descriptors: rows of another batch
@@ -83,6 +85,8 @@ def gluon_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size:
         return "key bias not implemented"
     if not all(t.is_contiguous() for t in (q, k, v)):
         return "q, k, v must be contiguous [B, N, H, D]"
+    if any(t.data_ptr() % 16 for t in (q, k, v)):
+        return "q, k, v must start 16-byte aligned (TMA descriptors)"
     return None
 
 
@@ -350,7 +354,12 @@ if GLUON_IMPORT_ERROR is None:
         _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                        key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, 1, WRITE_LSE, OVERLAP)
 
-    @gluon.jit
+    # sizes and the strides that follow them are not specialised on (a progressive stage's length, a 1-head
+    # stand-in): one binary per (dtype, head dim, schedule, flags), as the Triton kernel
+    _SIZE_ARGUMENTS = ["stride_ob", "stride_lb", "stride_lh", "stride_ib", "stride_ih", "stride_iq", "stride_cb",
+                       "stride_ch", "num_heads", "seq_q", "seq_k"]
+
+    @gluon.jit(do_not_specialize=_SIZE_ARGUMENTS)
     def _gluon_block_sparse_fwd(
         q_desc, k_desc, v_desc, Out, Lse, KvIndex, KvCount, KeyLengths,
         stride_ob, stride_on, stride_oh, stride_lb, stride_lh, stride_ib, stride_ih, stride_iq, stride_cb, stride_ch,
@@ -479,13 +488,13 @@ def block_sparse_attention_gluon(
     pipeline: bool | None = None,
     schedule: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """EXPERIMENTAL launcher; the same contract as ``block_sparse_attention_triton`` without key bias.
+    """The launcher; the same contract as ``block_sparse_attention_triton`` without key bias.
 
-    ``pipeline`` (default: ``JENGA_GLUON_PIPELINE=1``, off otherwise) selects the software-pipelined consumer
-    (:func:`_consumer_pipelined`) over the plain one. ``schedule`` (default: ``JENGA_GLUON_SCHEDULE``, else
-    what ``pipeline`` says) names one of :data:`SCHEDULES`: ``"pingpong"`` is FlashAttention-3's two
-    warpgroups taking turns with the intra-warpgroup overlap (:func:`_pingpong_half`), ``"pingpong-plain"``
-    the turns alone.
+    ``schedule`` (default: ``JENGA_GLUON_SCHEDULE``, else ``"pingpong"``; ``pipeline=True`` means
+    ``"pipelined"``) names one of :data:`SCHEDULES`: ``"pingpong"`` is FlashAttention-3's two warpgroups
+    taking turns, with the intra-warpgroup overlap (:func:`_pingpong_half`); ``"pingpong-plain"`` the turns
+    alone; ``"pipelined"`` (:func:`_consumer_pipelined`) and ``"plain"`` (:func:`_consumer`) one 8-warp
+    consumer. Only ``"pingpong"`` is tuned and the default; the others are kept for A/B runs.
 
     Raises ``ValueError`` naming the reason where :func:`gluon_applies` says the kernel cannot run.
     """
@@ -507,9 +516,7 @@ def block_sparse_attention_gluon(
     q_desc, k_desc, v_desc = (
         TensorDescriptor.from_tensor(t.view(t.shape[0] * t.shape[1], heads * head_dim), [BLOCK, head_dim], layout)
         for t in (q, k, v))
-    if pipeline is None:
-        pipeline = os.environ.get("JENGA_GLUON_PIPELINE", "0") == "1"
-    schedule = schedule or os.environ.get("JENGA_GLUON_SCHEDULE") or ("pipelined" if pipeline else "plain")
+    schedule = schedule or os.environ.get("JENGA_GLUON_SCHEDULE") or ("pipelined" if pipeline else "pingpong")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown Gluon schedule {schedule!r}; accepted: {', '.join(SCHEDULES)}")
     pingpong = SCHEDULES.index(schedule) - 1 if schedule.startswith("pingpong") else 0

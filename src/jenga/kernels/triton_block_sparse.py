@@ -375,7 +375,7 @@ def block_sparse_attention_triton(
     device (no host synchronisation): fewer idle multiprocessors at the end when counts vary.
     """
     if config is None and not longest_first and _gluon_wanted(q, k, v, block_size, bias_value):
-        from .gluon_block_sparse import block_sparse_attention_gluon  # EXPERIMENTAL, opt-in (JENGA_GLUON=1)
+        from .gluon_block_sparse import block_sparse_attention_gluon  # Hopper's default (JENGA_GLUON=0: off)
 
         return block_sparse_attention_gluon(q, k, v, kv_index, kv_count, block_size, key_lengths, return_lse, out, lse)
     launch, out, lse = _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value,
@@ -497,15 +497,30 @@ _FALLBACK_PICKS: dict[tuple, dict] = {}
 
 
 def _gluon_wanted(q, k, v, block_size: int, bias_value: float) -> bool:
-    """``JENGA_GLUON=1`` and the experimental Gluon kernel applies to these inputs (never by default)."""
-    if os.environ.get("JENGA_GLUON", "0") != "1" or not q.is_cuda:
+    """The Gluon kernel runs where it applies (Hopper; see ``gluon_applies``) unless ``JENGA_GLUON=0``: its
+    ping-pong schedule runs each block at cuDNN's dense rate, 1.2-1.7x this kernel (benchmarks/RESULTS.md)."""
+    if os.environ.get("JENGA_GLUON", "") == "0" or not q.is_cuda:
         return False
     from .gluon_block_sparse import gluon_applies
 
     reason = gluon_applies(q, k, v, block_size, bias_value)
     if reason is not None:
-        logger.debug("jenga: JENGA_GLUON=1 but the Triton kernel runs: %s", reason)
+        _log_gluon_fallback(reason)
     return reason is None
+
+
+_gluon_fallbacks: set[str] = set()
+
+
+def _log_gluon_fallback(reason: str) -> None:
+    """Once per reason and process: why the portable kernel runs instead of the Gluon one (debug level on
+    GPUs that are not Hopper, where that is expected; info on Hopper, where it costs speed)."""
+    if reason in _gluon_fallbacks:
+        return
+    _gluon_fallbacks.add(reason)
+    level = logging.DEBUG if reason.startswith(("needs a Hopper", "triton.experimental", "Gluon does not")) \
+        else logging.INFO
+    logger.log(level, "jenga: the portable Triton attention kernel runs (Gluon kernel: %s)", reason)
 
 
 _saved_picks: set[tuple] = set()
