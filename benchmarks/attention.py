@@ -17,7 +17,7 @@ Peers, all on the same lists in the same run, each given its best inputs:
 - ``fa4``: FlashAttention-4's own block-sparse forward (``flash_attn.cute``), 128 x 128 tiles, if installed;
 - ``jenga``: ours through the launcher every call takes: on Hopper the Gluon ping-pong kernel
   (``jenga.kernels.gluon_block_sparse``), elsewhere the portable Triton kernel with the tiles of the shipped table
-  (``jenga.kernels.tuning``), never autotuned here; the row's ``kernel`` says which ran;
+  (``jenga.kernels.tuning``), never autotuned here; the row's ``launcher_ran`` says which ran;
 - ``jenga-portable`` (``--portable``): the portable Triton kernel on Hopper too (``JENGA_GLUON=0``).
 
 A peer that cannot run here is skipped with its reason in the JSON (``skipped``). Shapes come at the real
@@ -285,7 +285,7 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
 
             ms_ours = bench(ours, budget_ms)
             ref = ours()[0]
-            extra = dict(tiles=tiles, kernel=kernel_that_runs(q, k, v))
+            extra = dict(tiles=tiles, launcher_ran=kernel_that_runs(q, k, v))
             if "sdpa-cudnn" in dense:
                 extra["vs_cudnn_per_block"] = round(dense["sdpa-cudnn"] * real_density / ms_ours, 3)
             cut_index, cut_count = lists_within(kv_index, kv_count, kb, math.ceil(limit / BLOCK))
@@ -330,7 +330,7 @@ def run_shape(shape: Shape, head_dim: int, densities, sweep: bool, budget_ms: fl
                 except Exception as err:  # noqa: BLE001 - a capture failure must not cost the other figures
                     log(f"  graphed selector failed: {type(err).__name__}: {str(err)[:200]}")
             record("jenga", lists_kind, real_density, ms_ours, **extra)
-            if portable and extra["kernel"] != "triton":  # the portable kernel on the same lists
+            if portable and extra["launcher_ran"] != "triton":  # the portable kernel on the same lists
                 ms_portable, out_portable = time_portable(ours, budget_ms)
                 err = ((out_portable.float() - ref.float()).norm() / ref.float().norm()).item()
                 record("jenga-portable", lists_kind, real_density, ms_portable, rel_err_vs_jenga=float(f"{err:.3g}"),
