@@ -3,11 +3,12 @@
     python benchmarks/gluon_ab.py --out $OUT/gluon-ab.json      # Hopper GPU only
 
 Per shape: cuDNN dense (SDPA, contiguous ``[B, H, N, D]``); then per density the same random lists (exactly
-round(density · Kb) key blocks per query block) through the Triton kernel (``jenga.block_sparse_attention``,
-the shipped tile table) and every Gluon schedule (``jenga.kernels.gluon_block_sparse.SCHEDULES``). Each
-Gluon output is checked against the Triton kernel's first (relative L2 error, outputs poisoned with NaN
-before); a schedule that fails or is wrong is recorded and not timed. Median of ``triton.testing.do_bench``,
-random inputs (bf16 unless ``--dtype float16``). The JSON is rewritten after every row.
+round(density · Kb) key blocks per query block) through the portable Triton kernel
+(``jenga.block_sparse_attention`` with ``JENGA_GLUON=0``, the shipped tile table) and every Gluon schedule
+(``jenga.kernels.gluon_block_sparse.SCHEDULES``). Each Gluon output is checked against the Triton kernel's
+(relative L2 error, outputs poisoned with NaN before); a schedule that fails or is wrong is recorded and not
+timed. Median of ``triton.testing.do_bench``, random inputs (bf16 unless ``--dtype float16``). The JSON is
+rewritten after every row.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 
 import torch
@@ -40,6 +42,7 @@ def main() -> None:
     import jenga
     from jenga.kernels.gluon_block_sparse import SCHEDULES, block_sparse_attention_gluon
 
+    os.environ["JENGA_GLUON"] = "0"  # the "triton" column is the portable kernel; the schedules are launched directly
     schedules = args.schedules or list(SCHEDULES)
     record: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                     "head_dim": args.head_dim, "dtype": args.dtype, "schedules": schedules, "rows": []}
