@@ -334,3 +334,15 @@ def test_toy_example_rejects_a_prompt_it_cannot_read_in_one_line():
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "cannot read the prompt 'a red triangle moving up'" in err, err
+
+
+def test_doctor_names_the_hopper_kernel_and_its_switch(monkeypatch):
+    from jenga.cli import _hopper_kernel_line
+    from jenga.kernels.gluon_block_sparse import GLUON_IMPORT_ERROR
+
+    monkeypatch.delenv("JENGA_GLUON", raising=False)
+    assert _hopper_kernel_line(8) == "" and _hopper_kernel_line(10) == ""
+    on_hopper = _hopper_kernel_line(9)
+    assert ("Gluon kernel (FlashAttention-3 ping-pong)" in on_hopper) == (GLUON_IMPORT_ERROR is None)
+    monkeypatch.setenv("JENGA_GLUON", "0")
+    assert "off (JENGA_GLUON=0)" in _hopper_kernel_line(9)

@@ -459,7 +459,7 @@ def doctor_report(models: list[str] | tuple[str, ...] = ()) -> list[str]:
         major = torch.cuda.get_device_capability(0)[0]
         loads = "tensor-descriptor (TMA) loads, sm_90+" if major >= 9 else "pointer loads (before sm_90)"
         if triton_available():
-            lines.append(f"attention path (backend auto): jenga's Triton kernel, {loads}")
+            lines.append(f"attention path (backend auto): {_hopper_kernel_line(major)}jenga's Triton kernel, {loads}")
         else:
             lines.append("attention path (backend auto): Triton is not importable here, so the torch backend "
                          "(PyTorch SDPA with a token mask); pip install triton")
@@ -489,6 +489,20 @@ def doctor_report(models: list[str] | tuple[str, ...] = ()) -> list[str]:
             state = "in the offline cache" if cached(model) else f"NOT in the offline cache (`hf download {model}`)"
         lines.append(f"model {model}: {state}")
     return lines
+
+
+def _hopper_kernel_line(major: int) -> str:
+    """On Hopper, whether the Gluon kernel runs (and why not) before the portable one's description."""
+    if major != 9:
+        return ""
+    if os.environ.get("JENGA_GLUON", "") == "0":
+        return "the Gluon kernel is off (JENGA_GLUON=0), so "
+    from .kernels.gluon_block_sparse import GLUON_IMPORT_ERROR
+
+    if GLUON_IMPORT_ERROR is not None:
+        return f"the Gluon kernel is unavailable ({GLUON_IMPORT_ERROR}), so "
+    return ("jenga's Gluon kernel (FlashAttention-3 ping-pong) for bf16/fp16, head dim 64/128, no key bias; "
+            "elsewhere ")
 
 
 def _tuning_line() -> str:
