@@ -51,6 +51,20 @@ def test_train_then_evaluate_at_tiny_size(tmp_path):
         assert 0 < row["recall"] <= 1 + 1e-6 and row["rel_l2"] >= 0
 
 
+
+def test_train_with_loss_weights_at_tiny_size(tmp_path):
+    """--object-weight and --shape-weight run (the rendered coverage's two channels weight the loss) and are
+    logged; a negative weight is refused."""
+    weights, log = tmp_path / "w.safetensors", tmp_path / "train.json"
+    _run("train.py", "--tiny", "--seconds", "900", "--steps", "2", "--object-weight", "2", "--shape-weight", "8",
+         "--out", str(weights), "--log", str(log))
+    summary = json.loads(log.read_text())
+    assert summary["steps"] == 2 and summary["object_weight"] == 2.0 and summary["shape_weight"] == 8.0
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "train.py"), "--tiny",
+                              "--shape-weight", "-1", "--out", str(weights)], capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and "--shape-weight must be >= 0" in refused.stderr
+
 def test_evaluate_a_calibrated_config_from_stored_clips(tmp_path):
     """Variants generated in separate processes (as on several GPUs) and scored together from their stored clips."""
     calibrated, videos = tmp_path / "calibrated.json", tmp_path / "videos"

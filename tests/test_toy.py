@@ -92,6 +92,24 @@ def test_render_shape_range_and_determinism():
     assert not torch.allclose(video, render(prompts, 5, 24, 40, _gen(8)))
 
 
+def test_render_coverage_maps_objects_and_the_shape_deciding_corners(singles):
+    """Channel 0: how much the objects cover (1 inside, 0 far away); channel 1: square minus disc of the
+    object's size, the corners only, never negative and never inside the disc; the clips are unchanged."""
+    prompts = [p for p in singles if p.objects[0].direction == "right"][:4]  # both shapes, several colours
+    video, coverage = render(prompts, 3, 64, 64, _gen(5), with_coverage=True)
+    assert torch.equal(video, render(prompts, 3, 64, 64, _gen(5)))
+    assert coverage.shape == (4, 2, 3, 64, 64) and coverage.min() >= 0 and coverage.max() <= 1
+    objects, corners = coverage[:, 0], coverage[:, 1]
+    assert objects.amax(dim=(-2, -1)).min() == 1.0 and corners.amax() > 0.5
+    for b, prompt in enumerate(prompts):
+        corner_share = float((corners[b] > 0).float().mean())
+        assert 0.002 < corner_share < 0.03, corner_share  # (4 - pi) r^2 of a frame: about 1 %
+        if prompt.objects[0].shape == "disc":  # the disc's corners are background: no coverage there
+            assert float((objects[b] * corners[b]).amax()) < 0.5
+        else:  # the square fills its corners
+            assert float((objects[b][corners[b] > 0.99]).min()) > 0.99
+
+
 def test_random_prompts_are_seeded_and_mix_one_and_two_objects():
     prompts = random_prompts(40, _gen(1))
     assert prompts == random_prompts(40, _gen(1)) and prompts != random_prompts(40, _gen(2))

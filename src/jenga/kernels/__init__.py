@@ -1,6 +1,6 @@
-"""Attention kernels: Triton (``triton_block_sparse``; its tile table ``tuning``, autotuning on request
-``triton_tune``), an experimental Hopper kernel in Gluon (``gluon_block_sparse``, opt-in), PyTorch reference
-(``reference``), FlexAttention (``flex``). Kernel files import no diffusers."""
+"""Attention kernels: the portable Triton one (``triton_block_sparse``; its tile table ``tuning``, autotuning on
+request ``triton_tune``), Hopper's default in Gluon (``gluon_block_sparse``: FlashAttention-3's ping-pong
+schedule), PyTorch reference (``reference``), FlexAttention (``flex``). Kernel files import no diffusers."""
 
 
 def tune(*args, **kwargs):

@@ -2,7 +2,7 @@
 
 Hopper's default (:func:`jenga.block_sparse_attention` with the Triton backend routes here where
 :func:`gluon_applies` says it can; ``JENGA_GLUON=0`` turns it off). Everywhere else (other GPUs, the CPU
-interpreter, key bias, non-contiguous inputs) the portable Triton kernel (:mod:`.triton_block_sparse`) runs.
+interpreter, key bias, explicit tiles or autotuning) the portable Triton kernel (:mod:`.triton_block_sparse`) runs.
 Gluon does not run in the CPU interpreter: ``tests/test_gluon_compile.py`` compiles it for sm_90 on the CPU,
 ``tests/gpu/test_gluon_gpu.py`` checks it on an H200 against a float64 reference.
 
@@ -19,18 +19,21 @@ Structure (the default schedule, ``"pingpong"``):
   softmax runs while that P·V is in flight; each writes its own rows of the output and LSE;
 - the block that straddles the key limit (key lengths, or Nk not a multiple of 128) is the only one masked.
 
-Measured on an H200 (benchmarks/RESULTS.md): every block at 0.84-1.07 of cuDNN's dense rate, 1.2-1.7x the
-Triton kernel. Kept for A/B runs (``schedule=``): ``"pingpong-plain"`` (the turns without the overlap) and the
-single 8-warp consumer, ``"plain"`` and ``"pipelined"``, which ran no faster than the Triton kernel.
+Measured on an H200 (benchmarks/RESULTS.md, same run as FlexAttention and cuDNN): each computed block at
+0.82-1.08 of cuDNN's dense rate, 1.05-1.29x the portable Triton kernel, 1.25-1.49x FlexAttention. Kept for A/B
+runs (``schedule=``): ``"pingpong-plain"`` (the turns without the overlap) and the single 8-warp consumer,
+``"plain"`` and ``"pipelined"``, which ran no faster than the Triton kernel.
 Not done: key bias, a persistent grid.
 
-Semantics kept: key lengths, LSE, partial blocks, Nq != Nk, per-batch and per-head lists. Inputs must be
-contiguous ``[B, N, H, D]`` (they are viewed as ``[B*N, H*D]`` for the TMA descriptors: rows of another batch
-entry that a tile may overlap are masked by the key limit, query rows past Nq are never stored).
+Semantics kept: key lengths, LSE, partial blocks, Nq != Nk, per-batch and per-head lists. Inputs are
+viewed as ``[B*N, H*D]`` rows for the TMA descriptors (non-contiguous or misaligned ones are copied first):
+rows of another batch entry that a tile may overlap are masked by the key limit, query rows past Nq are never
+stored.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -38,6 +41,7 @@ import os
 import torch
 
 from ..backends import interpreting
+from .triton_block_sparse import unit_last_stride
 
 try:  # Gluon ships with Triton >= 3.5 on CUDA builds; absent elsewhere
     import triton
@@ -58,13 +62,7 @@ except ImportError as err:  # pragma: no cover - depends on the Triton build
 
 _LOG2E = 1.4426950408889634
 SCHEDULES = ("plain", "pipelined", "pingpong", "pingpong-plain")  # the consumer's schedules (launcher's ``schedule``)
-GLUON_ENV = "JENGA_GLUON"
 BLOCK = 128  # query and key block; one program per query block
-
-
-def gluon_requested() -> bool:
-    """True when ``JENGA_GLUON=1``: the experimental kernel where it applies."""
-    return os.environ.get(GLUON_ENV, "0") == "1"
 
 
 def gluon_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, bias_value: float) -> str | None:
@@ -83,13 +81,12 @@ def gluon_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size:
         return f"block size {block_size} (128 only)"
     if bias_value != 0.0:
         return "key bias not implemented"
-    if not all(t.is_contiguous() for t in (q, k, v)):
-        return "q, k, v must be contiguous [B, N, H, D]"
-    if any(t.data_ptr() % 16 for t in (q, k, v)):
-        return "q, k, v must start 16-byte aligned (TMA descriptors)"
+    if not _new_warp_specialize_api():
+        return "this Triton's Gluon has the older warp_specialize signature (the ping-pong schedule needs the newer)"
     return None
 
 
+@functools.cache
 def _new_warp_specialize_api() -> bool:
     """Gluon's ``warp_specialize`` took (default args, default fn, worker args, worker fns, warps, regs) in older
     releases and a list of (fn, args) pairs in newer ones; the kernel is traced with the form this Triton has."""
@@ -420,7 +417,8 @@ if GLUON_IMPORT_ERROR is None:
                          col0)
         if PINGPONG:  # two consumer partitions of one warpgroup each; each writes its own rows
             half_args = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                         key_limit, qk_scale, Out, Lse, b64 * stride_ob + h64 * stride_oh + q_start * stride_on,
+                         key_limit, qk_scale, Out, Lse,
+                         b64 * stride_ob + h64 * stride_oh + q_start.to(gl.int64) * stride_on,
                          b64 * stride_lb + h64 * stride_lh + q_start, stride_on, seq_q - q_start, WRITE_LSE,
                          PINGPONG == 1)
             gl.warp_specialize([(_pingpong_top, half_args), (_pingpong_bottom, half_args), (_producer, producer_args)],
@@ -501,10 +499,14 @@ def block_sparse_attention_gluon(
     reason = gluon_applies(q, k, v, block_size, 0.0)
     if reason is not None:
         raise ValueError(f"the Gluon kernel cannot run these inputs: {reason}")
+    # TMA descriptors view q, k, v as [B*N, H*D] rows from a 16-byte-aligned start: anything else is copied once
+    # (a fused projection's chunk, a strided view), which costs a small share of the attention it feeds
+    if out is None:  # allocated as the portable launcher does (and the custom op's fake says): like q's view
+        out = torch.empty_like(unit_last_stride(q))
+    q, k, v = (t if t.is_contiguous() and t.data_ptr() % 16 == 0 else t.clone(memory_format=torch.contiguous_format)
+               for t in (q, k, v))
     batch, seq_q, heads, head_dim = q.shape
     seq_k = k.shape[1]
-    if out is None:
-        out = torch.empty_like(q)
     if lse is None:
         lse = torch.empty((batch, heads, seq_q if return_lse else 0), device=q.device, dtype=torch.float32)
     kv_index = kv_index.expand(batch, heads, -1, -1)

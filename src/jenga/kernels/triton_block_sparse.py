@@ -374,10 +374,18 @@ def block_sparse_attention_triton(
     off otherwise) starts the query tiles of the longest lists first, over all heads, in an order sorted on the
     device (no host synchronisation): fewer idle multiprocessors at the end when counts vary.
     """
-    if config is None and not longest_first and _gluon_wanted(q, k, v, block_size, bias_value):
-        from .gluon_block_sparse import block_sparse_attention_gluon  # Hopper's default (JENGA_GLUON=0: off)
+    # Hopper's Gluon kernel unless the caller asks for something of this kernel's own: tiles, TMA or not, an
+    # autotuning sweep (jenga.kernels.tune), the longest-first order (JENGA_GLUON=0 turns it off altogether)
+    portable_asked = config is not None or use_tma is not None or autotune or longest_first
+    if not portable_asked and _gluon_wanted(q, k, v, block_size, bias_value):
+        from .gluon_block_sparse import block_sparse_attention_gluon
 
-        return block_sparse_attention_gluon(q, k, v, kv_index, kv_count, block_size, key_lengths, return_lse, out, lse)
+        try:
+            return block_sparse_attention_gluon(q, k, v, kv_index, kv_count, block_size, key_lengths, return_lse,
+                                                out, lse)
+        except Exception as err:  # noqa: BLE001 - a compile the installed Triton cannot do: the portable kernel
+            if not _gluon_failed(q, err):
+                raise
     launch, out, lse = _launcher(q, k, v, kv_index, kv_count, block_size, key_lengths, bias_start, bias_value,
                                  return_lse, out, lse, config, use_tma, autotune=autotune,
                                  longest_first=longest_first)
@@ -498,8 +506,9 @@ _FALLBACK_PICKS: dict[tuple, dict] = {}
 
 def _gluon_wanted(q, k, v, block_size: int, bias_value: float) -> bool:
     """The Gluon kernel runs where it applies (Hopper; see ``gluon_applies``) unless ``JENGA_GLUON=0``: its
-    ping-pong schedule runs each block at cuDNN's dense rate, 1.2-1.7x this kernel (benchmarks/RESULTS.md)."""
-    if os.environ.get("JENGA_GLUON", "") == "0" or not q.is_cuda:
+    ping-pong schedule runs each block at 0.82-1.08 of cuDNN's dense rate, 1.05-1.29x this kernel (H200,
+    benchmarks/RESULTS.md)."""
+    if os.environ.get("JENGA_GLUON", "") == "0" or not q.is_cuda or (q.dtype, q.shape[-1], q.device) in _gluon_broken:
         return False
     from .gluon_block_sparse import gluon_applies
 
@@ -510,6 +519,21 @@ def _gluon_wanted(q, k, v, block_size: int, bias_value: float) -> bool:
 
 
 _gluon_fallbacks: set[str] = set()
+_gluon_broken: set[tuple] = set()  # (dtype, head dim, device) whose Gluon compile failed in this process
+
+
+def _gluon_failed(q: torch.Tensor, err: Exception) -> bool:
+    """True (and a warning, once) when the Gluon kernel failed to compile for this kind of input: the portable
+    kernel runs instead from then on. False for anything else (a launch error, bad inputs): re-raised."""
+    compile_error = type(err).__name__ in ("CompilationError", "PTXASError") or "PassManager" in str(err)
+    if not compile_error:
+        return False
+    key = (q.dtype, q.shape[-1], q.device)
+    if key not in _gluon_broken:
+        _gluon_broken.add(key)
+        logger.warning("jenga: the Gluon attention kernel failed to compile here (%s: %s); the portable Triton "
+                       "kernel runs instead (JENGA_GLUON=0 skips the attempt)", type(err).__name__, str(err)[:300])
+    return True
 
 
 def _log_gluon_fallback(reason: str) -> None:
