@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -60,3 +61,12 @@ def git_commit() -> str:
                                        stderr=subprocess.DEVNULL).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def append_row(record: dict, row: dict, out: str) -> None:
+    """One measured row: printed as a JSON line (floats to 4 places), added to ``record["rows"]`` and the whole
+    record rewritten to ``out``, so a call stopped by its time limit keeps every finished row."""
+    print(json.dumps({key: round(val, 4) if isinstance(val, float) else val for key, val in row.items()}), flush=True)
+    record["rows"].append(row)
+    with open(out, "w") as handle:
+        json.dump(record, handle, indent=1)

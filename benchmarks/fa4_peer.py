@@ -19,6 +19,7 @@ import math
 import time
 
 import torch
+from _common import append_row
 
 SHAPES = {  # name: (heads, tokens)
     "wan1.3b-480p": (12, 32_760),
@@ -108,10 +109,7 @@ def main() -> None:
                     row["jenga_vs_fa4"] = row["fa4_ms"] / row["jenga_ms"]
                 except Exception as error:  # noqa: BLE001 - recorded, the other rows go on
                     row["fa4_error"] = f"{type(error).__name__}: {str(error)[:400]}"
-            print(json.dumps(row), flush=True)
-            record["rows"].append(row)
-            with open(args.out, "w") as handle:
-                json.dump(record, handle, indent=1)
+            append_row(record, row, args.out)
         torch.cuda.empty_cache()
 
 

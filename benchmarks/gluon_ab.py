@@ -20,6 +20,7 @@ import os
 import time
 
 import torch
+from _common import append_row
 from fa4_peer import SHAPES, random_lists
 
 
@@ -87,11 +88,7 @@ def main() -> None:
                     row[f"{schedule}_vs_triton"] = row["triton_ms"] / row[f"{schedule}_ms"]
                 except Exception as error:  # noqa: BLE001 - recorded, the other schedules go on
                     row[f"{schedule}_error"] = f"{type(error).__name__}: {str(error)[:300]}"
-            print(json.dumps({key: round(val, 4) if isinstance(val, float) else val for key, val in row.items()}),
-                  flush=True)
-            record["rows"].append(row)
-            with open(args.out, "w") as handle:
-                json.dump(record, handle, indent=1)
+            append_row(record, row, args.out)
         torch.cuda.empty_cache()
 
 

@@ -20,6 +20,11 @@ __all__ = ["Backend", "BackendRegistry", "BackendUnsupported", "Constraint", "in
            "triton_importable"]
 
 
+def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last dimension has a unit stride (what the kernels index), else a contiguous copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels on the CPU through its interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -40,8 +40,7 @@ import os
 
 import torch
 
-from ..backends import interpreting
-from .triton_block_sparse import unit_last_stride
+from ..backends import interpreting, unit_last_stride
 
 try:  # Gluon ships with Triton >= 3.5 on CUDA builds; absent elsewhere
     import triton
@@ -134,6 +133,31 @@ if GLUON_IMPORT_ERROR is None:
             _tma_load(v_desc, [row, col0], v_ready.index(stage), v_smem.index(stage))
 
     @gluon.jit
+    def _softmax_step(s, kb, key_limit, qk_scale, m_i, l_i, offs_block):
+        """One block's online-softmax update in log2 units: the probabilities, the new max and sums, and the
+        factor the running output must be rescaled by. Only the block that straddles the key limit is masked."""
+        s = s * qk_scale
+        if (kb + 1) * TILE > key_limit:
+            s = gl.where(gl.expand_dims(kb * TILE + offs_block < key_limit, 0), s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, 1))
+        p = gl.exp2(s - gl.expand_dims(m_new, 1))
+        alpha = gl.exp2(m_i - m_new)
+        return p, m_new, l_i * alpha + gl.sum(p, 1), alpha
+
+    @gluon.jit
+    def _rescale_and_pv(acc, alpha, p, v_buf, v_bar, phase, empty_bar, p_layout: gl.constexpr,
+                        row_o: gl.constexpr):
+        """The running output rescaled by ``alpha``, then P·V added once the value block has landed; its buffer
+        is released after (the schedules without the overlap)."""
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+        p_op = gl.convert_layout(p.to(v_buf.dtype), p_layout)
+        mbarrier.wait(v_bar, phase)
+        acc = warpgroup_mma(p_op, v_buf, acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(empty_bar, count=1)
+        return acc
+
+    @gluon.jit
     def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit, qk_scale):
         """Two warpgroups: S = Q·Kᵀ and O += P·V with ``wgmma``, online softmax in registers. Returns the
         unnormalised output, the running max (log2 units) and the row sums; constexprs come from the shapes of
@@ -158,21 +182,9 @@ if GLUON_IMPORT_ERROR is None:
             mbarrier.wait(k_ready.index(stage), phase)
             s = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-            kb = gl.load(idx_base + i)
-            s = s * qk_scale
-            if (kb + 1) * TILE > key_limit:  # the one block that straddles the key limit
-                s = gl.where(gl.expand_dims(kb * TILE + offs_block < key_limit, 0), s, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(s, 1))
-            p = gl.exp2(s - gl.expand_dims(m_new, 1))
-            alpha = gl.exp2(m_i - m_new)
-            l_i = l_i * alpha + gl.sum(p, 1)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
-            p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
-            mbarrier.wait(v_ready.index(stage), phase)
-            acc = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            mbarrier.arrive(kv_empty.index(stage), count=1)
-            m_i = m_new
+            p, m_i, l_i, alpha = _softmax_step(s, gl.load(idx_base + i), key_limit, qk_scale, m_i, l_i, offs_block)
+            acc = _rescale_and_pv(acc, alpha, p, v_smem.index(stage), v_ready.index(stage), phase,
+                                  kv_empty.index(stage), p_layout, row_o)
         return acc, m_i, l_i
 
     @gluon.jit
@@ -209,14 +221,7 @@ if GLUON_IMPORT_ERROR is None:
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s_next,))
             else:  # S_i done; block i-1's P·V, issued after it, may still run
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s_next,))
-            kb = gl.load(idx_base + i)
-            s = s * qk_scale
-            if (kb + 1) * TILE > key_limit:  # the one block that straddles the key limit
-                s = gl.where(gl.expand_dims(kb * TILE + offs_block < key_limit, 0), s, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(s, 1))
-            p = gl.exp2(s - gl.expand_dims(m_new, 1))
-            alpha = gl.exp2(m_i - m_new)
-            l_i = l_i * alpha + gl.sum(p, 1)
+            p, m_i, l_i, alpha = _softmax_step(s, gl.load(idx_base + i), key_limit, qk_scale, m_i, l_i, offs_block)
             p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))  # P·V of block i-1 done
             if i > 0:
@@ -229,21 +234,8 @@ if GLUON_IMPORT_ERROR is None:
                                        is_async=True)
             mbarrier.wait(v_ready.index(stage), phase)
             acc = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
-            m_i = m_new
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         return acc, m_i, l_i
-
-    @gluon.jit
-    def _softmax_step(s, kb, key_limit, qk_scale, m_i, l_i, offs_block):
-        """One block's online-softmax update in log2 units: the probabilities, the new max and sums, and the
-        factor the running output must be rescaled by. Only the block that straddles the key limit is masked."""
-        s = s * qk_scale
-        if (kb + 1) * TILE > key_limit:
-            s = gl.where(gl.expand_dims(kb * TILE + offs_block < key_limit, 0), s, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(s, 1))
-        p = gl.exp2(s - gl.expand_dims(m_new, 1))
-        alpha = gl.exp2(m_i - m_new)
-        return p, m_new, l_i * alpha + gl.sum(p, 1), alpha
 
     @gluon.jit
     def _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
@@ -316,12 +308,8 @@ if GLUON_IMPORT_ERROR is None:
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
                 p, m_i, l_i, alpha = _softmax_step(s, gl.load(idx_base + i), key_limit, qk_scale, m_i, l_i,
                                                    offs_block)
-                acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
-                p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
-                mbarrier.wait(v_ready.index(stage), phase)
-                acc = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                mbarrier.arrive(kv_empty.index(stage), count=1)
+                acc = _rescale_and_pv(acc, alpha, p, v_smem.index(stage), v_ready.index(stage), phase,
+                                      kv_empty.index(stage), p_layout, row_o)
 
         # epilogue: rows with no valid key get 0 and LSE = -inf
         has_key = l_i > 0.0

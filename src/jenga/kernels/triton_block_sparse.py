@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-from ..backends import interpreting
+from ..backends import interpreting, unit_last_stride
 from . import tuning
 from .triton_autotune_timer import tuning_bench
 
@@ -586,9 +586,6 @@ def _tma_compatible(t: torch.Tensor) -> bool:
             and all(s > 0 and (s * size) % 16 == 0 for s in t.stride()[:3]))
 
 
-def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when its last dimension has a unit stride (what the kernels index), else a contiguous copy."""
-    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _descriptor_scratch(size: int, alignment: int, stream) -> torch.Tensor:
