@@ -1,4 +1,4 @@
-"""The EXPERIMENTAL Gluon kernel compiles for sm_90 with the installed Triton, without a GPU (it cannot run in
+"""The Gluon kernel (Hopper's default) compiles for sm_90 with the installed Triton, without a GPU (it cannot run in
 the interpreter, so the compile runs in a child process without TRITON_INTERPRET; tests/gpu/test_gluon_gpu.py
 runs the kernel on a Hopper GPU)."""
 

@@ -1,4 +1,4 @@
-"""GPU checks of the EXPERIMENTAL Gluon kernel (Hopper only; skipped elsewhere): float64 reference, poisoned
+"""GPU checks of the Gluon kernel (Hopper's default) (Hopper only; skipped elsewhere): float64 reference, poisoned
 outputs, partial blocks, key lengths, Nq != Nk, per-batch and per-head lists, LSE."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def test_gluon_is_hoppers_default_and_the_switch_turns_it_off(monkeypatch):
 
 
 def test_gluon_through_the_environment_switch(monkeypatch):
-    """JENGA_GLUON=1 routes the public call to it; the result equals the direct launch."""
+    """JENGA_GLUON=1 (any value but 0) routes the public call to it; the result equals the direct launch."""
     monkeypatch.setenv("JENGA_GLUON", "1")
     q, k, v = (torch.randn(1, 2_000, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     mask = torch.rand(1, 2, 16, 16, device="cuda") < 0.5
