@@ -1,4 +1,4 @@
-"""GPU checks of the Gluon kernel (Hopper's default) (Hopper only; skipped elsewhere): float64 reference, poisoned
+"""GPU checks of Hopper's default Gluon kernel (skipped elsewhere): float64 reference, poisoned
 outputs, partial blocks, key lengths, Nq != Nk, per-batch and per-head lists, LSE."""
 
 from __future__ import annotations
