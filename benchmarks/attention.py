@@ -205,9 +205,9 @@ def time_portable(ours, budget_ms):
 
 def kernel_that_runs(q, k, v) -> str:
     """Which kernel jenga's launcher picks for these inputs (no key bias, 128-blocks, no explicit tiles)."""
-    from jenga.kernels.gluon_block_sparse import gluon_applies
+    from jenga.kernels.triton_block_sparse import _gluon_wanted  # the launcher's own routing
 
-    if os.environ.get("JENGA_GLUON", "") != "0" and gluon_applies(q, k, v, BLOCK, 0.0) is None:
+    if _gluon_wanted(q, k, v, BLOCK, 0.0):
         return "gluon-" + os.environ.get("JENGA_GLUON_SCHEDULE", "pingpong")
     return "triton"
 

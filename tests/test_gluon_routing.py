@@ -42,7 +42,7 @@ def stub(monkeypatch):
 
     recorder = Stub()
     monkeypatch.setattr(triton_block_sparse, "_gluon_wanted", lambda *a: True)
-    monkeypatch.setattr(gluon_block_sparse, "block_sparse_attention_gluon", recorder)
+    monkeypatch.setattr(gluon_block_sparse, "launch_prechecked", recorder)
     monkeypatch.setattr(triton_block_sparse, "_gluon_broken", set())
     return recorder
 

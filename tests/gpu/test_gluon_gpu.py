@@ -68,13 +68,17 @@ def test_gluon_without_lse_matches_float64(schedule):
     assert not torch.isnan(out).any() and _rel(out, ref) < 2e-2
 
 
+def _routing_case():
+    """q, k, v of 2,000 tokens, 2 heads, and half the 16 x 16 blocks listed."""
+    q, k, v = (torch.randn(1, 2_000, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    return (q, k, v, *dense_to_lists(torch.rand(1, 2, 16, 16, device="cuda") < 0.5))
+
+
 def test_gluon_is_hoppers_default_and_the_switch_turns_it_off(monkeypatch):
     """Unset JENGA_GLUON: the public call runs the Gluon kernel (same bits as the direct launch);
     JENGA_GLUON=0: the portable Triton kernel (other bits, the same values)."""
     monkeypatch.delenv("JENGA_GLUON", raising=False)
-    q, k, v = (torch.randn(1, 2_000, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    mask = torch.rand(1, 2, 16, 16, device="cuda") < 0.5
-    kv_index, kv_count = dense_to_lists(mask)
+    q, k, v, kv_index, kv_count = _routing_case()
     default = block_sparse_attention(q, k, v, kv_index, kv_count, backend="triton")
     direct, _ = block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, None, False)
     assert torch.equal(default, direct)
@@ -86,9 +90,7 @@ def test_gluon_is_hoppers_default_and_the_switch_turns_it_off(monkeypatch):
 def test_gluon_through_the_environment_switch(monkeypatch):
     """JENGA_GLUON=1 (any value but 0) routes the public call to it; the result equals the direct launch."""
     monkeypatch.setenv("JENGA_GLUON", "1")
-    q, k, v = (torch.randn(1, 2_000, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    mask = torch.rand(1, 2, 16, 16, device="cuda") < 0.5
-    kv_index, kv_count = dense_to_lists(mask)
+    q, k, v, kv_index, kv_count = _routing_case()
     out = block_sparse_attention(q, k, v, kv_index, kv_count, backend="triton")
     direct, _ = block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, None, False)
     assert torch.equal(out, direct)

@@ -45,15 +45,12 @@ class HunyuanVideoCarvingProcessor(CarvingProcessor):
         plan = self.runtime.plan
         num_video = video_tokens_seen(self.runtime, hidden_states.shape[1])
         amplify = self.runtime.text_bias > 0 and plan.active and plan.num_tokens == num_video
-        if encoder_hidden_states is not None and (attention_mask is None or attention_mask.dtype == torch.bool):
-            # dense steps (the text amplifier's take the carving branch below): the carved kernels compile meanwhile
+        # joint attention over video and text with a key-padding mask (or none): what carving can take
+        joint = encoder_hidden_states is not None and (attention_mask is None or attention_mask.dtype == torch.bool)
+        if joint:  # dense steps (the text amplifier's take the carving branch below): the carved kernels compile
             self.warm_up_on_dense_step(attn, hidden_states, text_tokens=encoder_hidden_states.shape[1],
                                        key_lengths=attention_mask is not None)
-        if (
-            encoder_hidden_states is None
-            or (attention_mask is not None and attention_mask.dtype != torch.bool)
-            or not (amplify or (not self.dense and plan.carves(num_video)))
-        ):
+        if not joint or not (amplify or (not self.dense and plan.carves(num_video))):
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
         num_text = encoder_hidden_states.shape[1]

@@ -87,8 +87,8 @@ def gluon_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size:
 
 @functools.cache
 def _new_warp_specialize_api() -> bool:
-    """Gluon's ``warp_specialize`` took (default args, default fn, worker args, worker fns, warps, regs) in older
-    releases and a list of (fn, args) pairs in newer ones; the kernel is traced with the form this Triton has."""
+    """True where Gluon's ``warp_specialize`` takes a list of (fn, args) pairs, the form the kernel is written in
+    (older releases took default args, default fn, worker args, worker fns, warps, regs: not applied there)."""
     params = list(inspect.signature(gl.warp_specialize).parameters)
     return params[0] == "functions_and_args"
 
@@ -261,10 +261,10 @@ if GLUON_IMPORT_ERROR is None:
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
         s_zero = gl.zeros([ROWS, TILE], gl.float32, layout=s_layout)
         offs_block = gl.arange(0, TILE, layout=gl.SliceLayout(0, s_layout))
-        p_op = gl.zeros([ROWS, TILE], q_smem.dtype, layout=p_layout)
 
         mbarrier.wait(q_bar, 0)
         if OVERLAP:
+            p_op = gl.zeros([ROWS, TILE], q_smem.dtype, layout=p_layout)  # the previous block's P, loop-carried
             if n_valid > 0:  # turn 0: block 0's Q·Kᵀ alone
                 mbarrier.wait(k_ready.index(0), 0)
                 mbarrier.wait(turn.index(HALF), 0)
@@ -350,7 +350,7 @@ if GLUON_IMPORT_ERROR is None:
         stride_ob, stride_on, stride_oh, stride_lb, stride_lh, stride_ib, stride_ih, stride_iq, stride_cb, stride_ch,
         num_heads, seq_q, seq_k, qk_scale,
         HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, HAS_KEY_LENGTHS: gl.constexpr,
-        WRITE_LSE: gl.constexpr, NEW_WS_API: gl.constexpr, PIPELINE: gl.constexpr,
+        WRITE_LSE: gl.constexpr, PIPELINE: gl.constexpr,
         PINGPONG: gl.constexpr,  # 0: off, 1: with the intra-warpgroup overlap, 2: without
         num_warps: gl.constexpr,
     ):
@@ -412,18 +412,10 @@ if GLUON_IMPORT_ERROR is None:
             gl.warp_specialize([(_pingpong_top, half_args), (_pingpong_bottom, half_args), (_producer, producer_args)],
                                [4, 1], [240, 24])
         elif PIPELINE:
-            if NEW_WS_API:
-                acc, m_i, l_i = gl.warp_specialize([(_consumer_pipelined, consumer_args), (_producer, producer_args)],
-                                                   [1], [24])
-            else:
-                acc, m_i, l_i = gl.warp_specialize(consumer_args, _consumer_pipelined, producer_args, [_producer],
-                                                   [1], [24])
+            acc, m_i, l_i = gl.warp_specialize([(_consumer_pipelined, consumer_args), (_producer, producer_args)],
+                                               [1], [24])
         else:
-            if NEW_WS_API:
-                acc, m_i, l_i = gl.warp_specialize([(_consumer, consumer_args), (_producer, producer_args)], [1],
-                                                   [24])
-            else:
-                acc, m_i, l_i = gl.warp_specialize(consumer_args, _consumer, producer_args, [_producer], [1], [24])
+            acc, m_i, l_i = gl.warp_specialize([(_consumer, consumer_args), (_producer, producer_args)], [1], [24])
 
         if not PINGPONG:
             _epilogue(acc, m_i, l_i, Out, Lse, b64, h64, q_start, stride_ob, stride_on, stride_oh, stride_lb,
@@ -471,22 +463,30 @@ def block_sparse_attention_gluon(
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
     num_stages: int | None = None,
-    pipeline: bool | None = None,
     schedule: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The launcher; the same contract as ``block_sparse_attention_triton`` without key bias.
 
-    ``schedule`` (default: ``JENGA_GLUON_SCHEDULE``, else ``"pingpong"``; ``pipeline=True`` means
-    ``"pipelined"``) names one of :data:`SCHEDULES`: ``"pingpong"`` is FlashAttention-3's two warpgroups
-    taking turns, with the intra-warpgroup overlap (:func:`_pingpong_half`); ``"pingpong-plain"`` the turns
-    alone; ``"pipelined"`` (:func:`_consumer_pipelined`) and ``"plain"`` (:func:`_consumer`) one 8-warp
-    consumer. Only ``"pingpong"`` is tuned and the default; the others are kept for A/B runs.
+    ``schedule`` (default: ``JENGA_GLUON_SCHEDULE``, else ``"pingpong"``) names one of :data:`SCHEDULES`:
+    ``"pingpong"`` is FlashAttention-3's two warpgroups taking turns, with the intra-warpgroup overlap
+    (:func:`_pingpong_half`); ``"pingpong-plain"`` the turns alone; ``"pipelined"`` (:func:`_consumer_pipelined`)
+    and ``"plain"`` (:func:`_consumer`) one 8-warp consumer. Only ``"pingpong"`` is tuned and the default; the
+    others are kept for A/B runs.
 
     Raises ``ValueError`` naming the reason where :func:`gluon_applies` says the kernel cannot run.
     """
     reason = gluon_applies(q, k, v, block_size, 0.0)
     if reason is not None:
         raise ValueError(f"the Gluon kernel cannot run these inputs: {reason}")
+    return launch_prechecked(q, k, v, kv_index, kv_count, key_lengths, return_lse, out, lse, num_stages, schedule)
+
+
+def launch_prechecked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_index: torch.Tensor,
+                      kv_count: torch.Tensor, key_lengths: torch.Tensor | None, return_lse: bool,
+                      out: torch.Tensor | None = None, lse: torch.Tensor | None = None, num_stages: int | None = None,
+                      schedule: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`block_sparse_attention_gluon` on inputs :func:`gluon_applies` has already passed (the Triton
+    backend's dispatch asks it once per call; this launch does not ask again)."""
     # TMA descriptors view q, k, v as [B*N, H*D] rows from a 16-byte-aligned start: anything else is copied once
     # (a fused projection's chunk, a strided view), which costs a small share of the attention it feeds
     if out is None:  # allocated as the portable launcher does (and the custom op's fake says): like q's view
@@ -506,21 +506,28 @@ def block_sparse_attention_gluon(
     q_desc, k_desc, v_desc = (
         TensorDescriptor.from_tensor(t.view(t.shape[0] * t.shape[1], heads * head_dim), [BLOCK, head_dim], layout)
         for t in (q, k, v))
-    schedule = schedule or os.environ.get("JENGA_GLUON_SCHEDULE") or ("pipelined" if pipeline else "pingpong")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown Gluon schedule {schedule!r}; accepted: {', '.join(SCHEDULES)}")
-    pingpong = SCHEDULES.index(schedule) - 1 if schedule.startswith("pingpong") else 0
-    stages = num_stages or _default_stages(head_dim, schedule != "plain")
     _gluon_block_sparse_fwd[(math.ceil(seq_q / BLOCK), batch * heads)](
         q_desc, k_desc, v_desc, out, lse, kv_index, kv_count, key_lengths_arg,
         out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
         kv_index.stride(0), kv_index.stride(1), kv_index.stride(2), kv_count.stride(0), kv_count.stride(1),
         heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim),
-        HEAD_DIM=head_dim, NUM_STAGES=stages, HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=return_lse,
-        NEW_WS_API=_new_warp_specialize_api(), PIPELINE=schedule == "pipelined", PINGPONG=pingpong,
-        num_warps=_default_warps(bool(pingpong)),
+        HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=return_lse, **_schedule_constants(schedule, head_dim, num_stages),
     )
     return out, lse
+
+
+_PINGPONG = {"pingpong": 1, "pingpong-plain": 2}  # the kernel's PINGPONG constexpr; 0 for the one-consumer ones
+
+
+def _schedule_constants(schedule: str | None, head_dim: int, num_stages: int | None) -> dict:
+    """The kernel's schedule constexprs and warps for ``schedule`` (default ``JENGA_GLUON_SCHEDULE``, else
+    ``"pingpong"``); ``ValueError`` naming the accepted ones for another name."""
+    schedule = schedule or os.environ.get("JENGA_GLUON_SCHEDULE") or "pingpong"
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown Gluon schedule {schedule!r}; accepted: {', '.join(SCHEDULES)}")
+    pingpong = _PINGPONG.get(schedule, 0)
+    return dict(HEAD_DIM=head_dim, NUM_STAGES=num_stages or _default_stages(head_dim, schedule != "plain"),
+                PIPELINE=schedule == "pipelined", PINGPONG=pingpong, num_warps=_default_warps(bool(pingpong)))
 
 
 def _default_stages(head_dim: int, refill_after_pv: bool) -> int:
@@ -543,11 +550,9 @@ def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_k
     from triton.experimental.gluon._runtime import GluonASTSource
 
     layout = gl.NVMMASharedLayout.get_default_for([BLOCK, head_dim], gl.bfloat16)
-    pingpong = SCHEDULES.index(schedule) - 1 if schedule.startswith("pingpong") else 0
-    warps = _default_warps(bool(pingpong))
-    constants = dict(HEAD_DIM=head_dim, NUM_STAGES=num_stages or _default_stages(head_dim, schedule != "plain"),
-                     HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=write_lse, NEW_WS_API=_new_warp_specialize_api(),
-                     PIPELINE=schedule == "pipelined", PINGPONG=pingpong, num_warps=warps)
+    constants = dict(HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=write_lse,
+                     **_schedule_constants(schedule, head_dim, num_stages))
+    warps = constants["num_warps"]
     pointers = {"Out": "*bf16", "Lse": "*fp32", "KvIndex": "*i32", "KvCount": "*i32", "KeyLengths": "*i32"}
     signature = {}
     for name in _gluon_block_sparse_fwd.arg_names:

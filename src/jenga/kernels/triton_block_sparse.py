@@ -378,11 +378,10 @@ def block_sparse_attention_triton(
     # autotuning sweep (jenga.kernels.tune), the longest-first order (JENGA_GLUON=0 turns it off altogether)
     portable_asked = config is not None or use_tma is not None or autotune or longest_first
     if not portable_asked and _gluon_wanted(q, k, v, block_size, bias_value):
-        from .gluon_block_sparse import block_sparse_attention_gluon
+        from .gluon_block_sparse import launch_prechecked
 
         try:
-            return block_sparse_attention_gluon(q, k, v, kv_index, kv_count, block_size, key_lengths, return_lse,
-                                                out, lse)
+            return launch_prechecked(q, k, v, kv_index, kv_count, key_lengths, return_lse, out, lse)
         except Exception as err:  # noqa: BLE001 - a compile the installed Triton cannot do: the portable kernel
             if not _gluon_failed(q, err):
                 raise
@@ -584,8 +583,6 @@ def _tma_compatible(t: torch.Tensor) -> bool:
     size = t.element_size()
     return (t.data_ptr() % 16 == 0 and t.stride(-1) == 1
             and all(s > 0 and (s * size) % 16 == 0 for s in t.stride()[:3]))
-
-
 
 
 def _descriptor_scratch(size: int, alignment: int, stream) -> torch.Tensor:
