@@ -8,7 +8,8 @@ as FA4's *full* blocks (no mask_mod evaluated), the way its own users would pass
 
 Per shape and density: the median time of each kernel (`triton.testing.do_bench`), our per-block share
 of cuDNN's dense rate (cuDNN time × density / time), and the largest difference of FA4's output from ours
-(a check that both computed the same thing). The JSON is rewritten after every shape.
+(a check that both computed the same thing). Ours is called as jenga's carved layers call it, without the
+public call's list check (one host synchronisation per call, which FA4 does not do either). The JSON is rewritten after every shape.
 """
 
 from __future__ import annotations
@@ -84,12 +85,12 @@ def main() -> None:
             kept = count.double().sum().item() / (heads * blocks * blocks)
             row = {"shape": name, "heads": heads, "tokens": tokens, "density": kept, "cudnn_dense_ms": cudnn_ms}
             first = time.perf_counter()
-            ours = jenga.block_sparse_attention(q, k, v, index, count)
+            ours = jenga.block_sparse_attention(q, k, v, index, count, check_indices=False)
             torch.cuda.synchronize()
             row["jenga_first_call_s"] = time.perf_counter() - first
             row["jenga_ms"] = triton.testing.do_bench(
-                lambda q=q, k=k, v=v, index=index, count=count: jenga.block_sparse_attention(q, k, v, index, count),
-                warmup=50, rep=300)
+                lambda q=q, k=k, v=v, index=index, count=count: jenga.block_sparse_attention(
+                    q, k, v, index, count, check_indices=False), warmup=50, rep=300)
             row["jenga_share_of_cudnn"] = cudnn_ms * kept / row["jenga_ms"]
             if flash_attn_func is not None:
                 sparse = BlockSparseTensorsTorch(
