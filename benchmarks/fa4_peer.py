@@ -9,7 +9,8 @@ as FA4's *full* blocks (no mask_mod evaluated), the way its own users would pass
 Per shape and density: the median time of each kernel (`triton.testing.do_bench`), our per-block share
 of cuDNN's dense rate (cuDNN time × density / time), and the largest difference of FA4's output from ours
 (a check that both computed the same thing). Ours is called as jenga's carved layers call it, without the
-public call's list check (one host synchronisation per call, which FA4 does not do either). The JSON is rewritten after every shape.
+public call's list check (one host synchronisation per call, which FA4 does not do either). The JSON is
+rewritten after every shape.
 """
 
 from __future__ import annotations

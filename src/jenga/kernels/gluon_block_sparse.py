@@ -133,14 +133,28 @@ if GLUON_IMPORT_ERROR is None:
             _tma_load(v_desc, [row, col0], v_ready.index(stage), v_smem.index(stage))
 
     @gluon.jit
-    def _softmax_step(s, kb, key_limit, qk_scale, m_i, l_i, offs_block):
+    def _straddling_block(idx_base, n_valid, key_limit):
+        """Where the key limit cuts a listed block: its position in the list (-1 if none) and its valid keys.
+        Listed blocks ascend, so only the last one can straddle; its index is read once, before the loop, which
+        keeps a dependent global load out of every iteration's softmax."""
+        last = gl.load(idx_base + gl.maximum(n_valid - 1, 0), mask=n_valid > 0, other=0)
+        valid_keys = key_limit - last * TILE
+        at = -1
+        if valid_keys < TILE:
+            at = n_valid - 1
+        return at, valid_keys
+
+    @gluon.jit
+    def _softmax_step(s, masked, valid_keys, qk_scale, m_i, l_i, offs_block):
         """One block's online-softmax update in log2 units: the probabilities, the new max and sums, and the
-        factor the running output must be rescaled by. Only the block that straddles the key limit is masked."""
-        s = s * qk_scale
-        if (kb + 1) * TILE > key_limit:
-            s = gl.where(gl.expand_dims(kb * TILE + offs_block < key_limit, 0), s, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(s, 1))
-        p = gl.exp2(s - gl.expand_dims(m_new, 1))
+        factor the running output must be rescaled by. Only the block that straddles the key limit is masked
+        (``masked``, its first ``valid_keys`` keys kept). The max is taken on the raw scores and only it is
+        scaled, so each score costs one fused multiply-add before its ``exp2`` (FlashAttention-3's form), not a
+        multiply and a subtraction."""
+        if masked:
+            s = gl.where(gl.expand_dims(offs_block < valid_keys, 0), s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+        p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
         alpha = gl.exp2(m_i - m_new)
         return p, m_new, l_i * alpha + gl.sum(p, 1), alpha
 
@@ -175,6 +189,7 @@ if GLUON_IMPORT_ERROR is None:
         s_zero = gl.zeros([TILE, TILE], gl.float32, layout=s_layout)
         offs_block = gl.arange(0, TILE, layout=gl.SliceLayout(0, s_layout))
 
+        mask_at, valid_keys = _straddling_block(idx_base, n_valid, key_limit)
         mbarrier.wait(q_bar, 0)
         for i in range(n_valid):
             stage = i % NUM_STAGES
@@ -182,7 +197,7 @@ if GLUON_IMPORT_ERROR is None:
             mbarrier.wait(k_ready.index(stage), phase)
             s = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-            p, m_i, l_i, alpha = _softmax_step(s, gl.load(idx_base + i), key_limit, qk_scale, m_i, l_i, offs_block)
+            p, m_i, l_i, alpha = _softmax_step(s, i == mask_at, valid_keys, qk_scale, m_i, l_i, offs_block)
             acc = _rescale_and_pv(acc, alpha, p, v_smem.index(stage), v_ready.index(stage), phase,
                                   kv_empty.index(stage), p_layout, row_o)
         return acc, m_i, l_i
@@ -207,6 +222,7 @@ if GLUON_IMPORT_ERROR is None:
         s_zero = gl.zeros([TILE, TILE], gl.float32, layout=s_layout)
         offs_block = gl.arange(0, TILE, layout=gl.SliceLayout(0, s_layout))
 
+        mask_at, valid_keys = _straddling_block(idx_base, n_valid, key_limit)
         mbarrier.wait(q_bar, 0)
         # in-flight results are loop-carried: as wgmma accumulators where Gluon has that type
         acc = _mma_init(acc)
@@ -221,7 +237,7 @@ if GLUON_IMPORT_ERROR is None:
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s_next,))
             else:  # S_i done; block i-1's P·V, issued after it, may still run
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s_next,))
-            p, m_i, l_i, alpha = _softmax_step(s, gl.load(idx_base + i), key_limit, qk_scale, m_i, l_i, offs_block)
+            p, m_i, l_i, alpha = _softmax_step(s, i == mask_at, valid_keys, qk_scale, m_i, l_i, offs_block)
             p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))  # P·V of block i-1 done
             if i > 0:
@@ -262,6 +278,7 @@ if GLUON_IMPORT_ERROR is None:
         s_zero = gl.zeros([ROWS, TILE], gl.float32, layout=s_layout)
         offs_block = gl.arange(0, TILE, layout=gl.SliceLayout(0, s_layout))
 
+        mask_at, valid_keys = _straddling_block(idx_base, n_valid, key_limit)
         mbarrier.wait(q_bar, 0)
         if OVERLAP:
             p_op = gl.zeros([ROWS, TILE], q_smem.dtype, layout=p_layout)  # the previous block's P, loop-carried
@@ -271,7 +288,7 @@ if GLUON_IMPORT_ERROR is None:
                 s = warpgroup_mma(q_half, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
                 mbarrier.arrive(turn.index(1 - HALF), count=1)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                p, m_i, l_i, alpha = _softmax_step(s, gl.load(idx_base), key_limit, qk_scale, m_i, l_i, offs_block)
+                p, m_i, l_i, alpha = _softmax_step(s, mask_at == 0, valid_keys, qk_scale, m_i, l_i, offs_block)
                 p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
             for i in range(1, n_valid):  # loop-carried values are plain tensors: every wgmma is waited for within
                 stage = i % NUM_STAGES
@@ -283,7 +300,7 @@ if GLUON_IMPORT_ERROR is None:
                 acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
                 mbarrier.arrive(turn.index(1 - HALF), count=1)
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_i done; P·V of block i-1 may still run
-                p, m_i, l_i, alpha = _softmax_step(s, gl.load(idx_base + i), key_limit, qk_scale, m_i, l_i,
+                p, m_i, l_i, alpha = _softmax_step(s, i == mask_at, valid_keys, qk_scale, m_i, l_i,
                                                    offs_block)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 mbarrier.arrive(kv_empty.index(prev), count=1)
@@ -306,7 +323,7 @@ if GLUON_IMPORT_ERROR is None:
                                   is_async=True)
                 mbarrier.arrive(turn.index(1 - HALF), count=1)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                p, m_i, l_i, alpha = _softmax_step(s, gl.load(idx_base + i), key_limit, qk_scale, m_i, l_i,
+                p, m_i, l_i, alpha = _softmax_step(s, i == mask_at, valid_keys, qk_scale, m_i, l_i,
                                                    offs_block)
                 acc = _rescale_and_pv(acc, alpha, p, v_smem.index(stage), v_ready.index(stage), phase,
                                       kv_empty.index(stage), p_layout, row_o)
