@@ -19,11 +19,12 @@ Structure (the default schedule, ``"pingpong"``):
   softmax runs while that P·V is in flight; each writes its own rows of the output and LSE;
 - the block that straddles the key limit (key lengths, or Nk not a multiple of 128) is the only one masked.
 
-Measured on an H200 (benchmarks/RESULTS.md, same run as FlexAttention and cuDNN): each computed block at
-0.82-1.08 of cuDNN's dense rate, 1.05-1.29x the portable Triton kernel, 1.25-1.49x FlexAttention. Kept for A/B
+Measured on an H200 (benchmarks/RESULTS.md, same run as FlexAttention, FlashAttention-4 and cuDNN): each computed
+block at 0.83-1.10 of cuDNN's dense rate, 1.28-1.52x FlexAttention, 0.83-0.95x FlashAttention-4's block-sparse
+forward (``backend="fa4"``), and 1.05-1.29x the portable Triton kernel (an earlier run). Kept for A/B
 runs (``schedule=``): ``"pingpong-plain"`` (the turns without the overlap) and the single 8-warp consumer,
 ``"plain"`` and ``"pipelined"``, which ran no faster than the Triton kernel.
-Not done: key bias, a persistent grid.
+Not done: key bias, a persistent grid, per-thread partial row sums, K released before its P·V (FA4 does both).
 
 Semantics kept: key lengths, LSE, partial blocks, Nq != Nk, per-batch and per-head lists. Inputs are
 viewed as ``[B*N, H*D]`` rows for the TMA descriptors (non-contiguous or misaligned ones are copied first):
