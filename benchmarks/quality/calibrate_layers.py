@@ -1,11 +1,13 @@
-"""Per-layer thresholds against the fixed preset on the toy model, at the preset's own quality (issue 20).
+"""Per-layer thresholds against the fixed preset on the toy model, at the preset's own quality or a stated recall
+budget (issue 20).
 
     python benchmarks/quality/calibrate_layers.py --out benchmarks/results/calibrate-layers-cpu.json   # CPU
 
 1. ``jenga.calibrate(min_recall="base", layer_thresholds=True)`` on one clip (``--calibration-prompt``, seed
    ``--seed``): per stage, each layer's own ``p`` so that the stage's mean recall over the layers is at least
    the Wan ``base`` preset's on the same captures (``--budget recall+error``: and the mean output error at most
-   the preset's); the report gives both mean densities (same captures).
+   the preset's); the report gives both mean densities (same captures). ``--min-recall 0.9``: a stated budget
+   instead of the preset's own recall.
    ``--uniform`` also runs the stage-mean pick with one ``p`` (``layer_thresholds=False``) for comparison.
 2. Generation check: ``--clips`` one-object prompts spread over the 48 (one batch, one seed, the toy size's
    steps, CFG 4), dense, with the preset and with the calibrated config: PSNR and SSIM of each clip against
@@ -78,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uniform", action="store_true", help="also the stage-mean pick with one p for all layers")
     parser.add_argument("--budget", choices=("recall", "recall+error"), default="recall",
                         help="the preset's own stage-mean recall (default), or its mean recall and mean error both")
+    parser.add_argument("--min-recall", default="base",
+                        help="the recall budget: 'base' (the preset's own stage-mean recall, default) or a number, "
+                             "a budget the user states (the generation check then shows what it costs against the "
+                             "preset)")
     parser.add_argument("--heads", type=int, default=2, help="calibration: heads sampled per layer (default 2)")
     parser.add_argument("--query-blocks", type=int, default=8, help="calibration: query blocks per head (default 8)")
     parser.add_argument("--cdf-thresholds", type=float, nargs="+", default=None,
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     size = SIZES[args.size]
+    min_recall = args.min_recall if args.min_recall == "base" else float(args.min_recall)
     transformer, encoder = load_pretrained()
     pipe = build_pipeline(transformer)
     pipe.set_progress_bar_config(disable=True)
@@ -99,16 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     picks = {}
     for name, layer_thresholds in (("layers", True), ("uniform", False))[: 2 if args.uniform else 1]:
         with quiet_frame_rounding():
-            report = calibrate(pipe, base=base, min_recall="base", layer_thresholds=layer_thresholds,
+            report = calibrate(pipe, base=base, min_recall=min_recall, layer_thresholds=layer_thresholds,
                                max_error="base" if args.budget == "recall+error" else None,
                                steps=size.steps, num_inference_steps=size.steps, heads=args.heads,
                                query_blocks=args.query_blocks, cdf_thresholds=args.cdf_thresholds, seed=args.seed,
                                **call)
         print(report.table(), flush=True)
         picks[name] = report
-    calibration = {name: dict(config=r.config.to_dict(), timing=r.timing, stages=[
+    calibration = {name: dict(config=r.config.to_dict(), budget=r.budget, timing=r.timing, stages=[
         dict(stage=row["stage"], drop_rate=row["drop_rate"], density=row["density"], recall=row["recall"],
-             output_error=row["output_error"], min_recall=row["min_recall"], max_error=row.get("max_error"),
+             output_error=row["output_error"], min_recall=row.get("min_recall"), max_error=row.get("max_error"),
              cdf_thresholds=row.get("cdf_thresholds"), preset={k: row["base"][k] for k in ("density", "recall",
                                                                                           "output_error")})
         for row in r.stages])
