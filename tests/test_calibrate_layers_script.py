@@ -32,3 +32,20 @@ def test_calibrate_layers_script_writes_calibration_and_generation_figures(tmp_p
         assert 0 < entry["kept_density"] < 1 and entry["psnr_db"]["mean"] > 0 and 0 < entry["ssim"]["mean"] <= 1
         assert entry["sparse_layer_forwards"] > 0
     assert generation["calibrated-layers"]["config"]["layer_cdf_thresholds"]
+
+
+@pytest.mark.long(8)
+def test_layer_probe_script_lowers_one_layer_and_measures_the_clips(tmp_path):
+    """benchmarks/quality/layer_probe.py: the preset and one layer at a lower p, on the same clips; the lowered
+    layer keeps fewer blocks than under the preset (the others see other inputs after the first step)."""
+    out = tmp_path / "probe.json"
+    args = ["--size", "small", "--clips", "1", "--layers", "5", "--p", "0", "--out", str(out)]
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "layer_probe.py"), *args],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"preset", "layer5-p0.0"}
+    preset, lowered = rows["preset"]["kept_density_per_layer"], rows["layer5-p0.0"]["kept_density_per_layer"]
+    assert lowered["5"] < preset["5"]
+    for row in rows.values():
+        assert row["psnr_db"]["mean"] > 0 and 0 < row["ssim"]["mean"] <= 1
