@@ -48,6 +48,12 @@ def generate(pipe: Any, encoder: torch.nn.Module, prompts: list, size: Any, seed
     return out.float().clamp(-1, 1)
 
 
+def spread_prompts(clips: int) -> list:
+    """``clips`` one-object prompts spread evenly over the 48 (the clips every generation check judges on)."""
+    every = all_single_prompts()
+    return [every[round(i * len(every) / clips) % len(every)] for i in range(clips)]
+
+
 def measured(pipe: Any, encoder: torch.nn.Module, prompts: list, size: Any, seed: int, cfg: jenga.JengaConfig,
              dense: torch.Tensor) -> dict[str, Any]:
     """Generate with ``cfg``; PSNR / SSIM per clip against ``dense`` and the kept-block density it recorded."""
@@ -121,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in r.stages])
         for name, r in picks.items()}
 
-    every = all_single_prompts()
-    prompts = [every[round(i * len(every) / args.clips) % len(every)] for i in range(args.clips)]
+    prompts = spread_prompts(args.clips)
     dense = generate(pipe, encoder, prompts, size, args.seed)
     variants = {"preset": base, **{f"calibrated-{name}": r.config for name, r in picks.items()}}
     generation = {}

@@ -22,11 +22,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from calibrate_layers import generate, measured  # noqa: E402
+from calibrate_layers import generate, measured, spread_prompts  # noqa: E402
 
 import jenga  # noqa: E402
 from jenga.demo import SIZES  # noqa: E402
-from jenga.toy.data import all_single_prompts  # noqa: E402
 from jenga.toy.model import build_pipeline, load_pretrained  # noqa: E402
 
 
@@ -46,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe.set_progress_bar_config(disable=True)
     base = jenga.JengaConfig.preset("base", model="wan", block_size=size.block_size)
     layers = args.layers if args.layers is not None else list(range(len(transformer.blocks)))
-    every = all_single_prompts()
-    prompts = [every[round(i * len(every) / args.clips) % len(every)] for i in range(args.clips)]
+    prompts = spread_prompts(args.clips)
     dense = generate(pipe, encoder, prompts, size, args.seed)
     variants = {} if args.no_preset else {"preset": base}
     variants.update({f"layer{x}-p{p}": dataclasses.replace(base, layer_cdf_thresholds={x: p})

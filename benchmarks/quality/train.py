@@ -151,13 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.target is not None and min(score["direction"], score["shape"]) >= args.target
 
     stopped_early = False
+    weighted = bool(args.object_weight or args.shape_weight)  # the loss weights the objects or their corners
     while (elapsed := time.perf_counter() - started) < args.seconds and (args.steps is None or step < args.steps):
         progress = elapsed / args.seconds if args.steps is None else max(elapsed / args.seconds, step / args.steps)
         weights = torch.tensor([early + (late - early) * progress for *_, early, late in buckets])
         frames, side, *_ = buckets[int(torch.multinomial(weights, 1, generator=data_gen))]
         batch = max(1, tokens // (frames * side * side // 4))
         batch_prompts = random_prompts(batch, data_gen)
-        weighted = bool(args.object_weight or args.shape_weight)
         rendered = render(batch_prompts, frames, side, side, data_gen, device=device, with_coverage=weighted)
         clips, coverage = rendered if weighted else (rendered, None)
         conditioned = [p if float(torch.rand((), generator=data_gen)) > 0.1 else None for p in batch_prompts]

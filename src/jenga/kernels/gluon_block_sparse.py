@@ -14,7 +14,7 @@ Structure (the default schedule, ``"pingpong"``):
   ``NUM_STAGES`` shared-memory buffers (``k_ready`` / ``v_ready`` mbarriers); both consumers release a
   buffer through ``kv_empty`` once their P·V has read it;
 - the consumers take turns issuing their ``wgmma`` (a token passed through two mbarriers), so one's softmax
-  (float32, ``exp2``, scale and log2(e) folded into one multiply) runs while the other's products occupy the
+  (float32, ``exp2``, scale and log2(e) folded into one FMA per score) runs while the other's products occupy the
   tensor cores; within each, block i+1's Q·Kᵀ and block i's P·V are issued together and block i+1's
   softmax runs while that P·V is in flight; each writes its own rows of the output and LSE;
 - the block that straddles the key limit (key lengths, or Nk not a multiple of 128) is the only one masked.
@@ -158,6 +158,15 @@ if GLUON_IMPORT_ERROR is None:
         p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
         alpha = gl.exp2(m_i - m_new)
         return p, m_new, l_i * alpha + gl.sum(p, 1), alpha
+
+    @gluon.jit
+    def _finished_rows(acc, m_i, l_i, row_o: gl.constexpr):
+        """The normalised output rows and their LSE (natural log) from the running state; rows with no valid key
+        get 0 and LSE = -inf."""
+        has_key = l_i > 0.0
+        l_safe = gl.where(has_key, l_i, 1.0)
+        out = acc / gl.expand_dims(gl.convert_layout(l_safe, row_o), 1)
+        return out, gl.where(has_key, (m_i + gl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
 
     @gluon.jit
     def _rescale_and_pv(acc, alpha, p, v_buf, v_bar, phase, empty_bar, p_layout: gl.constexpr,
@@ -329,17 +338,13 @@ if GLUON_IMPORT_ERROR is None:
                 acc = _rescale_and_pv(acc, alpha, p, v_smem.index(stage), v_ready.index(stage), phase,
                                       kv_empty.index(stage), p_layout, row_o)
 
-        # epilogue: rows with no valid key get 0 and LSE = -inf
-        has_key = l_i > 0.0
-        l_safe = gl.where(has_key, l_i, 1.0)
-        out = acc / gl.expand_dims(gl.convert_layout(l_safe, row_o), 1)
+        out, lse = _finished_rows(acc, m_i, l_i, row_o)
         rows_o = HALF * ROWS + gl.arange(0, ROWS, layout=row_o)  # within the query block
         offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
         o_ptrs = (Out + out_row0 + gl.expand_dims(rows_o.to(gl.int64) * stride_on, 1) + gl.expand_dims(offs_d, 0))
         gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(rows_o < rows_left, 1))
         # without WRITE_LSE the store is masked off entirely (Lse is empty then), not left out: Triton 3.6 fails
         # to lower a warp-specialised partition with an unused pointer argument
-        lse = gl.where(has_key, (m_i + gl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
         rows_s = HALF * ROWS + gl.arange(0, ROWS, layout=row_s)
         gl.store(Lse + lse_row0 + rows_s, lse, mask=(rows_s < rows_left) & WRITE_LSE)
 
@@ -455,16 +460,13 @@ if GLUON_IMPORT_ERROR is None:
         s_layout: gl.constexpr = _wgmma_layout(CONSUMER_WARPS, TILE)
         o_layout: gl.constexpr = _wgmma_layout(CONSUMER_WARPS, HEAD_DIM)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-        has_key = l_i > 0.0
-        l_safe = gl.where(has_key, l_i, 1.0)
-        out = acc / gl.expand_dims(gl.convert_layout(l_safe, row_o), 1)
+        out, lse = _finished_rows(acc, m_i, l_i, row_o)
         offs_m = q_start + gl.arange(0, TILE, layout=row_o)
         offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
         o_ptrs = (Out + b64 * stride_ob + h64 * stride_oh + gl.expand_dims(offs_m.to(gl.int64) * stride_on, 1)
                   + gl.expand_dims(offs_d, 0))
         gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(offs_m < seq_q, 1))
         if WRITE_LSE:
-            lse = gl.where(has_key, (m_i + gl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
             offs_l = q_start + gl.arange(0, TILE, layout=gl.SliceLayout(1, s_layout))
             gl.store(Lse + b64 * stride_lb + h64 * stride_lh + offs_l, lse, mask=offs_l < seq_q)
 
@@ -519,8 +521,7 @@ def launch_prechecked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_inde
     kv_count = kv_count.expand(batch, heads, -1)
     has_key_lengths = key_lengths is not None
     key_lengths_arg = key_lengths.to(torch.int32) if has_key_lengths else kv_count
-    element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
-    layout = gl.NVMMASharedLayout.get_default_for([BLOCK, head_dim], element)
+    layout = _tile_layout(head_dim, q.dtype)
     q_desc, k_desc, v_desc = (
         TensorDescriptor.from_tensor(t.view(t.shape[0] * t.shape[1], heads * head_dim), [BLOCK, head_dim], layout)
         for t in (q, k, v))
@@ -532,6 +533,13 @@ def launch_prechecked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_inde
         HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=return_lse, **_schedule_constants(schedule, head_dim, num_stages),
     )
     return out, lse
+
+
+@functools.cache
+def _tile_layout(head_dim: int, dtype: torch.dtype):
+    """The shared-memory layout of a [128, head_dim] tile, the TMA descriptors' (once per kind, not per call)."""
+    return gl.NVMMASharedLayout.get_default_for([BLOCK, head_dim], gl.bfloat16 if dtype == torch.bfloat16
+                                                else gl.float16)
 
 
 _PINGPONG = {"pingpong": 1, "pingpong-plain": 2}  # the kernel's PINGPONG constexpr; 0 for the one-consumer ones
@@ -567,7 +575,7 @@ def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_k
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    layout = gl.NVMMASharedLayout.get_default_for([BLOCK, head_dim], gl.bfloat16)
+    layout = _tile_layout(head_dim, torch.bfloat16)
     constants = dict(HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=write_lse,
                      **_schedule_constants(schedule, head_dim, num_stages))
     warps = constants["num_warps"]

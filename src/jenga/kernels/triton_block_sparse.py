@@ -505,7 +505,7 @@ _FALLBACK_PICKS: dict[tuple, dict] = {}
 
 def _gluon_wanted(q, k, v, block_size: int, bias_value: float) -> bool:
     """The Gluon kernel runs where it applies (Hopper; see ``gluon_applies``) unless ``JENGA_GLUON=0``: its
-    ping-pong schedule runs each block at 0.82-1.08 of cuDNN's dense rate, 1.05-1.29x this kernel (H200,
+    ping-pong schedule runs each block at 0.83-1.10 of cuDNN's dense rate, 1.05-1.29x this kernel (H200,
     benchmarks/RESULTS.md)."""
     if os.environ.get("JENGA_GLUON", "") == "0" or not q.is_cuda or (q.dtype, q.shape[-1], q.device) in _gluon_broken:
         return False
