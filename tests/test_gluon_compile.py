@@ -23,6 +23,9 @@ for schedule in SCHEDULES:  # the ping-pong ones without LSE: Triton 3.6 once fa
                                 tma=len(re.findall(r"cp\\.async\\.bulk\\.tensor", ptx)),
                                 setmaxnreg="setmaxnreg" in ptx,
                                 wait_one=bool(re.search(r"wgmma\\.wait_group\\.sync\\.aligned 1", ptx)))
+ptx = compile_for_hopper(head_dim=128, schedule="pingpong", write_lse=False, has_bias=True).asm["ptx"]
+found["pingpong-key-bias"] = dict(wgmma=len(re.findall(r"wgmma\\.mma_async", ptx)), tma=1,
+                                  setmaxnreg="setmaxnreg" in ptx)
 print(json.dumps(found))
 """
 

@@ -95,3 +95,20 @@ def test_gluon_is_never_wanted_off_cuda_or_when_switched_off(monkeypatch):
     assert not triton_block_sparse._gluon_wanted(q, q, q, 128, 0.0)  # a CPU tensor
     monkeypatch.setenv("JENGA_GLUON", "0")
     assert not triton_block_sparse._gluon_wanted(q, q, q, 128, 0.0)
+
+
+@needs_triton
+def test_key_bias_reaches_the_gluon_kernel(case, stub, monkeypatch):
+    """The text amplifier's key bias goes to the Gluon kernel (it takes key bias now) as ``(start, value)``."""
+    seen = {}
+
+    def recorder(q, *args, key_bias=None, **kwargs):
+        seen["key_bias"] = key_bias
+        return torch.full_like(q, 7.0), torch.empty(0)
+
+    monkeypatch.setattr(gluon_block_sparse, "launch_prechecked", recorder)
+    q, k, v, kv_index, kv_count = case
+    out, _ = triton_block_sparse.block_sparse_attention_triton(q, k, v, kv_index, kv_count, 32, None, 64, 1.5,
+                                                               False)
+    assert seen["key_bias"] == (64, 1.5) and torch.all(out == 7.0)
+

@@ -94,3 +94,38 @@ def test_gluon_through_the_environment_switch(monkeypatch):
     out = block_sparse_attention(q, k, v, kv_index, kv_count, backend="triton")
     direct, _ = block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, None, False)
     assert torch.equal(out, direct)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_gluon_key_bias_matches_float64(schedule, with_lengths):
+    """key_bias (HunyuanVideo's text amplifier): the blocks from the one that holds key 1,000 on take the biased
+    softmax (block 7 straddles it); with key lengths the last listed block is also cut."""
+    torch.manual_seed(torch.seed() % 2**31)
+    batch, heads, seq_q, seq_k = 2, 2, 1_100, 1_300
+    q = torch.randn(batch, seq_q, heads, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(batch, seq_k, heads, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = torch.rand(batch, heads, math.ceil(seq_q / 128), math.ceil(seq_k / 128), device="cuda") < 0.5
+    mask[..., 7] = True
+    mask[..., -1] = True
+    kv_index, kv_count = dense_to_lists(mask)
+    key_lengths = torch.tensor([seq_k, seq_k - 250], device="cuda", dtype=torch.int32) if with_lengths else None
+    out = torch.full_like(q, float("nan"))
+    block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, key_lengths, False, out=out, schedule=schedule,
+                                 key_bias=(1_000, 1.5))
+    ref = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch",
+                                 key_lengths=key_lengths, key_bias=(1_000, 1.5))
+    unbiased = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch",
+                                      key_lengths=key_lengths)
+    assert not torch.isnan(out).any()
+    assert _rel(out, ref) < 2e-2
+    assert _rel(unbiased, ref) > 5e-2  # the bias changes the result by more than the tolerance
+
+
+def test_key_bias_routes_to_gluon(monkeypatch):
+    """The public call with key_bias runs the Gluon kernel on Hopper (same bits as the direct launch)."""
+    monkeypatch.delenv("JENGA_GLUON", raising=False)
+    q, k, v, kv_index, kv_count = _routing_case()
+    routed = block_sparse_attention(q, k, v, kv_index, kv_count, backend="triton", key_bias=(1_500, 2.0))
+    direct, _ = block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, None, False, key_bias=(1_500, 2.0))
+    assert torch.equal(routed, direct)

@@ -2,7 +2,7 @@
 
 Hopper's default (:func:`jenga.block_sparse_attention` with the Triton backend routes here where
 :func:`gluon_applies` says it can; ``JENGA_GLUON=0`` turns it off). Everywhere else (other GPUs, the CPU
-interpreter, key bias, explicit tiles or autotuning) the portable Triton kernel (:mod:`.triton_block_sparse`) runs.
+interpreter, explicit tiles or autotuning) the portable Triton kernel (:mod:`.triton_block_sparse`) runs.
 Gluon does not run in the CPU interpreter: ``tests/test_gluon_compile.py`` compiles it for sm_90 on the CPU,
 ``tests/gpu/test_gluon_gpu.py`` checks it on an H200 against a float64 reference.
 
@@ -24,7 +24,9 @@ block at 0.83-1.10 of cuDNN's dense rate, 1.28-1.52x FlexAttention, 0.83-0.95x F
 forward (``backend="fa4"``), and 1.05-1.29x the portable Triton kernel (an earlier run). Kept for A/B
 runs (``schedule=``): ``"pingpong-plain"`` (the turns without the overlap) and the single 8-warp consumer,
 ``"plain"`` and ``"pipelined"``, which ran no faster than the Triton kernel.
-Not done: key bias, a persistent grid, per-thread partial row sums, K released before its P·V (FA4 does both).
+Key bias (HunyuanVideo's text amplifier): the blocks that hold biased keys, a suffix of each ascending list
+found by one scan, take a biased softmax step. Not done: a persistent grid, per-thread partial row sums, K
+released before its P·V (FA4 does both).
 
 Semantics kept: key lengths, LSE, partial blocks, Nq != Nk, per-batch and per-head lists. Inputs are
 viewed as ``[B*N, H*D]`` rows for the TMA descriptors (non-contiguous or misaligned ones are copied first):
@@ -79,8 +81,6 @@ def gluon_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size:
         return f"head dim {q.shape[3]} (64 and 128 only)"
     if block_size != BLOCK:
         return f"block size {block_size} (128 only)"
-    if bias_value != 0.0:
-        return "key bias not implemented"
     if not _new_warp_specialize_api():
         return "this Triton's Gluon has the older warp_specialize signature (the ping-pong schedule needs the newer)"
     return None
@@ -169,6 +169,34 @@ if GLUON_IMPORT_ERROR is None:
         return out, gl.where(has_key, (m_i + gl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
 
     @gluon.jit
+    def _biased_softmax_step(s, masked, valid_keys, bias_col, bias_log2, qk_scale, m_i, l_i, offs_block):
+        """:func:`_softmax_step` for a block that holds biased keys (``key_bias``: ``bias_log2`` added to the
+        scaled scores of its keys from column ``bias_col`` on)."""
+        t = s * qk_scale + gl.expand_dims(gl.where(offs_block >= bias_col, bias_log2, 0.0), 0)
+        if masked:
+            t = gl.where(gl.expand_dims(offs_block < valid_keys, 0), t, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(t, 1))
+        p = gl.exp2(t - gl.expand_dims(m_new, 1))
+        alpha = gl.exp2(m_i - m_new)
+        return p, m_new, l_i * alpha + gl.sum(p, 1), alpha
+
+    @gluon.jit
+    def _step(s, i, mask_at, valid_keys, idx_base, bias_from, bias_start, bias_log2, qk_scale, m_i, l_i, offs_block,
+              HAS_BIAS: gl.constexpr):
+        """Block ``i``'s softmax update; with ``HAS_BIAS`` the blocks from list position ``bias_from`` on (lists
+        ascend, so those reaching ``bias_start`` are a suffix) take the biased form, their index read then."""
+        if HAS_BIAS:
+            if i >= bias_from:
+                bias_col = bias_start - gl.load(idx_base + i) * TILE
+                p, m_new, l_new, alpha = _biased_softmax_step(s, i == mask_at, valid_keys, bias_col, bias_log2,
+                                                              qk_scale, m_i, l_i, offs_block)
+            else:
+                p, m_new, l_new, alpha = _softmax_step(s, i == mask_at, valid_keys, qk_scale, m_i, l_i, offs_block)
+        else:
+            p, m_new, l_new, alpha = _softmax_step(s, i == mask_at, valid_keys, qk_scale, m_i, l_i, offs_block)
+        return p, m_new, l_new, alpha
+
+    @gluon.jit
     def _rescale_and_pv(acc, alpha, p, v_buf, v_bar, phase, empty_bar, p_layout: gl.constexpr,
                         row_o: gl.constexpr):
         """The running output rescaled by ``alpha``, then P·V added once the value block has landed; its buffer
@@ -182,7 +210,8 @@ if GLUON_IMPORT_ERROR is None:
         return acc
 
     @gluon.jit
-    def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit, qk_scale):
+    def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit, qk_scale,
+                  bias_from, bias_start, bias_log2, HAS_BIAS: gl.constexpr):
         """Two warpgroups: S = Q·Kᵀ and O += P·V with ``wgmma``, online softmax in registers. Returns the
         unnormalised output, the running max (log2 units) and the row sums; constexprs come from the shapes of
         the buffers (partition arguments arrive as values)."""
@@ -207,14 +236,15 @@ if GLUON_IMPORT_ERROR is None:
             mbarrier.wait(k_ready.index(stage), phase)
             s = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-            p, m_i, l_i, alpha = _softmax_step(s, i == mask_at, valid_keys, qk_scale, m_i, l_i, offs_block)
+            p, m_i, l_i, alpha = _step(s, i, mask_at, valid_keys, idx_base, bias_from, bias_start, bias_log2, qk_scale,
+                                        m_i, l_i, offs_block, HAS_BIAS)
             acc = _rescale_and_pv(acc, alpha, p, v_smem.index(stage), v_ready.index(stage), phase,
                                   kv_empty.index(stage), p_layout, row_o)
         return acc, m_i, l_i
 
     @gluon.jit
     def _consumer_pipelined(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit,
-                            qk_scale):
+                            qk_scale, bias_from, bias_start, bias_log2, HAS_BIAS: gl.constexpr):
         """As :func:`_consumer`, software-pipelined as FlashAttention-3 does within a warpgroup: block i's
         softmax runs while block i-1's P·V is still on the tensor cores, and block i+1's Q·Kᵀ is issued before
         block i's P·V (wgmma groups complete in issue order, so waiting for all but one leaves P·V in flight).
@@ -247,7 +277,8 @@ if GLUON_IMPORT_ERROR is None:
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s_next,))
             else:  # S_i done; block i-1's P·V, issued after it, may still run
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s_next,))
-            p, m_i, l_i, alpha = _softmax_step(s, i == mask_at, valid_keys, qk_scale, m_i, l_i, offs_block)
+            p, m_i, l_i, alpha = _step(s, i, mask_at, valid_keys, idx_base, bias_from, bias_start, bias_log2, qk_scale,
+                                        m_i, l_i, offs_block, HAS_BIAS)
             p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))  # P·V of block i-1 done
             if i > 0:
@@ -265,8 +296,9 @@ if GLUON_IMPORT_ERROR is None:
 
     @gluon.jit
     def _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left,
-                       HALF: gl.constexpr, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr):
+                       key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0,
+                       stride_on, rows_left, HALF: gl.constexpr, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr,
+                       HAS_BIAS: gl.constexpr):
         """One warpgroup's 64 query rows of the block (``HALF`` 0: the top rows, 1: the bottom rows), as
         FlashAttention-3 schedules them: the two warpgroups take turns issuing their ``wgmma`` (``turn``
         mbarriers pass the token), so one's softmax runs while the other's products occupy the tensor cores;
@@ -298,7 +330,8 @@ if GLUON_IMPORT_ERROR is None:
                 s = warpgroup_mma(q_half, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
                 mbarrier.arrive(turn.index(1 - HALF), count=1)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                p, m_i, l_i, alpha = _softmax_step(s, mask_at == 0, valid_keys, qk_scale, m_i, l_i, offs_block)
+                p, m_i, l_i, alpha = _step(s, 0, mask_at, valid_keys, idx_base, bias_from, bias_start, bias_log2,
+                                            qk_scale, m_i, l_i, offs_block, HAS_BIAS)
                 p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
             for i in range(1, n_valid):  # loop-carried values are plain tensors: every wgmma is waited for within
                 stage = i % NUM_STAGES
@@ -310,8 +343,8 @@ if GLUON_IMPORT_ERROR is None:
                 acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
                 mbarrier.arrive(turn.index(1 - HALF), count=1)
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_i done; P·V of block i-1 may still run
-                p, m_i, l_i, alpha = _softmax_step(s, i == mask_at, valid_keys, qk_scale, m_i, l_i,
-                                                   offs_block)
+                p, m_i, l_i, alpha = _step(s, i, mask_at, valid_keys, idx_base, bias_from, bias_start, bias_log2,
+                                           qk_scale, m_i, l_i, offs_block, HAS_BIAS)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 mbarrier.arrive(kv_empty.index(prev), count=1)
                 acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
@@ -333,8 +366,8 @@ if GLUON_IMPORT_ERROR is None:
                                   is_async=True)
                 mbarrier.arrive(turn.index(1 - HALF), count=1)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                p, m_i, l_i, alpha = _softmax_step(s, i == mask_at, valid_keys, qk_scale, m_i, l_i,
-                                                   offs_block)
+                p, m_i, l_i, alpha = _step(s, i, mask_at, valid_keys, idx_base, bias_from, bias_start, bias_log2,
+                                           qk_scale, m_i, l_i, offs_block, HAS_BIAS)
                 acc = _rescale_and_pv(acc, alpha, p, v_smem.index(stage), v_ready.index(stage), phase,
                                       kv_empty.index(stage), p_layout, row_o)
 
@@ -350,29 +383,31 @@ if GLUON_IMPORT_ERROR is None:
 
     @gluon.jit
     def _pingpong_top(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                      key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, WRITE_LSE: gl.constexpr,
-                      OVERLAP: gl.constexpr):
+                      key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
+                      rows_left, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr):
         _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, 0, WRITE_LSE, OVERLAP)
+                       key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
+                       rows_left, 0, WRITE_LSE, OVERLAP, HAS_BIAS)
 
     @gluon.jit
     def _pingpong_bottom(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                         key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left,
-                         WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr):
+                         key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0,
+                         stride_on, rows_left, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr):
         _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, 1, WRITE_LSE, OVERLAP)
+                       key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
+                       rows_left, 1, WRITE_LSE, OVERLAP, HAS_BIAS)
 
     # sizes and the strides that follow them are not specialised on (a progressive stage's length, a 1-head
     # stand-in): one binary per (dtype, head dim, schedule, flags), as the Triton kernel
     _SIZE_ARGUMENTS = ["stride_ob", "stride_lb", "stride_lh", "stride_ib", "stride_ih", "stride_iq", "stride_cb",
-                       "stride_ch", "num_heads", "seq_q", "seq_k"]
+                       "stride_ch", "num_heads", "seq_q", "seq_k", "bias_start"]
 
     @gluon.jit(do_not_specialize=_SIZE_ARGUMENTS)
     def _gluon_block_sparse_fwd(
         q_desc, k_desc, v_desc, Out, Lse, KvIndex, KvCount, KeyLengths,
         stride_ob, stride_on, stride_oh, stride_lb, stride_lh, stride_ib, stride_ih, stride_iq, stride_cb, stride_ch,
-        num_heads, seq_q, seq_k, qk_scale,
-        HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, HAS_KEY_LENGTHS: gl.constexpr,
+        num_heads, seq_q, seq_k, qk_scale, bias_start, bias_log2,
+        HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, HAS_KEY_LENGTHS: gl.constexpr, HAS_BIAS: gl.constexpr,
         WRITE_LSE: gl.constexpr, PIPELINE: gl.constexpr,
         PINGPONG: gl.constexpr,  # 0: off, 1: with the intra-warpgroup overlap, 2: without
         num_warps: gl.constexpr,
@@ -399,6 +434,16 @@ if GLUON_IMPORT_ERROR is None:
                 ids = gl.load(idx_base + offs_c, mask=offs_c < count, other=0x3FFFFFFF)
                 n_valid += gl.sum((ids < upper).to(gl.int32), 0)
 
+        bias_from = n_valid  # the list position from which blocks hold biased keys (a suffix: lists ascend)
+        if HAS_BIAS:
+            first_biased = bias_start // TILE  # blocks from this one on hold keys >= bias_start
+            scan_b: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
+            bias_from = 0
+            for c in range(0, n_valid, 256):
+                offs_c = c + gl.arange(0, 256, layout=scan_b)
+                ids = gl.load(idx_base + offs_c, mask=offs_c < n_valid, other=0x3FFFFFFF)
+                bias_from += gl.sum((ids < first_biased).to(gl.int32), 0)
+
         # -- shared memory: the query tile, the key/value ring and their barriers
         q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, TILE, HEAD_DIM], k_desc.layout)
@@ -423,15 +468,15 @@ if GLUON_IMPORT_ERROR is None:
         _tma_load(q_desc, [b * seq_q + q_start, col0], q_bar, q_smem)
 
         consumer_args = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit,
-                         qk_scale)
+                         qk_scale, bias_from, bias_start, bias_log2, HAS_BIAS)
         producer_args = (k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, kv_empty, idx_base, n_valid, b * seq_k,
                          col0)
         if PINGPONG:  # two consumer partitions of one warpgroup each; each writes its own rows
             half_args = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                         key_limit, qk_scale, Out, Lse,
+                         key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse,
                          b64 * stride_ob + h64 * stride_oh + q_start.to(gl.int64) * stride_on,
                          b64 * stride_lb + h64 * stride_lh + q_start, stride_on, seq_q - q_start, WRITE_LSE,
-                         PINGPONG == 1)
+                         PINGPONG == 1, HAS_BIAS)
             gl.warp_specialize([(_pingpong_top, half_args), (_pingpong_bottom, half_args), (_producer, producer_args)],
                                [4, 1], [240, 24])
         elif PIPELINE:
@@ -484,8 +529,10 @@ def block_sparse_attention_gluon(
     lse: torch.Tensor | None = None,
     num_stages: int | None = None,
     schedule: str | None = None,
+    key_bias: tuple[int, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The launcher; the same contract as ``block_sparse_attention_triton`` without key bias.
+    """The launcher; the same contract as ``block_sparse_attention_triton`` (``key_bias``: ``(start, value)``,
+    ``value`` added to the logits of keys ``>= start``).
 
     ``schedule`` (default: ``JENGA_GLUON_SCHEDULE``, else ``"pingpong"``) names one of :data:`SCHEDULES`:
     ``"pingpong"`` is FlashAttention-3's two warpgroups taking turns, with the intra-warpgroup overlap
@@ -498,13 +545,15 @@ def block_sparse_attention_gluon(
     reason = gluon_applies(q, k, v, block_size, 0.0)
     if reason is not None:
         raise ValueError(f"the Gluon kernel cannot run these inputs: {reason}")
-    return launch_prechecked(q, k, v, kv_index, kv_count, key_lengths, return_lse, out, lse, num_stages, schedule)
+    return launch_prechecked(q, k, v, kv_index, kv_count, key_lengths, return_lse, out, lse, num_stages, schedule,
+                             key_bias)
 
 
 def launch_prechecked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_index: torch.Tensor,
                       kv_count: torch.Tensor, key_lengths: torch.Tensor | None, return_lse: bool,
                       out: torch.Tensor | None = None, lse: torch.Tensor | None = None, num_stages: int | None = None,
-                      schedule: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      schedule: str | None = None,
+                      key_bias: tuple[int, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`block_sparse_attention_gluon` on inputs :func:`gluon_applies` has already passed (the Triton
     backend's dispatch asks it once per call; this launch does not ask again)."""
     # TMA descriptors view q, k, v as [B*N, H*D] rows from a 16-byte-aligned start: anything else is copied once
@@ -520,6 +569,8 @@ def launch_prechecked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_inde
     kv_index = kv_index.expand(batch, heads, -1, -1)
     kv_count = kv_count.expand(batch, heads, -1)
     has_key_lengths = key_lengths is not None
+    has_bias = key_bias is not None and float(key_bias[1]) != 0.0 and int(key_bias[0]) < seq_k
+    bias_start, bias_log2 = (int(key_bias[0]), float(key_bias[1]) * _LOG2E) if has_bias else (seq_k, 0.0)
     key_lengths_arg = key_lengths.to(torch.int32) if has_key_lengths else kv_count
     layout = _tile_layout(head_dim, q.dtype)
     q_desc, k_desc, v_desc = (
@@ -529,8 +580,9 @@ def launch_prechecked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_inde
         q_desc, k_desc, v_desc, out, lse, kv_index, kv_count, key_lengths_arg,
         out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
         kv_index.stride(0), kv_index.stride(1), kv_index.stride(2), kv_count.stride(0), kv_count.stride(1),
-        heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim),
-        HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=return_lse, **_schedule_constants(schedule, head_dim, num_stages),
+        heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim), bias_start, bias_log2,
+        HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=return_lse,
+        **_schedule_constants(schedule, head_dim, num_stages),
     )
     return out, lse
 
@@ -569,14 +621,14 @@ def _default_warps(pingpong: bool) -> int:
 
 
 def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_key_lengths: bool = True,
-                       schedule: str = "plain", write_lse: bool = True):
+                       schedule: str = "plain", write_lse: bool = True, has_bias: bool = False):
     """Compile the kernel for sm_90 without a GPU (``GluonASTSource`` with an explicit target, Triton >= 3.9):
     a build check and a way to read its PTX, registers and shared memory. Not under ``TRITON_INTERPRET=1``."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     layout = _tile_layout(head_dim, torch.bfloat16)
-    constants = dict(HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=write_lse,
+    constants = dict(HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=write_lse,
                      **_schedule_constants(schedule, head_dim, num_stages))
     warps = constants["num_warps"]
     pointers = {"Out": "*bf16", "Lse": "*fp32", "KvIndex": "*i32", "KvCount": "*i32", "KeyLengths": "*i32"}
@@ -587,6 +639,6 @@ def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_k
         elif name.endswith("_desc"):
             signature[name] = f"tensordesc<bf16[{BLOCK},{head_dim}],{layout!r}>"
         else:
-            signature[name] = pointers.get(name, "fp32" if name == "qk_scale" else "i32")
+            signature[name] = pointers.get(name, "fp32" if name in ("qk_scale", "bias_log2") else "i32")
     return triton.compile(GluonASTSource(_gluon_block_sparse_fwd, signature, constants),
                           target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))

@@ -381,7 +381,8 @@ def block_sparse_attention_triton(
         from .gluon_block_sparse import launch_prechecked
 
         try:
-            return launch_prechecked(q, k, v, kv_index, kv_count, key_lengths, return_lse, out, lse)
+            return launch_prechecked(q, k, v, kv_index, kv_count, key_lengths, return_lse, out, lse,
+                                     key_bias=(bias_start, bias_value))
         except Exception as err:  # noqa: BLE001 - a compile the installed Triton cannot do: the portable kernel
             if not _gluon_failed(q, err):
                 raise
