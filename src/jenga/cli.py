@@ -501,8 +501,7 @@ def _hopper_kernel_line(major: int) -> str:
 
     if GLUON_IMPORT_ERROR is not None:
         return f"the Gluon kernel is unavailable ({GLUON_IMPORT_ERROR}), so "
-    return ("jenga's Gluon kernel (FlashAttention-3 ping-pong) for bf16/fp16, head dim 64/128, no key bias; "
-            "elsewhere ")
+    return "jenga's Gluon kernel (FlashAttention-3 ping-pong) for bf16/fp16, head dim 64/128; elsewhere "
 
 
 def _tuning_line() -> str:

@@ -100,7 +100,8 @@ def test_gluon_through_the_environment_switch(monkeypatch):
 @pytest.mark.parametrize("with_lengths", [False, True])
 def test_gluon_key_bias_matches_float64(schedule, with_lengths):
     """key_bias (HunyuanVideo's text amplifier): the blocks from the one that holds key 1,000 on take the biased
-    softmax (block 7 straddles it); with key lengths the last listed block is also cut."""
+    softmax (block 7 straddles it); with key lengths (1,010 and 1,050) the cut falls in a biased block, block 7
+    itself for the first entry, so the bias and the key-limit mask meet in one block. LSE checked too."""
     torch.manual_seed(torch.seed() % 2**31)
     batch, heads, seq_q, seq_k = 2, 2, 1_100, 1_300
     q = torch.randn(batch, seq_q, heads, 128, device="cuda", dtype=torch.bfloat16)
@@ -109,17 +110,22 @@ def test_gluon_key_bias_matches_float64(schedule, with_lengths):
     mask[..., 7] = True
     mask[..., -1] = True
     kv_index, kv_count = dense_to_lists(mask)
-    key_lengths = torch.tensor([seq_k, seq_k - 250], device="cuda", dtype=torch.int32) if with_lengths else None
+    key_lengths = torch.tensor([1_010, 1_050], device="cuda", dtype=torch.int32) if with_lengths else None
     out = torch.full_like(q, float("nan"))
-    block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, key_lengths, False, out=out, schedule=schedule,
-                                 key_bias=(1_000, 1.5))
-    ref = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch",
-                                 key_lengths=key_lengths, key_bias=(1_000, 1.5))
+    lse = torch.full((batch, heads, seq_q), float("nan"), device="cuda")
+    block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, key_lengths, True, out=out, lse=lse,
+                                 schedule=schedule, key_bias=(1_000, 1.5))
+    ref, ref_lse = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch",
+                                          key_lengths=key_lengths, key_bias=(1_000, 1.5), return_lse=True)
     unbiased = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch",
                                       key_lengths=key_lengths)
-    assert not torch.isnan(out).any()
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
     assert _rel(out, ref) < 2e-2
-    assert _rel(unbiased, ref) > 5e-2  # the bias changes the result by more than the tolerance
+    if not with_lengths:  # hundreds of biased keys: the bias moves the result well past the tolerance
+        assert _rel(unbiased, ref) > 5e-2
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert torch.allclose(lse.double()[finite], ref_lse.double()[finite], atol=2e-2)
 
 
 def test_key_bias_routes_to_gluon(monkeypatch):
