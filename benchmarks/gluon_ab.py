@@ -5,10 +5,10 @@
 Per shape: cuDNN dense (SDPA, contiguous ``[B, H, N, D]``); then per density the same random lists (exactly
 round(density · Kb) key blocks per query block) through the portable Triton kernel
 (``jenga.block_sparse_attention`` with ``JENGA_GLUON=0``, the shipped tile table) and every Gluon schedule
-(``jenga.kernels.gluon_block_sparse.SCHEDULES``). Each Gluon output is checked against the Triton kernel's
-(relative L2 error, outputs poisoned with NaN before); a schedule that fails or is wrong is recorded and not
-timed. Median of ``triton.testing.do_bench``, random inputs (bf16 unless ``--dtype float16``). The JSON is
-rewritten after every row.
+(``jenga.kernels.gluon_block_sparse.SCHEDULES``); ``--key-bias`` gives every column the same key bias. Each
+Gluon output is checked against the Triton kernel's (relative L2 error, outputs poisoned with NaN before); a
+schedule that fails or is wrong is recorded and not timed. Median of ``triton.testing.do_bench``, random inputs
+(bf16 unless ``--dtype float16``). The JSON is rewritten after every row.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
     parser.add_argument("--schedules", nargs="+", default=None, help="default: all")
     parser.add_argument("--rep", type=int, default=200, help="do_bench's rep (ms)")
+    parser.add_argument("--key-bias", nargs=2, type=float, default=None, metavar=("TEXT_TOKENS", "VALUE"),
+                        help="every column adds VALUE to the last TEXT_TOKENS keys' logits (HunyuanVideo's text "
+                             "amplifier at a low-resolution stage)")
     parser.add_argument("--out", default="gluon-ab.json")
     args = parser.parse_args()
 
@@ -46,7 +49,8 @@ def main() -> None:
     os.environ["JENGA_GLUON"] = "0"  # the "triton" column is the portable kernel; the schedules are launched directly
     schedules = args.schedules or list(SCHEDULES)
     record: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-                    "head_dim": args.head_dim, "dtype": args.dtype, "schedules": schedules, "rows": []}
+                    "head_dim": args.head_dim, "dtype": args.dtype, "schedules": schedules, "key_bias": args.key_bias,
+                    "rows": []}
     print(json.dumps({k: v for k, v in record.items() if k != "rows"}), flush=True)
 
     def bench(fn) -> float:
@@ -61,19 +65,22 @@ def main() -> None:
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             cudnn_ms = bench(lambda transposed=transposed: scaled_dot_product_attention(*transposed))
         del transposed
+        bias = None if args.key_bias is None else (tokens - int(args.key_bias[0]), args.key_bias[1])
+        extra = {} if bias is None else {"key_bias": bias}
         for density in args.densities:
             index, count = random_lists(heads, blocks, density, seed=blocks + round(density * 100), device="cuda")
             kept = count.double().sum().item() / (heads * blocks * blocks)
             row = {"shape": name, "heads": heads, "tokens": tokens, "density": kept, "cudnn_dense_ms": cudnn_ms}
-            ours = jenga.block_sparse_attention(q, k, v, index, count, check_indices=False)
-            row["triton_ms"] = bench(lambda q=q, k=k, v=v, index=index, count=count: jenga.block_sparse_attention(
-                q, k, v, index, count, check_indices=False))
+            ours = jenga.block_sparse_attention(q, k, v, index, count, check_indices=False, key_bias=bias)
+            row["triton_ms"] = bench(lambda q=q, k=k, v=v, index=index, count=count, bias=bias: (
+                jenga.block_sparse_attention(q, k, v, index, count, check_indices=False, key_bias=bias)))
             row["triton_share_of_cudnn"] = cudnn_ms * kept / row["triton_ms"]
             for schedule in schedules:
                 out = torch.full_like(q, float("nan"))
                 try:
                     first = time.perf_counter()
-                    block_sparse_attention_gluon(q, k, v, index, count, 128, None, False, out=out, schedule=schedule)
+                    block_sparse_attention_gluon(q, k, v, index, count, 128, None, False, out=out, schedule=schedule,
+                                                 **extra)
                     torch.cuda.synchronize()
                     row[f"{schedule}_first_call_s"] = time.perf_counter() - first
                     err = ((out.float() - ours.float()).norm() / ours.float().norm()).item()
@@ -82,8 +89,9 @@ def main() -> None:
                         row[f"{schedule}_error"] = f"wrong output (relative error {err:.3g})"
                         continue
                     row[f"{schedule}_ms"] = bench(
-                        lambda q=q, k=k, v=v, index=index, count=count, schedule=schedule: block_sparse_attention_gluon(
-                            q, k, v, index, count, 128, None, False, schedule=schedule))
+                        lambda q=q, k=k, v=v, index=index, count=count, schedule=schedule, extra=extra: (
+                            block_sparse_attention_gluon(q, k, v, index, count, 128, None, False, schedule=schedule,
+                                                         **extra)))
                     row[f"{schedule}_share_of_cudnn"] = cudnn_ms * kept / row[f"{schedule}_ms"]
                     row[f"{schedule}_vs_triton"] = row["triton_ms"] / row[f"{schedule}_ms"]
                 except Exception as error:  # noqa: BLE001 - recorded, the other schedules go on
