@@ -24,6 +24,9 @@ block at 0.83-1.10 of cuDNN's dense rate, 1.28-1.52x FlexAttention, 0.83-0.95x F
 forward (``backend="fa4"``), and 1.05-1.29x the portable Triton kernel (an earlier run). Kept for A/B
 runs (``schedule=``): ``"pingpong-plain"`` (the turns without the overlap) and the single 8-warp consumer,
 ``"plain"`` and ``"pipelined"``, which ran no faster than the Triton kernel.
+``"pingpong-named"`` (work in progress, not yet run on a GPU): the ping-pong turns passed through two hardware
+named barriers, as FlashAttention-3 and -4 do, instead of mbarriers, whose single-thread arrive costs a
+warpgroup ``bar.sync`` each.
 Not done: key bias, a persistent grid, per-thread partial row sums, K released before its P·V (FA4 does both).
 
 Semantics kept: key lengths, LSE, partial blocks, Nq != Nk, per-batch and per-head lists. Inputs are
@@ -61,7 +64,8 @@ except ImportError as err:  # pragma: no cover - depends on the Triton build
     GLUON_IMPORT_ERROR = f"{type(err).__name__}: {err}"
 
 _LOG2E = 1.4426950408889634
-SCHEDULES = ("plain", "pipelined", "pingpong", "pingpong-plain")  # the consumer's schedules (launcher's ``schedule``)
+# the consumer's schedules (the launcher's ``schedule``)
+SCHEDULES = ("plain", "pipelined", "pingpong", "pingpong-plain", "pingpong-named")
 BLOCK = 128  # query and key block; one program per query block
 
 
@@ -181,6 +185,42 @@ if GLUON_IMPORT_ERROR is None:
         mbarrier.arrive(empty_bar, count=1)
         return acc
 
+    # FlashAttention-3 passes the ping-pong turn through two hardware named barriers (ids clear of those Triton's
+    # warp specialisation uses: 0-2 in this kernel's SASS): a warpgroup syncs on its own id with 256 threads, which
+    # completes once the other warpgroup's 128 have arrived there after issuing their wgmma
+    @gluon.jit
+    def _named_sync(HALF: gl.constexpr, dummy):
+        if HALF == 0:
+            gl.inline_asm_elementwise("bar.sync 14, 256;", "=r,r", [dummy], dtype=gl.int32, is_pure=False,
+                                        pack=1)
+        else:
+            gl.inline_asm_elementwise("bar.sync 15, 256;", "=r,r", [dummy], dtype=gl.int32, is_pure=False,
+                                        pack=1)
+
+    @gluon.jit
+    def _named_arrive(HALF: gl.constexpr, dummy):
+        """Arrive on the *other* warpgroup's turn barrier."""
+        if HALF == 0:
+            gl.inline_asm_elementwise("bar.arrive 15, 256;", "=r,r", [dummy], dtype=gl.int32, is_pure=False,
+                                        pack=1)
+        else:
+            gl.inline_asm_elementwise("bar.arrive 14, 256;", "=r,r", [dummy], dtype=gl.int32, is_pure=False,
+                                        pack=1)
+
+    @gluon.jit
+    def _turn_wait(turn, HALF: gl.constexpr, i, NAMED: gl.constexpr):
+        if NAMED:
+            _named_sync(HALF, i)
+        else:
+            mbarrier.wait(turn.index(HALF), i & 1)
+
+    @gluon.jit
+    def _turn_pass(turn, HALF: gl.constexpr, i, NAMED: gl.constexpr):
+        if NAMED:
+            _named_arrive(HALF, i)
+        else:
+            mbarrier.arrive(turn.index(1 - HALF), count=1)
+
     @gluon.jit
     def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit, qk_scale):
         """Two warpgroups: S = Q·Kᵀ and O += P·V with ``wgmma``, online softmax in registers. Returns the
@@ -266,7 +306,7 @@ if GLUON_IMPORT_ERROR is None:
     @gluon.jit
     def _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                        key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left,
-                       HALF: gl.constexpr, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr):
+                       HALF: gl.constexpr, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, NAMED: gl.constexpr):
         """One warpgroup's 64 query rows of the block (``HALF`` 0: the top rows, 1: the bottom rows), as
         FlashAttention-3 schedules them: the two warpgroups take turns issuing their ``wgmma`` (``turn``
         mbarriers pass the token), so one's softmax runs while the other's products occupy the tensor cores;
@@ -291,12 +331,14 @@ if GLUON_IMPORT_ERROR is None:
         mask_at, valid_keys = _straddling_block(idx_base, n_valid, key_limit)
         mbarrier.wait(q_bar, 0)
         if OVERLAP:
+            if NAMED and HALF == 1:
+                _named_arrive(1, n_valid)  # the top half issues first
             p_op = gl.zeros([ROWS, TILE], q_smem.dtype, layout=p_layout)  # the previous block's P, loop-carried
             if n_valid > 0:  # turn 0: block 0's Q·Kᵀ alone
                 mbarrier.wait(k_ready.index(0), 0)
-                mbarrier.wait(turn.index(HALF), 0)
+                _turn_wait(turn, HALF, 0, NAMED)
                 s = warpgroup_mma(q_half, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-                mbarrier.arrive(turn.index(1 - HALF), count=1)
+                _turn_pass(turn, HALF, 0, NAMED)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
                 p, m_i, l_i, alpha = _softmax_step(s, mask_at == 0, valid_keys, qk_scale, m_i, l_i, offs_block)
                 p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
@@ -305,10 +347,10 @@ if GLUON_IMPORT_ERROR is None:
                 prev = (i - 1) % NUM_STAGES
                 mbarrier.wait(k_ready.index(stage), (i // NUM_STAGES) & 1)
                 mbarrier.wait(v_ready.index(prev), ((i - 1) // NUM_STAGES) & 1)
-                mbarrier.wait(turn.index(HALF), i & 1)
+                _turn_wait(turn, HALF, i, NAMED)
                 s = warpgroup_mma(q_half, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
                 acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
-                mbarrier.arrive(turn.index(1 - HALF), count=1)
+                _turn_pass(turn, HALF, i, NAMED)
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_i done; P·V of block i-1 may still run
                 p, m_i, l_i, alpha = _softmax_step(s, i == mask_at, valid_keys, qk_scale, m_i, l_i,
                                                    offs_block)
@@ -322,6 +364,8 @@ if GLUON_IMPORT_ERROR is None:
                 acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 mbarrier.arrive(kv_empty.index(last), count=1)
+            if NAMED and HALF == 0:
+                _named_sync(0, n_valid)  # the bottom half's last arrive (one more than the top's syncs)
 
         else:  # FlashAttention-3 without the intra-warpgroup overlap: only Q·Kᵀ takes turns
             for i in range(n_valid):
@@ -351,16 +395,18 @@ if GLUON_IMPORT_ERROR is None:
     @gluon.jit
     def _pingpong_top(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, WRITE_LSE: gl.constexpr,
-                      OVERLAP: gl.constexpr):
+                      OVERLAP: gl.constexpr, NAMED: gl.constexpr):
         _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, 0, WRITE_LSE, OVERLAP)
+                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, 0, WRITE_LSE, OVERLAP,
+                       NAMED)
 
     @gluon.jit
     def _pingpong_bottom(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                          key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left,
-                         WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr):
+                         WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, NAMED: gl.constexpr):
         _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, 1, WRITE_LSE, OVERLAP)
+                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, 1, WRITE_LSE, OVERLAP,
+                       NAMED)
 
     # sizes and the strides that follow them are not specialised on (a progressive stage's length, a 1-head
     # stand-in): one binary per (dtype, head dim, schedule, flags), as the Triton kernel
@@ -374,7 +420,7 @@ if GLUON_IMPORT_ERROR is None:
         num_heads, seq_q, seq_k, qk_scale,
         HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, HAS_KEY_LENGTHS: gl.constexpr,
         WRITE_LSE: gl.constexpr, PIPELINE: gl.constexpr,
-        PINGPONG: gl.constexpr,  # 0: off, 1: with the intra-warpgroup overlap, 2: without
+        PINGPONG: gl.constexpr,  # 0: off, 1: with the intra-warpgroup overlap, 2: without, 3: 1, named-barrier turns
         num_warps: gl.constexpr,
     ):
         qb = gl.program_id(0)
@@ -431,7 +477,7 @@ if GLUON_IMPORT_ERROR is None:
                          key_limit, qk_scale, Out, Lse,
                          b64 * stride_ob + h64 * stride_oh + q_start.to(gl.int64) * stride_on,
                          b64 * stride_lb + h64 * stride_lh + q_start, stride_on, seq_q - q_start, WRITE_LSE,
-                         PINGPONG == 1)
+                         PINGPONG != 2, PINGPONG == 3)
             gl.warp_specialize([(_pingpong_top, half_args), (_pingpong_bottom, half_args), (_producer, producer_args)],
                                [4, 1], [240, 24])
         elif PIPELINE:
@@ -542,7 +588,8 @@ def _tile_layout(head_dim: int, dtype: torch.dtype):
                                                 else gl.float16)
 
 
-_PINGPONG = {"pingpong": 1, "pingpong-plain": 2}  # the kernel's PINGPONG constexpr; 0 for the one-consumer ones
+# the kernel's PINGPONG constexpr; 0 for the one-consumer ones
+_PINGPONG = {"pingpong": 1, "pingpong-plain": 2, "pingpong-named": 3}
 
 
 def _schedule_constants(schedule: str | None, head_dim: int, num_stages: int | None) -> dict:
