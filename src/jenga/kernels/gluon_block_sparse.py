@@ -52,6 +52,7 @@ try:  # Gluon ships with Triton >= 3.5 on CUDA builds; absent elsewhere
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia import hopper as _hopper
     from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
         mbarrier,
         tma,
         warpgroup_mma,
@@ -104,6 +105,7 @@ if GLUON_IMPORT_ERROR is None:
     CONSUMER_WARPS = gl.constexpr(8)  # the default partition: two warpgroups, 64 query rows each
     # the TMA load was tma.async_copy_global_to_shared in older Gluon, tma.async_load in newer
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 
     @gluon.jit
     def _same(value):
@@ -305,8 +307,9 @@ if GLUON_IMPORT_ERROR is None:
 
     @gluon.jit
     def _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left,
-                       HALF: gl.constexpr, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, NAMED: gl.constexpr):
+                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, out_desc, tma_row,
+                       col0, HALF: gl.constexpr, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr,
+                       NAMED: gl.constexpr, TMA_OUT: gl.constexpr):
         """One warpgroup's 64 query rows of the block (``HALF`` 0: the top rows, 1: the bottom rows), as
         FlashAttention-3 schedules them: the two warpgroups take turns issuing their ``wgmma`` (``turn``
         mbarriers pass the token), so one's softmax runs while the other's products occupy the tensor cores;
@@ -386,7 +389,16 @@ if GLUON_IMPORT_ERROR is None:
         rows_o = HALF * ROWS + gl.arange(0, ROWS, layout=row_o)  # within the query block
         offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
         o_ptrs = (Out + out_row0 + gl.expand_dims(rows_o.to(gl.int64) * stride_on, 1) + gl.expand_dims(offs_d, 0))
-        gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(rows_o < rows_left, 1))
+        if TMA_OUT:
+            if rows_left >= (HALF + 1) * ROWS:  # a whole half: through this half's Q buffer and TMA
+                q_half.store(out.to(q_smem.dtype))  # its last Q·Kᵀ has completed: the rows are free
+                fence_async_shared()
+                _tma_store(out_desc, [tma_row + HALF * ROWS, col0], q_half)
+                tma.store_wait(0)
+            else:  # a partial last block (rows past Nq would land in the next batch entry's rows)
+                gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(rows_o < rows_left, 1))
+        else:
+            gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(rows_o < rows_left, 1))
         # without WRITE_LSE the store is masked off entirely (Lse is empty then), not left out: Triton 3.6 fails
         # to lower a warp-specialised partition with an unused pointer argument
         rows_s = HALF * ROWS + gl.arange(0, ROWS, layout=row_s)
@@ -397,16 +409,34 @@ if GLUON_IMPORT_ERROR is None:
                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, WRITE_LSE: gl.constexpr,
                       OVERLAP: gl.constexpr, NAMED: gl.constexpr):
         _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, 0, WRITE_LSE, OVERLAP,
-                       NAMED)
+                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, Out, 0, 0,
+                       0, WRITE_LSE, OVERLAP, NAMED, False)
 
     @gluon.jit
     def _pingpong_bottom(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                          key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left,
                          WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, NAMED: gl.constexpr):
         _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, 1, WRITE_LSE, OVERLAP,
-                       NAMED)
+                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, Out, 0, 0,
+                       1, WRITE_LSE, OVERLAP, NAMED, False)
+
+    # the WIP TMA store of O: its own partition functions, so that the descriptor is an argument only where it is
+    # used (Triton 3.6 cannot lower a partition with an unused pointer or descriptor argument)
+    @gluon.jit
+    def _pingpong_top_tma(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+                          key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, out_desc, tma_row,
+                          col0, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, NAMED: gl.constexpr):
+        _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, out_desc, tma_row, col0,
+                       0, WRITE_LSE, OVERLAP, NAMED, True)
+
+    @gluon.jit
+    def _pingpong_bottom_tma(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+                             key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, out_desc,
+                             tma_row, col0, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, NAMED: gl.constexpr):
+        _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+                       key_limit, qk_scale, Out, Lse, out_row0, lse_row0, stride_on, rows_left, out_desc, tma_row, col0,
+                       1, WRITE_LSE, OVERLAP, NAMED, True)
 
     # sizes and the strides that follow them are not specialised on (a progressive stage's length, a 1-head
     # stand-in): one binary per (dtype, head dim, schedule, flags), as the Triton kernel
@@ -415,11 +445,11 @@ if GLUON_IMPORT_ERROR is None:
 
     @gluon.jit(do_not_specialize=_SIZE_ARGUMENTS)
     def _gluon_block_sparse_fwd(
-        q_desc, k_desc, v_desc, Out, Lse, KvIndex, KvCount, KeyLengths,
+        q_desc, k_desc, v_desc, out_desc, Out, Lse, KvIndex, KvCount, KeyLengths,
         stride_ob, stride_on, stride_oh, stride_lb, stride_lh, stride_ib, stride_ih, stride_iq, stride_cb, stride_ch,
         num_heads, seq_q, seq_k, qk_scale,
         HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, HAS_KEY_LENGTHS: gl.constexpr,
-        WRITE_LSE: gl.constexpr, PIPELINE: gl.constexpr,
+        WRITE_LSE: gl.constexpr, PIPELINE: gl.constexpr, TMA_OUT: gl.constexpr,
         PINGPONG: gl.constexpr,  # 0: off, 1: with the intra-warpgroup overlap, 2: without, 3: 1, named-barrier turns
         num_warps: gl.constexpr,
     ):
@@ -476,10 +506,15 @@ if GLUON_IMPORT_ERROR is None:
             half_args = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                          key_limit, qk_scale, Out, Lse,
                          b64 * stride_ob + h64 * stride_oh + q_start.to(gl.int64) * stride_on,
-                         b64 * stride_lb + h64 * stride_lh + q_start, stride_on, seq_q - q_start, WRITE_LSE,
-                         PINGPONG != 2, PINGPONG == 3)
-            gl.warp_specialize([(_pingpong_top, half_args), (_pingpong_bottom, half_args), (_producer, producer_args)],
-                               [4, 1], [240, 24])
+                         b64 * stride_lb + h64 * stride_lh + q_start, stride_on, seq_q - q_start)
+            flags = (WRITE_LSE, PINGPONG != 2, PINGPONG == 3)
+            if TMA_OUT:
+                tma_args = half_args + (out_desc, b * seq_q + q_start, col0) + flags
+                gl.warp_specialize([(_pingpong_top_tma, tma_args), (_pingpong_bottom_tma, tma_args),
+                                    (_producer, producer_args)], [4, 1], [240, 24])
+            else:
+                gl.warp_specialize([(_pingpong_top, half_args + flags), (_pingpong_bottom, half_args + flags),
+                                    (_producer, producer_args)], [4, 1], [240, 24])
         elif PIPELINE:
             acc, m_i, l_i = gl.warp_specialize([(_consumer_pipelined, consumer_args), (_producer, producer_args)],
                                                [1], [24])
@@ -571,12 +606,20 @@ def launch_prechecked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_inde
     q_desc, k_desc, v_desc = (
         TensorDescriptor.from_tensor(t.view(t.shape[0] * t.shape[1], heads * head_dim), [BLOCK, head_dim], layout)
         for t in (q, k, v))
+    # WIP A/B switch: the ping-pong halves store O through their Q buffer and TMA (contiguous, aligned out only)
+    tma_out = (os.environ.get("JENGA_GLUON_TMA_OUT") == "1" and head_dim == 128 and out.is_contiguous()
+               and out.data_ptr() % 16 == 0)  # at head dim 64 Triton 3.6's lowering of the store asserts
+    # (without it the descriptor is never stored through, but keeps its type: a warp-specialised partition's
+    # constexpr may arrive as a value, and Triton 3.9 verifies the dead store against the descriptor's block)
+    out_desc = TensorDescriptor.from_tensor((out if tma_out else q).view(batch * seq_q, heads * head_dim),
+                                            [BLOCK // 2, head_dim], layout)
     _gluon_block_sparse_fwd[(math.ceil(seq_q / BLOCK), batch * heads)](
-        q_desc, k_desc, v_desc, out, lse, kv_index, kv_count, key_lengths_arg,
+        q_desc, k_desc, v_desc, out_desc, out, lse, kv_index, kv_count, key_lengths_arg,
         out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
         kv_index.stride(0), kv_index.stride(1), kv_index.stride(2), kv_count.stride(0), kv_count.stride(1),
         heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim),
-        HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=return_lse, **_schedule_constants(schedule, head_dim, num_stages),
+        HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=return_lse, TMA_OUT=tma_out,
+        **_schedule_constants(schedule, head_dim, num_stages),
     )
     return out, lse
 
@@ -616,14 +659,14 @@ def _default_warps(pingpong: bool) -> int:
 
 
 def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_key_lengths: bool = True,
-                       schedule: str = "plain", write_lse: bool = True):
+                       schedule: str = "plain", write_lse: bool = True, tma_out: bool = False):
     """Compile the kernel for sm_90 without a GPU (``GluonASTSource`` with an explicit target, Triton >= 3.9):
     a build check and a way to read its PTX, registers and shared memory. Not under ``TRITON_INTERPRET=1``."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     layout = _tile_layout(head_dim, torch.bfloat16)
-    constants = dict(HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=write_lse,
+    constants = dict(HAS_KEY_LENGTHS=has_key_lengths, WRITE_LSE=write_lse, TMA_OUT=tma_out,
                      **_schedule_constants(schedule, head_dim, num_stages))
     warps = constants["num_warps"]
     pointers = {"Out": "*bf16", "Lse": "*fp32", "KvIndex": "*i32", "KvCount": "*i32", "KeyLengths": "*i32"}
@@ -632,7 +675,8 @@ def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_k
         if name in constants:
             signature[name] = "constexpr"
         elif name.endswith("_desc"):
-            signature[name] = f"tensordesc<bf16[{BLOCK},{head_dim}],{layout!r}>"
+            rows = BLOCK // 2 if name == "out_desc" else BLOCK
+            signature[name] = f"tensordesc<bf16[{rows},{head_dim}],{layout!r}>"
         else:
             signature[name] = pointers.get(name, "fp32" if name == "qk_scale" else "i32")
     return triton.compile(GluonASTSource(_gluon_block_sparse_fwd, signature, constants),
