@@ -607,8 +607,8 @@ def launch_prechecked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_inde
         TensorDescriptor.from_tensor(t.view(t.shape[0] * t.shape[1], heads * head_dim), [BLOCK, head_dim], layout)
         for t in (q, k, v))
     # WIP A/B switch: the ping-pong halves store O through their Q buffer and TMA (contiguous, aligned out only)
-    tma_out = (os.environ.get("JENGA_GLUON_TMA_OUT") == "1" and head_dim == 128 and out.is_contiguous()
-               and out.data_ptr() % 16 == 0)  # at head dim 64 Triton 3.6's lowering of the store asserts
+    tma_out = (os.environ.get("JENGA_GLUON_TMA_OUT") == "1" and head_dim == 128 and out.dtype == q.dtype
+               and out.is_contiguous() and out.data_ptr() % 16 == 0)  # head dim 64: Triton 3.6's lowering asserts
     # (without it the descriptor is never stored through, but keeps its type: a warp-specialised partition's
     # constexpr may arrive as a value, and Triton 3.9 verifies the dead store against the descriptor's block)
     out_desc = TensorDescriptor.from_tensor((out if tma_out else q).view(batch * seq_q, heads * head_dim),
