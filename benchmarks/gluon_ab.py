@@ -31,7 +31,9 @@ def main() -> None:
     parser.add_argument("--densities", nargs="+", type=float, default=[1.0, 0.25, 0.10])
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
-    parser.add_argument("--schedules", nargs="+", default=None, help="default: all")
+    parser.add_argument("--schedules", nargs="+", default=None,
+                        help="default: all; NAME runs with JENGA_GLUON_TMA_OUT=0 (masked stores of O), NAME+tma-out "
+                             "with the TMA store of O (the default)")
     parser.add_argument("--rep", type=int, default=200, help="do_bench's rep (ms)")
     parser.add_argument("--key-bias", nargs=2, type=float, default=None, metavar=("TEXT_TOKENS", "VALUE"),
                         help="every column adds VALUE to the last TEXT_TOKENS keys' logits (HunyuanVideo's text "
@@ -75,12 +77,17 @@ def main() -> None:
             row["triton_ms"] = bench(lambda q=q, k=k, v=v, index=index, count=count, bias=bias: (
                 jenga.block_sparse_attention(q, k, v, index, count, check_indices=False, key_bias=bias)))
             row["triton_share_of_cudnn"] = cudnn_ms * kept / row["triton_ms"]
+            def launch(q, k, v, index, count, schedule, out=None, extra=extra):
+                name, _, variant = schedule.partition("+")  # every variant sets the switch, so all pay the same
+                os.environ["JENGA_GLUON_TMA_OUT"] = "1" if variant == "tma-out" else "0"
+                return block_sparse_attention_gluon(q, k, v, index, count, 128, None, False, out=out, schedule=name,
+                                                    **extra)
+
             for schedule in schedules:
                 out = torch.full_like(q, float("nan"))
                 try:
                     first = time.perf_counter()
-                    block_sparse_attention_gluon(q, k, v, index, count, 128, None, False, out=out, schedule=schedule,
-                                                 **extra)
+                    launch(q, k, v, index, count, schedule, out=out)
                     torch.cuda.synchronize()
                     row[f"{schedule}_first_call_s"] = time.perf_counter() - first
                     err = ((out.float() - ours.float()).norm() / ours.float().norm()).item()
@@ -89,9 +96,8 @@ def main() -> None:
                         row[f"{schedule}_error"] = f"wrong output (relative error {err:.3g})"
                         continue
                     row[f"{schedule}_ms"] = bench(
-                        lambda q=q, k=k, v=v, index=index, count=count, schedule=schedule, extra=extra: (
-                            block_sparse_attention_gluon(q, k, v, index, count, 128, None, False, schedule=schedule,
-                                                         **extra)))
+                        lambda q=q, k=k, v=v, index=index, count=count, schedule=schedule: launch(
+                            q, k, v, index, count, schedule))
                     row[f"{schedule}_share_of_cudnn"] = cudnn_ms * kept / row[f"{schedule}_ms"]
                     row[f"{schedule}_vs_triton"] = row["triton_ms"] / row[f"{schedule}_ms"]
                 except Exception as error:  # noqa: BLE001 - recorded, the other schedules go on

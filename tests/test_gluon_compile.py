@@ -23,9 +23,15 @@ for schedule in SCHEDULES:  # the ping-pong ones without LSE: Triton 3.6 once fa
                                 tma=len(re.findall(r"cp\\.async\\.bulk\\.tensor", ptx)),
                                 setmaxnreg="setmaxnreg" in ptx,
                                 wait_one=bool(re.search(r"wgmma\\.wait_group\\.sync\\.aligned 1", ptx)))
-ptx = compile_for_hopper(head_dim=128, schedule="pingpong", write_lse=False, has_bias=True).asm["ptx"]
+ptx = compile_for_hopper(head_dim=128, schedule="pingpong", write_lse=False, has_bias=True, tma_out=True).asm["ptx"]
 found["pingpong-key-bias"] = dict(wgmma=len(re.findall(r"wgmma\\.mma_async", ptx)), tma=1,
                                   setmaxnreg="setmaxnreg" in ptx)
+for schedule in ("pingpong", "pingpong-named"):  # the TMA store of O (the default at head dim 128)
+    ptx = compile_for_hopper(head_dim=128, schedule=schedule, write_lse=False, tma_out=True).asm["ptx"]
+    found[schedule + "-tma-out"] = dict(wgmma=len(re.findall(r"wgmma\\.mma_async", ptx)), tma=1,
+                                        setmaxnreg="setmaxnreg" in ptx,
+                                        tma_store=len(re.findall(r"cp\\.async\\.bulk\\.tensor\\.2d\\.global\\.shared",
+                                                                 ptx)))
 print(json.dumps(found))
 """
 
@@ -47,3 +53,4 @@ def test_gluon_kernel_compiles_for_hopper():
     # the pipelined and ping-pong consumers leave one wgmma group (the previous P·V) in flight during the softmax
     assert found["pipelined"]["wait_one"] and found["pingpong"]["wait_one"]
     assert not found["plain"]["wait_one"] and not found["pingpong-plain"]["wait_one"]
+    assert found["pingpong-tma-out"]["tma_store"] == 2 and found["pingpong-named-tma-out"]["tma_store"] == 2

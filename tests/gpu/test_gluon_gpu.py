@@ -135,3 +135,26 @@ def test_key_bias_routes_to_gluon(monkeypatch):
     routed = block_sparse_attention(q, k, v, kv_index, kv_count, backend="triton", key_bias=(1_500, 2.0))
     direct, _ = block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, None, False, key_bias=(1_500, 2.0))
     assert torch.equal(routed, direct)
+
+
+@pytest.mark.parametrize("schedule", ["pingpong", "pingpong-named"])
+@pytest.mark.parametrize("seq_q", [1_000, 1_050])  # last query block: 104 rows (bottom half partial), 26 (top too)
+@pytest.mark.parametrize("tma_out", ["1", "0"])
+def test_tma_store_of_the_output_matches_float64(monkeypatch, schedule, seq_q, tma_out):
+    """The default (JENGA_GLUON_TMA_OUT unset or 1): whole halves go out through the Q buffer and TMA, partial
+    ones through masked stores; two batch entries, so a TMA store in the wrong batch's rows would show. 0: masked
+    stores only."""
+    monkeypatch.setenv("JENGA_GLUON_TMA_OUT", tma_out)
+    torch.manual_seed(torch.seed() % 2**31)
+    batch, heads, seq_k = 2, 3, 1_300
+    q = torch.randn(batch, seq_q, heads, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(batch, seq_k, heads, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = torch.rand(batch, heads, math.ceil(seq_q / 128), math.ceil(seq_k / 128), device="cuda") < 0.4
+    mask[..., -1] = True
+    mask[0, 1, 0] = False  # an empty list: its rows are zeros
+    kv_index, kv_count = dense_to_lists(mask)
+    out = torch.full_like(q, float("nan"))
+    block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, None, False, out=out, schedule=schedule)
+    ref = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch")
+    assert not torch.isnan(out).any() and _rel(out, ref) < 2e-2
+    assert torch.equal(out[0, :128, 1], torch.zeros_like(out[0, :128, 1]))

@@ -24,6 +24,10 @@ block at 0.83-1.10 of cuDNN's dense rate, 1.28-1.52x FlexAttention, 0.83-0.95x F
 forward (``backend="fa4"``), and 1.05-1.29x the portable Triton kernel (an earlier run). Kept for A/B
 runs (``schedule=``): ``"pingpong-plain"`` (the turns without the overlap) and the single 8-warp consumer,
 ``"plain"`` and ``"pipelined"``, which ran no faster than the Triton kernel.
+``"pingpong-named"``: the ping-pong turns passed through two hardware named barriers, as FlashAttention-3 and -4
+do, instead of mbarriers, whose single-thread arrive costs a warpgroup ``bar.sync`` each (an A/B option).
+The ping-pong halves store O through their own half of the Q buffer and TMA, as FlashAttention-4 does, where
+head dim is 128 and ``out`` is contiguous and of q's dtype (``JENGA_GLUON_TMA_OUT=0``: masked stores).
 Key bias (HunyuanVideo's text amplifier): the blocks that hold biased keys, a suffix of each ascending list
 found by one scan, take a biased softmax step. Not done: a persistent grid, per-thread partial row sums, K
 released before its P·V (FA4 does both).
@@ -51,6 +55,7 @@ try:  # Gluon ships with Triton >= 3.5 on CUDA builds; absent elsewhere
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia import hopper as _hopper
     from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
         mbarrier,
         tma,
         warpgroup_mma,
@@ -63,7 +68,8 @@ except ImportError as err:  # pragma: no cover - depends on the Triton build
     GLUON_IMPORT_ERROR = f"{type(err).__name__}: {err}"
 
 _LOG2E = 1.4426950408889634
-SCHEDULES = ("plain", "pipelined", "pingpong", "pingpong-plain")  # the consumer's schedules (launcher's ``schedule``)
+# the consumer's schedules (the launcher's ``schedule``)
+SCHEDULES = ("plain", "pipelined", "pingpong", "pingpong-plain", "pingpong-named")
 BLOCK = 128  # query and key block; one program per query block
 
 
@@ -100,6 +106,7 @@ if GLUON_IMPORT_ERROR is None:
     CONSUMER_WARPS = gl.constexpr(8)  # the default partition: two warpgroups, 64 query rows each
     # the TMA load was tma.async_copy_global_to_shared in older Gluon, tma.async_load in newer
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 
     @gluon.jit
     def _same(value):
@@ -209,6 +216,42 @@ if GLUON_IMPORT_ERROR is None:
         mbarrier.arrive(empty_bar, count=1)
         return acc
 
+    # FlashAttention-3 passes the ping-pong turn through two hardware named barriers (ids clear of those Triton's
+    # warp specialisation uses: 0-2 in this kernel's SASS): a warpgroup syncs on its own id with 256 threads, which
+    # completes once the other warpgroup's 128 have arrived there after issuing their wgmma
+    @gluon.jit
+    def _named_sync(HALF: gl.constexpr, dummy):
+        if HALF == 0:
+            gl.inline_asm_elementwise("bar.sync 14, 256;", "=r,r", [dummy], dtype=gl.int32, is_pure=False,
+                                        pack=1)
+        else:
+            gl.inline_asm_elementwise("bar.sync 15, 256;", "=r,r", [dummy], dtype=gl.int32, is_pure=False,
+                                        pack=1)
+
+    @gluon.jit
+    def _named_arrive(HALF: gl.constexpr, dummy):
+        """Arrive on the *other* warpgroup's turn barrier."""
+        if HALF == 0:
+            gl.inline_asm_elementwise("bar.arrive 15, 256;", "=r,r", [dummy], dtype=gl.int32, is_pure=False,
+                                        pack=1)
+        else:
+            gl.inline_asm_elementwise("bar.arrive 14, 256;", "=r,r", [dummy], dtype=gl.int32, is_pure=False,
+                                        pack=1)
+
+    @gluon.jit
+    def _turn_wait(turn, HALF: gl.constexpr, i, NAMED: gl.constexpr):
+        if NAMED:
+            _named_sync(HALF, i)
+        else:
+            mbarrier.wait(turn.index(HALF), i & 1)
+
+    @gluon.jit
+    def _turn_pass(turn, HALF: gl.constexpr, i, NAMED: gl.constexpr):
+        if NAMED:
+            _named_arrive(HALF, i)
+        else:
+            mbarrier.arrive(turn.index(1 - HALF), count=1)
+
     @gluon.jit
     def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit, qk_scale,
                   bias_from, bias_start, bias_log2, HAS_BIAS: gl.constexpr):
@@ -297,8 +340,8 @@ if GLUON_IMPORT_ERROR is None:
     @gluon.jit
     def _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                        key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0,
-                       stride_on, rows_left, HALF: gl.constexpr, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr,
-                       HAS_BIAS: gl.constexpr):
+                       stride_on, rows_left, out_desc, tma_row, col0, HALF: gl.constexpr, WRITE_LSE: gl.constexpr,
+                       OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr, TMA_OUT: gl.constexpr):
         """One warpgroup's 64 query rows of the block (``HALF`` 0: the top rows, 1: the bottom rows), as
         FlashAttention-3 schedules them: the two warpgroups take turns issuing their ``wgmma`` (``turn``
         mbarriers pass the token), so one's softmax runs while the other's products occupy the tensor cores;
@@ -323,12 +366,14 @@ if GLUON_IMPORT_ERROR is None:
         mask_at, valid_keys = _straddling_block(idx_base, n_valid, key_limit)
         mbarrier.wait(q_bar, 0)
         if OVERLAP:
+            if NAMED and HALF == 1:
+                _named_arrive(1, n_valid)  # the top half issues first
             p_op = gl.zeros([ROWS, TILE], q_smem.dtype, layout=p_layout)  # the previous block's P, loop-carried
             if n_valid > 0:  # turn 0: block 0's Q·Kᵀ alone
                 mbarrier.wait(k_ready.index(0), 0)
-                mbarrier.wait(turn.index(HALF), 0)
+                _turn_wait(turn, HALF, 0, NAMED)
                 s = warpgroup_mma(q_half, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-                mbarrier.arrive(turn.index(1 - HALF), count=1)
+                _turn_pass(turn, HALF, 0, NAMED)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
                 p, m_i, l_i, alpha = _step(s, 0, mask_at, valid_keys, idx_base, bias_from, bias_start, bias_log2,
                                             qk_scale, m_i, l_i, offs_block, HAS_BIAS)
@@ -338,10 +383,10 @@ if GLUON_IMPORT_ERROR is None:
                 prev = (i - 1) % NUM_STAGES
                 mbarrier.wait(k_ready.index(stage), (i // NUM_STAGES) & 1)
                 mbarrier.wait(v_ready.index(prev), ((i - 1) // NUM_STAGES) & 1)
-                mbarrier.wait(turn.index(HALF), i & 1)
+                _turn_wait(turn, HALF, i, NAMED)
                 s = warpgroup_mma(q_half, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
                 acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
-                mbarrier.arrive(turn.index(1 - HALF), count=1)
+                _turn_pass(turn, HALF, i, NAMED)
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_i done; P·V of block i-1 may still run
                 p, m_i, l_i, alpha = _step(s, i, mask_at, valid_keys, idx_base, bias_from, bias_start, bias_log2,
                                            qk_scale, m_i, l_i, offs_block, HAS_BIAS)
@@ -355,6 +400,8 @@ if GLUON_IMPORT_ERROR is None:
                 acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 mbarrier.arrive(kv_empty.index(last), count=1)
+            if NAMED and HALF == 0:
+                _named_sync(0, n_valid)  # the bottom half's last arrive (one more than the top's syncs)
 
         else:  # FlashAttention-3 without the intra-warpgroup overlap: only Q·Kᵀ takes turns
             for i in range(n_valid):
@@ -375,7 +422,16 @@ if GLUON_IMPORT_ERROR is None:
         rows_o = HALF * ROWS + gl.arange(0, ROWS, layout=row_o)  # within the query block
         offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
         o_ptrs = (Out + out_row0 + gl.expand_dims(rows_o.to(gl.int64) * stride_on, 1) + gl.expand_dims(offs_d, 0))
-        gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(rows_o < rows_left, 1))
+        if TMA_OUT:
+            if rows_left >= (HALF + 1) * ROWS:  # a whole half: through this half's Q buffer and TMA
+                q_half.store(out.to(q_smem.dtype))  # its last Q·Kᵀ has completed: the rows are free
+                fence_async_shared()
+                _tma_store(out_desc, [tma_row + HALF * ROWS, col0], q_half)
+                tma.store_wait(0)
+            else:  # a partial last block (rows past Nq would land in the next batch entry's rows)
+                gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(rows_o < rows_left, 1))
+        else:
+            gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(rows_o < rows_left, 1))
         # without WRITE_LSE the store is masked off entirely (Lse is empty then), not left out: Triton 3.6 fails
         # to lower a warp-specialised partition with an unused pointer argument
         rows_s = HALF * ROWS + gl.arange(0, ROWS, layout=row_s)
@@ -384,18 +440,40 @@ if GLUON_IMPORT_ERROR is None:
     @gluon.jit
     def _pingpong_top(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                       key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
-                      rows_left, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr):
+                      rows_left, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr,
+                      NAMED: gl.constexpr):
         _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                        key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
-                       rows_left, 0, WRITE_LSE, OVERLAP, HAS_BIAS)
+                       rows_left, Out, 0, 0, 0, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, False)
 
     @gluon.jit
     def _pingpong_bottom(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                          key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0,
-                         stride_on, rows_left, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr):
+                         stride_on, rows_left, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr,
+                         NAMED: gl.constexpr):
         _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                        key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
-                       rows_left, 1, WRITE_LSE, OVERLAP, HAS_BIAS)
+                       rows_left, Out, 0, 0, 1, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, False)
+
+    # the TMA store of O: own partition functions, so that the descriptor is an argument only where it is used
+    # (Triton 3.6 cannot lower a partition with an unused pointer or descriptor argument)
+    @gluon.jit
+    def _pingpong_top_tma(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+                          key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0,
+                          stride_on, rows_left, out_desc, tma_row, col0, WRITE_LSE: gl.constexpr,
+                          OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr):
+        _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+                       key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
+                       rows_left, out_desc, tma_row, col0, 0, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, True)
+
+    @gluon.jit
+    def _pingpong_bottom_tma(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+                             key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0,
+                             stride_on, rows_left, out_desc, tma_row, col0, WRITE_LSE: gl.constexpr,
+                             OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr):
+        _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+                       key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
+                       rows_left, out_desc, tma_row, col0, 1, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, True)
 
     # sizes and the strides that follow them are not specialised on (a progressive stage's length, a 1-head
     # stand-in): one binary per (dtype, head dim, schedule, flags), as the Triton kernel
@@ -404,12 +482,12 @@ if GLUON_IMPORT_ERROR is None:
 
     @gluon.jit(do_not_specialize=_SIZE_ARGUMENTS)
     def _gluon_block_sparse_fwd(
-        q_desc, k_desc, v_desc, Out, Lse, KvIndex, KvCount, KeyLengths,
+        q_desc, k_desc, v_desc, out_desc, Out, Lse, KvIndex, KvCount, KeyLengths,
         stride_ob, stride_on, stride_oh, stride_lb, stride_lh, stride_ib, stride_ih, stride_iq, stride_cb, stride_ch,
         num_heads, seq_q, seq_k, qk_scale, bias_start, bias_log2,
         HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, HAS_KEY_LENGTHS: gl.constexpr, HAS_BIAS: gl.constexpr,
-        WRITE_LSE: gl.constexpr, PIPELINE: gl.constexpr,
-        PINGPONG: gl.constexpr,  # 0: off, 1: with the intra-warpgroup overlap, 2: without
+        WRITE_LSE: gl.constexpr, PIPELINE: gl.constexpr, TMA_OUT: gl.constexpr,
+        PINGPONG: gl.constexpr,  # 0: off, 1: with the intra-warpgroup overlap, 2: without, 3: 1, named-barrier turns
         num_warps: gl.constexpr,
     ):
         qb = gl.program_id(0)
@@ -475,10 +553,15 @@ if GLUON_IMPORT_ERROR is None:
             half_args = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                          key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse,
                          b64 * stride_ob + h64 * stride_oh + q_start.to(gl.int64) * stride_on,
-                         b64 * stride_lb + h64 * stride_lh + q_start, stride_on, seq_q - q_start, WRITE_LSE,
-                         PINGPONG == 1, HAS_BIAS)
-            gl.warp_specialize([(_pingpong_top, half_args), (_pingpong_bottom, half_args), (_producer, producer_args)],
-                               [4, 1], [240, 24])
+                         b64 * stride_lb + h64 * stride_lh + q_start, stride_on, seq_q - q_start)
+            flags = (WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3)
+            if TMA_OUT:
+                tma_args = half_args + (out_desc, b * seq_q + q_start, col0) + flags
+                gl.warp_specialize([(_pingpong_top_tma, tma_args), (_pingpong_bottom_tma, tma_args),
+                                    (_producer, producer_args)], [4, 1], [240, 24])
+            else:
+                gl.warp_specialize([(_pingpong_top, half_args + flags), (_pingpong_bottom, half_args + flags),
+                                    (_producer, producer_args)], [4, 1], [240, 24])
         elif PIPELINE:
             acc, m_i, l_i = gl.warp_specialize([(_consumer_pipelined, consumer_args), (_producer, producer_args)],
                                                [1], [24])
@@ -576,12 +659,19 @@ def launch_prechecked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_inde
     q_desc, k_desc, v_desc = (
         TensorDescriptor.from_tensor(t.view(t.shape[0] * t.shape[1], heads * head_dim), [BLOCK, head_dim], layout)
         for t in (q, k, v))
+    # the ping-pong halves store O through their Q buffer and TMA (contiguous, aligned out of q's dtype only)
+    tma_out = (os.environ.get("JENGA_GLUON_TMA_OUT", "1") != "0" and head_dim == 128 and out.dtype == q.dtype
+               and out.is_contiguous() and out.data_ptr() % 16 == 0)  # head dim 64: Triton 3.6's lowering asserts
+    # (without it the descriptor is never stored through, but keeps its type: a warp-specialised partition's
+    # constexpr may arrive as a value, and Triton 3.9 verifies the dead store against the descriptor's block)
+    out_desc = TensorDescriptor.from_tensor((out if tma_out else q).view(batch * seq_q, heads * head_dim),
+                                            [BLOCK // 2, head_dim], layout)
     _gluon_block_sparse_fwd[(math.ceil(seq_q / BLOCK), batch * heads)](
-        q_desc, k_desc, v_desc, out, lse, kv_index, kv_count, key_lengths_arg,
+        q_desc, k_desc, v_desc, out_desc, out, lse, kv_index, kv_count, key_lengths_arg,
         out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
         kv_index.stride(0), kv_index.stride(1), kv_index.stride(2), kv_count.stride(0), kv_count.stride(1),
         heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim), bias_start, bias_log2,
-        HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=return_lse,
+        HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=return_lse, TMA_OUT=tma_out,
         **_schedule_constants(schedule, head_dim, num_stages),
     )
     return out, lse
@@ -594,7 +684,8 @@ def _tile_layout(head_dim: int, dtype: torch.dtype):
                                                 else gl.float16)
 
 
-_PINGPONG = {"pingpong": 1, "pingpong-plain": 2}  # the kernel's PINGPONG constexpr; 0 for the one-consumer ones
+# the kernel's PINGPONG constexpr; 0 for the one-consumer ones
+_PINGPONG = {"pingpong": 1, "pingpong-plain": 2, "pingpong-named": 3}
 
 
 def _schedule_constants(schedule: str | None, head_dim: int, num_stages: int | None) -> dict:
@@ -621,14 +712,15 @@ def _default_warps(pingpong: bool) -> int:
 
 
 def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_key_lengths: bool = True,
-                       schedule: str = "plain", write_lse: bool = True, has_bias: bool = False):
+                       schedule: str = "plain", write_lse: bool = True, has_bias: bool = False,
+                       tma_out: bool = False):
     """Compile the kernel for sm_90 without a GPU (``GluonASTSource`` with an explicit target, Triton >= 3.9):
     a build check and a way to read its PTX, registers and shared memory. Not under ``TRITON_INTERPRET=1``."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     layout = _tile_layout(head_dim, torch.bfloat16)
-    constants = dict(HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=write_lse,
+    constants = dict(HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=write_lse, TMA_OUT=tma_out,
                      **_schedule_constants(schedule, head_dim, num_stages))
     warps = constants["num_warps"]
     pointers = {"Out": "*bf16", "Lse": "*fp32", "KvIndex": "*i32", "KvCount": "*i32", "KeyLengths": "*i32"}
@@ -637,7 +729,8 @@ def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_k
         if name in constants:
             signature[name] = "constexpr"
         elif name.endswith("_desc"):
-            signature[name] = f"tensordesc<bf16[{BLOCK},{head_dim}],{layout!r}>"
+            rows = BLOCK // 2 if name == "out_desc" else BLOCK
+            signature[name] = f"tensordesc<bf16[{rows},{head_dim}],{layout!r}>"
         else:
             signature[name] = pointers.get(name, "fp32" if name in ("qk_scale", "bias_log2") else "i32")
     return triton.compile(GluonASTSource(_gluon_block_sparse_fwd, signature, constants),
