@@ -1,6 +1,6 @@
 """FlashAttention-4's block-sparse forward (``flash-attn-4``, CuTe DSL) behind jenga's block lists, when installed.
 
-Measured on an H200 (benchmarks/RESULTS.md, 2026-12-01, same run) it ran the same lists 1.05-1.20x faster than
+Measured on an H200 (benchmarks/RESULTS.md, 2026-12-01, same run) it ran the same lists 1.01-1.18x faster than
 our Hopper kernel (the Gluon one), so it is offered as ``backend="fa4"``: opt-in, never chosen by ``"auto"``
 (it is an optional install, and takes no key lengths or key bias). Every listed block is full, so the lists go in
 as FA4's *full* blocks (no mask evaluated).

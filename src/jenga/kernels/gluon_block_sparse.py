@@ -20,14 +20,15 @@ Structure (the default schedule, ``"pingpong"``):
 - the block that straddles the key limit (key lengths, or Nk not a multiple of 128) is the only one masked.
 
 Measured on an H200 (benchmarks/RESULTS.md, same run as FlexAttention, FlashAttention-4 and cuDNN): each computed
-block at 0.83-1.10 of cuDNN's dense rate, 1.28-1.52x FlexAttention, 0.83-0.95x FlashAttention-4's block-sparse
+block at 0.93-1.12 of cuDNN's dense rate, 1.42-1.52x FlexAttention, 0.85-0.99x FlashAttention-4's block-sparse
 forward (``backend="fa4"``), and 1.05-1.29x the portable Triton kernel (an earlier run). Kept for A/B
 runs (``schedule=``): ``"pingpong-plain"`` (the turns without the overlap) and the single 8-warp consumer,
 ``"plain"`` and ``"pipelined"``, which ran no faster than the Triton kernel.
 ``"pingpong-named"``: the ping-pong turns passed through two hardware named barriers, as FlashAttention-3 and -4
 do, instead of mbarriers, whose single-thread arrive costs a warpgroup ``bar.sync`` each (an A/B option).
 The ping-pong halves store O through their own half of the Q buffer and TMA, as FlashAttention-4 does, where
-head dim is 128 and ``out`` is contiguous and of q's dtype (``JENGA_GLUON_TMA_OUT=0``: masked stores).
+head dim is 128 and ``out`` is contiguous and of q's dtype (``JENGA_GLUON_TMA_OUT=0``: masked stores): 4 % faster
+overall, 9-17 % at density 0.10, where the epilogue weighs more (two same-run A/B runs on an H200).
 Key bias (HunyuanVideo's text amplifier): the blocks that hold biased keys, a suffix of each ascending list
 found by one scan, take a biased softmax step. Not done: a persistent grid, per-thread partial row sums, K
 released before its P·V (FA4 does both).
