@@ -18,8 +18,10 @@ import json, re
 from jenga.kernels.gluon_block_sparse import SCHEDULES, compile_for_hopper
 found = {}
 for schedule in SCHEDULES:  # the ping-pong ones without LSE: Triton 3.6 once failed to lower that case
-    ptx = compile_for_hopper(head_dim=64, schedule=schedule, write_lse=not schedule.startswith("pingpong")).asm["ptx"]
-    found[schedule] = dict(wgmma=len(re.findall(r"wgmma\\.mma_async", ptx)),
+    kernel = compile_for_hopper(head_dim=64, schedule=schedule, write_lse=not schedule.startswith("pingpong"))
+    ptx = kernel.asm["ptx"]
+    found[schedule] = dict(named_in_ttgir=kernel.asm["ttgir"].count("bar.sync 14"),
+                           wgmma=len(re.findall(r"wgmma\\.mma_async", ptx)),
                                 tma=len(re.findall(r"cp\\.async\\.bulk\\.tensor", ptx)),
                                 setmaxnreg="setmaxnreg" in ptx,
                                 wait_one=bool(re.search(r"wgmma\\.wait_group\\.sync\\.aligned 1", ptx)))
@@ -53,4 +55,8 @@ def test_gluon_kernel_compiles_for_hopper():
     # the pipelined and ping-pong consumers leave one wgmma group (the previous P·V) in flight during the softmax
     assert found["pipelined"]["wait_one"] and found["pingpong"]["wait_one"]
     assert not found["plain"]["wait_one"] and not found["pingpong-plain"]["wait_one"]
+    # the partitions' flags arrive as constexprs: only the named-turn schedule carries the named-barrier code (a flag
+    # arriving as a value builds both sides of every branch, which cost the first run ~2 s of compile)
+    assert found["pingpong-named"]["named_in_ttgir"] > 0
+    assert all(found[s]["named_in_ttgir"] == 0 for s in ("plain", "pipelined", "pingpong", "pingpong-plain"))
     assert found["pingpong-tma-out"]["tma_store"] == 2 and found["pingpong-named-tma-out"]["tma_store"] == 2

@@ -254,8 +254,8 @@ if GLUON_IMPORT_ERROR is None:
             mbarrier.arrive(turn.index(1 - HALF), count=1)
 
     @gluon.jit
-    def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit, qk_scale,
-                  bias_from, bias_start, bias_log2, HAS_BIAS: gl.constexpr):
+    def _consumer(HAS_BIAS: gl.constexpr, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid,
+                  key_limit, qk_scale, bias_from, bias_start, bias_log2):
         """Two warpgroups: S = Q·Kᵀ and O += P·V with ``wgmma``, online softmax in registers. Returns the
         unnormalised output, the running max (log2 units) and the row sums; constexprs come from the shapes of
         the buffers (partition arguments arrive as values)."""
@@ -287,8 +287,8 @@ if GLUON_IMPORT_ERROR is None:
         return acc, m_i, l_i
 
     @gluon.jit
-    def _consumer_pipelined(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit,
-                            qk_scale, bias_from, bias_start, bias_log2, HAS_BIAS: gl.constexpr):
+    def _consumer_pipelined(HAS_BIAS: gl.constexpr, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base,
+                            n_valid, key_limit, qk_scale, bias_from, bias_start, bias_log2):
         """As :func:`_consumer`, software-pipelined as FlashAttention-3 does within a warpgroup: block i's
         softmax runs while block i-1's P·V is still on the tensor cores, and block i+1's Q·Kᵀ is issued before
         block i's P·V (wgmma groups complete in issue order, so waiting for all but one leaves P·V in flight).
@@ -439,19 +439,18 @@ if GLUON_IMPORT_ERROR is None:
         gl.store(Lse + lse_row0 + rows_s, lse, mask=(rows_s < rows_left) & WRITE_LSE)
 
     @gluon.jit
-    def _pingpong_top(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                      key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
-                      rows_left, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr,
-                      NAMED: gl.constexpr):
+    def _pingpong_top(WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr,
+                      q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid, key_limit,
+                      qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on, rows_left):
         _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                        key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
                        rows_left, Out, 0, 0, 0, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, False)
 
     @gluon.jit
-    def _pingpong_bottom(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                         key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0,
-                         stride_on, rows_left, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr,
-                         NAMED: gl.constexpr):
+    def _pingpong_bottom(WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr,
+                         q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid, key_limit,
+                         qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
+                         rows_left):
         _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                        key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
                        rows_left, Out, 0, 0, 1, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, False)
@@ -459,19 +458,19 @@ if GLUON_IMPORT_ERROR is None:
     # the TMA store of O: own partition functions, so that the descriptor is an argument only where it is used
     # (Triton 3.6 cannot lower a partition with an unused pointer or descriptor argument)
     @gluon.jit
-    def _pingpong_top_tma(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                          key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0,
-                          stride_on, rows_left, out_desc, tma_row, col0, WRITE_LSE: gl.constexpr,
-                          OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr):
+    def _pingpong_top_tma(WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr,
+                          q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid, key_limit,
+                          qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
+                          rows_left, out_desc, tma_row, col0):
         _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                        key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
                        rows_left, out_desc, tma_row, col0, 0, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, True)
 
     @gluon.jit
-    def _pingpong_bottom_tma(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                             key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0,
-                             stride_on, rows_left, out_desc, tma_row, col0, WRITE_LSE: gl.constexpr,
-                             OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr):
+    def _pingpong_bottom_tma(WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr,
+                             NAMED: gl.constexpr, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn,
+                             idx_base, n_valid, key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse,
+                             out_row0, lse_row0, stride_on, rows_left, out_desc, tma_row, col0):
         _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
                        key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
                        rows_left, out_desc, tma_row, col0, 1, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, True)
@@ -547,7 +546,7 @@ if GLUON_IMPORT_ERROR is None:
         _tma_load(q_desc, [b * seq_q + q_start, col0], q_bar, q_smem)
 
         consumer_args = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit,
-                         qk_scale, bias_from, bias_start, bias_log2, HAS_BIAS)
+                         qk_scale, bias_from, bias_start, bias_log2)
         producer_args = (k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, kv_empty, idx_base, n_valid, b * seq_k,
                          col0)
         if PINGPONG:  # two consumer partitions of one warpgroup each; each writes its own rows
@@ -555,19 +554,26 @@ if GLUON_IMPORT_ERROR is None:
                          key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse,
                          b64 * stride_ob + h64 * stride_oh + q_start.to(gl.int64) * stride_on,
                          b64 * stride_lb + h64 * stride_lh + q_start, stride_on, seq_q - q_start)
-            flags = (WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3)
+            # the partitions' flags (WRITE_LSE, OVERLAP, HAS_BIAS, NAMED) lead their argument tuples, as a literal: a
+            # tuple held in a local is made of values, and constexprs on the right of a tuple + are unwrapped to
+            # plain Python objects; either way a partition would build (and verify) both sides of each flag
             if TMA_OUT:
-                tma_args = half_args + (out_desc, b * seq_q + q_start, col0) + flags
-                gl.warp_specialize([(_pingpong_top_tma, tma_args), (_pingpong_bottom_tma, tma_args),
-                                    (_producer, producer_args)], [4, 1], [240, 24])
+                tma_args = half_args + (out_desc, b * seq_q + q_start, col0)
+                gl.warp_specialize([
+                    (_pingpong_top_tma, (WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3) + tma_args),
+                    (_pingpong_bottom_tma, (WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3) + tma_args),
+                    (_producer, producer_args)], [4, 1], [240, 24])
             else:
-                gl.warp_specialize([(_pingpong_top, half_args + flags), (_pingpong_bottom, half_args + flags),
-                                    (_producer, producer_args)], [4, 1], [240, 24])
+                gl.warp_specialize([
+                    (_pingpong_top, (WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3) + half_args),
+                    (_pingpong_bottom, (WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3) + half_args),
+                    (_producer, producer_args)], [4, 1], [240, 24])
         elif PIPELINE:
-            acc, m_i, l_i = gl.warp_specialize([(_consumer_pipelined, consumer_args), (_producer, producer_args)],
-                                               [1], [24])
+            acc, m_i, l_i = gl.warp_specialize([(_consumer_pipelined, (HAS_BIAS,) + consumer_args),
+                                                (_producer, producer_args)], [1], [24])
         else:
-            acc, m_i, l_i = gl.warp_specialize([(_consumer, consumer_args), (_producer, producer_args)], [1], [24])
+            acc, m_i, l_i = gl.warp_specialize([(_consumer, (HAS_BIAS,) + consumer_args), (_producer, producer_args)],
+                                               [1], [24])
 
         if not PINGPONG:
             _epilogue(acc, m_i, l_i, Out, Lse, b64, h64, q_start, stride_ob, stride_on, stride_oh, stride_lb,
