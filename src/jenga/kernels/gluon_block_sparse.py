@@ -221,23 +221,18 @@ if GLUON_IMPORT_ERROR is None:
     # warp specialisation uses: 0-2 in this kernel's SASS): a warpgroup syncs on its own id with 256 threads, which
     # completes once the other warpgroup's 128 have arrived there after issuing their wgmma
     @gluon.jit
+    def _named_barrier(ASM: gl.constexpr, dummy):
+        gl.inline_asm_elementwise(ASM, "=r,r", [dummy], dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
     def _named_sync(HALF: gl.constexpr, dummy):
-        if HALF == 0:
-            gl.inline_asm_elementwise("bar.sync 14, 256;", "=r,r", [dummy], dtype=gl.int32, is_pure=False,
-                                        pack=1)
-        else:
-            gl.inline_asm_elementwise("bar.sync 15, 256;", "=r,r", [dummy], dtype=gl.int32, is_pure=False,
-                                        pack=1)
+        """Wait on this warpgroup's own turn barrier."""
+        _named_barrier("bar.sync 14, 256;" if HALF == 0 else "bar.sync 15, 256;", dummy)
 
     @gluon.jit
     def _named_arrive(HALF: gl.constexpr, dummy):
         """Arrive on the *other* warpgroup's turn barrier."""
-        if HALF == 0:
-            gl.inline_asm_elementwise("bar.arrive 15, 256;", "=r,r", [dummy], dtype=gl.int32, is_pure=False,
-                                        pack=1)
-        else:
-            gl.inline_asm_elementwise("bar.arrive 14, 256;", "=r,r", [dummy], dtype=gl.int32, is_pure=False,
-                                        pack=1)
+        _named_barrier("bar.arrive 15, 256;" if HALF == 0 else "bar.arrive 14, 256;", dummy)
 
     @gluon.jit
     def _turn_wait(turn, HALF: gl.constexpr, i, NAMED: gl.constexpr):
