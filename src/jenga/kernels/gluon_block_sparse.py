@@ -334,10 +334,10 @@ if GLUON_IMPORT_ERROR is None:
         return acc, m_i, l_i
 
     @gluon.jit
-    def _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                       key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0,
-                       stride_on, rows_left, out_desc, tma_row, col0, HALF: gl.constexpr, WRITE_LSE: gl.constexpr,
-                       OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr, TMA_OUT: gl.constexpr):
+    def _pingpong_half(HALF: gl.constexpr, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr,
+                       NAMED: gl.constexpr, TMA_OUT: gl.constexpr, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready,
+                       kv_empty, turn, idx_base, n_valid, key_limit, qk_scale, bias_from, bias_start, bias_log2, Out,
+                       Lse, out_row0, lse_row0, stride_on, rows_left, out_desc, tma_row, col0):
         """One warpgroup's 64 query rows of the block (``HALF`` 0: the top rows, 1: the bottom rows), as
         FlashAttention-3 schedules them: the two warpgroups take turns issuing their ``wgmma`` (``turn``
         mbarriers pass the token), so one's softmax runs while the other's products occupy the tensor cores;
@@ -434,41 +434,26 @@ if GLUON_IMPORT_ERROR is None:
         gl.store(Lse + lse_row0 + rows_s, lse, mask=(rows_s < rows_left) & WRITE_LSE)
 
     @gluon.jit
-    def _pingpong_top(WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr,
-                      q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid, key_limit,
-                      qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on, rows_left):
-        _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                       key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
-                       rows_left, Out, 0, 0, 0, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, False)
+    def _pingpong_half_masked_out(HALF: gl.constexpr, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr,
+                                  HAS_BIAS: gl.constexpr, NAMED: gl.constexpr, q_smem, k_smem, v_smem, q_bar, k_ready,
+                                  v_ready, kv_empty, turn, idx_base, n_valid, key_limit, qk_scale, bias_from,
+                                  bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on, rows_left):
+        """:func:`_pingpong_half` with masked stores of O: the partition takes no descriptor for it (Triton 3.6
+        cannot lower a partition with an unused pointer or descriptor argument)."""
+        _pingpong_half(HALF, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, False, q_smem, k_smem, v_smem, q_bar, k_ready,
+                       v_ready, kv_empty, turn, idx_base, n_valid, key_limit, qk_scale, bias_from, bias_start,
+                       bias_log2, Out, Lse, out_row0, lse_row0, stride_on, rows_left, Out, 0, 0)
 
     @gluon.jit
-    def _pingpong_bottom(WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr,
-                         q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid, key_limit,
-                         qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
-                         rows_left):
-        _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                       key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
-                       rows_left, Out, 0, 0, 1, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, False)
-
-    # the TMA store of O: own partition functions, so that the descriptor is an argument only where it is used
-    # (Triton 3.6 cannot lower a partition with an unused pointer or descriptor argument)
-    @gluon.jit
-    def _pingpong_top_tma(WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr,
-                          q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid, key_limit,
-                          qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
-                          rows_left, out_desc, tma_row, col0):
-        _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                       key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
-                       rows_left, out_desc, tma_row, col0, 0, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, True)
-
-    @gluon.jit
-    def _pingpong_bottom_tma(WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr,
-                             NAMED: gl.constexpr, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn,
-                             idx_base, n_valid, key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse,
-                             out_row0, lse_row0, stride_on, rows_left, out_desc, tma_row, col0):
-        _pingpong_half(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
-                       key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on,
-                       rows_left, out_desc, tma_row, col0, 1, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, True)
+    def _count_below(idx_base, count, limit):
+        """How many of a list's first ``count`` block ids are below ``limit`` (lists ascend: they are a prefix)."""
+        scan: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
+        below = 0
+        for c in range(0, count, 256):
+            offs = c + gl.arange(0, 256, layout=scan)
+            ids = gl.load(idx_base + offs, mask=offs < count, other=0x3FFFFFFF)
+            below += gl.sum((ids < limit).to(gl.int32), 0)
+        return below
 
     # sizes and the strides that follow them are not specialised on (a progressive stage's length, a 1-head
     # stand-in): one binary per (dtype, head dim, schedule, flags), as the Triton kernel
@@ -499,23 +484,11 @@ if GLUON_IMPORT_ERROR is None:
         n_valid = count
         if HAS_KEY_LENGTHS:  # listed blocks ascend: those starting before the limit are a prefix
             key_limit = gl.minimum(seq_k, gl.load(KeyLengths + b))
-            upper = gl.cdiv(key_limit, TILE)
-            scan: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
-            n_valid = 0
-            for c in range(0, count, 256):
-                offs_c = c + gl.arange(0, 256, layout=scan)
-                ids = gl.load(idx_base + offs_c, mask=offs_c < count, other=0x3FFFFFFF)
-                n_valid += gl.sum((ids < upper).to(gl.int32), 0)
+            n_valid = _count_below(idx_base, count, gl.cdiv(key_limit, TILE))
 
         bias_from = n_valid  # the list position from which blocks hold biased keys (a suffix: lists ascend)
         if HAS_BIAS:
-            first_biased = bias_start // TILE  # blocks from this one on hold keys >= bias_start
-            scan_b: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
-            bias_from = 0
-            for c in range(0, n_valid, 256):
-                offs_c = c + gl.arange(0, 256, layout=scan_b)
-                ids = gl.load(idx_base + offs_c, mask=offs_c < n_valid, other=0x3FFFFFFF)
-                bias_from += gl.sum((ids < first_biased).to(gl.int32), 0)
+            bias_from = _count_below(idx_base, n_valid, bias_start // TILE)  # that block on holds keys >= start
 
         # -- shared memory: the query tile, the key/value ring and their barriers
         q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
@@ -549,19 +522,19 @@ if GLUON_IMPORT_ERROR is None:
                          key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse,
                          b64 * stride_ob + h64 * stride_oh + q_start.to(gl.int64) * stride_on,
                          b64 * stride_lb + h64 * stride_lh + q_start, stride_on, seq_q - q_start)
-            # the partitions' flags (WRITE_LSE, OVERLAP, HAS_BIAS, NAMED) lead their argument tuples, as a literal: a
-            # tuple held in a local is made of values, and constexprs on the right of a tuple + are unwrapped to
-            # plain Python objects; either way a partition would build (and verify) both sides of each flag
+            # the partitions' flags (HALF, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED[, TMA_OUT]) lead their argument tuples,
+            # as a literal: a tuple held in a local is made of values, and constexprs on the right of a tuple + are
+            # unwrapped to plain Python objects; either way a partition would build both sides of each flag
             if TMA_OUT:
                 tma_args = half_args + (out_desc, b * seq_q + q_start, col0)
                 gl.warp_specialize([
-                    (_pingpong_top_tma, (WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3) + tma_args),
-                    (_pingpong_bottom_tma, (WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3) + tma_args),
+                    (_pingpong_half, (0, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3, True) + tma_args),
+                    (_pingpong_half, (1, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3, True) + tma_args),
                     (_producer, producer_args)], [4, 1], [240, 24])
             else:
                 gl.warp_specialize([
-                    (_pingpong_top, (WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3) + half_args),
-                    (_pingpong_bottom, (WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3) + half_args),
+                    (_pingpong_half_masked_out, (0, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3) + half_args),
+                    (_pingpong_half_masked_out, (1, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3) + half_args),
                     (_producer, producer_args)], [4, 1], [240, 24])
         elif PIPELINE:
             acc, m_i, l_i = gl.warp_specialize([(_consumer_pipelined, (HAS_BIAS,) + consumer_args),
