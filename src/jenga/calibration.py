@@ -181,8 +181,9 @@ class CalibrationReport:
         for row in self.passes:
             layer = "base" if row["layer"] is None else str(row["layer"])
             p = "-" if row["cdf_threshold"] is None else f"{row['cdf_threshold']:.2f}"
-            verdict = ("kept" if row["accepted"] else "in budget, not taken" if row["meets_budget"] and
-                       row["saves_blocks"] else "saves no blocks" if row["meets_budget"] else "out of budget")
+            verdict = ("start" if row["layer"] is None else "kept" if row["accepted"] else "out of budget"
+                       if not row["meets_budget"] else "saves no blocks" if not row["saves_blocks"] else
+                       "in budget, not taken")
             lines.append(f"{row['pass']:>4} {layer:>5} {p:>5} {row['density']:>8.4f} {row['psnr_db']:>8.2f}  {verdict}")
         chosen = next(row for row in reversed(self.passes) if row["accepted"])
         base = self.passes[0]
