@@ -452,8 +452,9 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
     re-measured against the config as it stands and taken if it still scores best (lazy greedy, Minoux 1978: an
     earlier score is an estimate, so a move costs one pass, not one per layer, while scores keep their order). A
     move that leaves the budget or saves no blocks closes its layer (lower rungs carve more). Stops when no layer
-    is open or after ``max_passes`` patched passes. The pick never keeps more blocks than base on this clip: a
-    move is taken only when the pass's measured density is lower.
+    is open or after ``max_passes`` patched passes (then the best move measured against the config as it stands
+    is taken, if any). The pick never keeps more blocks than base on this clip: a move is taken only when the
+    pass's measured density is lower.
     """
     from .patching import patch, selection_stats, unpatch
 
@@ -536,6 +537,9 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
             if len(passes) >= max_passes:
                 notes.append(f"the search stopped at max_passes={max_passes} with layers {candidates} still open: "
                              "raise max_passes for a config that may keep fewer blocks")
+                if fresh:  # moves measured against the config as it stands are sound: the best of them is taken
+                    current = fresh[max(fresh, key=lambda x: scores[x])]
+                    current["accepted"] = True
                 break
             thresholds = {**current["layer_cdf_thresholds"], layer: ladder[rung[layer]]}
             row = judge(thresholds, layer, current)
