@@ -4,7 +4,8 @@
         --out benchmarks/results/calibrate-output-toy-default-cpu.json
 
 1. ``jenga.calibrate(min_psnr=DB)`` per budget on ONE clip (``--calibration-prompt``, seed ``--calibration-seed``,
-   the toy size's steps unless ``--calibration-steps``): the per-layer ``p`` search, its passes and its wall time,
+   the toy size's steps unless ``--calibration-steps``; several prompts: one batch, the budget on its pooled
+   squared error): the per-layer ``p`` search, its passes and its wall time,
    against one dense generation of that clip at the size's steps (the search's own dense pass when the steps are
    the same, else that pass scaled by the steps).
 2. Held-out check: the ``--clips`` one-object prompts of ``calibrate_layers.spread_prompts`` (none is the
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="calibration: the ladder of p (values below the preset's 0.9; default 0.7 0.5 0.3 0)")
     parser.add_argument("--calibration-steps", type=int, default=None,
                         help="steps of the calibration passes (default: the size's, as the held-out clips)")
-    parser.add_argument("--calibration-prompt", default="a red disc moving right")
+    parser.add_argument("--calibration-prompt", nargs="+", default=["a red disc moving right"],
+                        help="the calibration clip's prompt (several: one clip each, in one batch)")
     parser.add_argument("--calibration-seed", type=int, default=0)
     parser.add_argument("--clips", type=int, default=12, help="held-out clips, spread over the 48 prompts")
     parser.add_argument("--seed", type=int, default=1, help="seed of the held-out clips (default 1)")
@@ -72,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     pipe = build_pipeline(transformer)
     pipe.set_progress_bar_config(disable=True)
     base = jenga.JengaConfig.preset("base", model="wan", block_size=size.block_size)
-    prompt = Prompt.parse(args.calibration_prompt)
+    prompts = [Prompt.parse(text) for text in args.calibration_prompt]
     with torch.no_grad():
-        call = dict(prompt_embeds=encoder([prompt]), negative_prompt_embeds=encoder([None]), height=size.height,
-                    width=size.width, num_frames=size.frames - 1, guidance_scale=4.0)
+        call = dict(prompt_embeds=encoder(prompts), negative_prompt_embeds=encoder([None] * len(prompts)),
+                    height=size.height, width=size.width, num_frames=size.frames - 1, guidance_scale=4.0)
     calibration, picks = {}, {}
     for budget in args.min_psnr:
         start = time.perf_counter()
@@ -96,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
             share_of_one_generation=round(seconds / t["generation_dense_s"], 2),
             patched_passes=t["patched_passes"], patched_pass_s=round(t["patched_pass_s"], 2))
 
-    prompts = spread_prompts(args.clips)
+    held_out = spread_prompts(args.clips)
     start = time.perf_counter()
-    dense = generate(pipe, encoder, prompts, size, args.seed)
+    dense = generate(pipe, encoder, held_out, size, args.seed)
     dense_s = time.perf_counter() - start
     generation = {}
     for name, cfg in {"preset": base, **picks}.items():
-        generation[name] = _summary(measured(pipe, encoder, prompts, size, args.seed, cfg, dense))
+        generation[name] = _summary(measured(pipe, encoder, held_out, size, args.seed, cfg, dense))
         g = generation[name]
         print(f"{name:18s} kept density {g['kept_density']:.4f}  PSNR {g['psnr_db']['mean']:.2f} dB "
               f"(min {g['psnr_db']['min']:.2f})  SSIM {g['ssim']['mean']:.4f} (min {g['ssim']['min']:.4f})", flush=True)
@@ -110,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     result = dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), commit=commit, device="cpu",
                   threads=torch.get_num_threads(),
                   command=" ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-                  size=dataclasses.asdict(size), calibration_prompt=str(prompt), calibration_seed=args.calibration_seed,
-                  calibration_steps=steps, held_out_seed=args.seed, held_out_clips=[str(p) for p in prompts],
+                  size=dataclasses.asdict(size), calibration_prompts=[str(p) for p in prompts],
+                  calibration_seed=args.calibration_seed,
+                  calibration_steps=steps, held_out_seed=args.seed, held_out_clips=[str(p) for p in held_out],
                   held_out_dense_s=round(dense_s, 1), calibration=calibration, held_out=generation)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
