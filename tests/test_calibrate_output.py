@@ -32,7 +32,7 @@ def toy():
     with torch.no_grad():
         call = dict(prompt_embeds=encoder([Prompt.parse("red disc right")]), negative_prompt_embeds=encoder([None]),
                     height=32, width=32, num_frames=3, guidance_scale=4.0)
-    return pipe, call
+    return pipe, call, encoder
 
 
 def _base() -> jenga.JengaConfig:
@@ -48,7 +48,7 @@ def _latents(pipe, call: dict, cfg: jenga.JengaConfig | None) -> torch.Tensor:
 
 
 def test_loose_budget_lowers_a_layer_and_the_pick_meets_it_when_rerun(toy, tmp_path):
-    pipe, call = toy
+    pipe, call, _ = toy
     torch.set_num_threads(1)
     base = _base()
     hooks = len(pipe.transformer._forward_pre_hooks)
@@ -83,7 +83,7 @@ def test_loose_budget_lowers_a_layer_and_the_pick_meets_it_when_rerun(toy, tmp_p
 
 
 def test_a_budget_the_base_config_misses_returns_base(toy):
-    pipe, call = toy
+    pipe, call, _ = toy
     base = _base()
     with quiet_frame_rounding():
         report = calibrate(pipe, base=base, min_psnr=300.0, steps=STEPS, layers=(5,), **call)
@@ -93,8 +93,24 @@ def test_a_budget_the_base_config_misses_returns_base(toy):
     assert not jenga.is_patched(pipe)
 
 
+def test_a_batch_is_judged_by_the_mean_of_its_clips_psnr(toy):
+    """Two clips: each clip's PSNR against its dense twin, and the budget on their mean (what the held-out check and
+    a preset are judged by), not on the pooled error that the worse clip alone would set."""
+    pipe, call, encoder = toy
+    with torch.no_grad():
+        pair = dict(call, prompt_embeds=encoder([Prompt.parse("red disc right"), Prompt.parse("blue square up")]),
+                    negative_prompt_embeds=encoder([None, None]))
+    with quiet_frame_rounding():
+        report = calibrate(pipe, base=_base(), min_psnr=40.0, steps=STEPS, max_passes=1, **pair)
+    row = report.passes[0]
+    dense, carved = _latents(pipe, pair, None), _latents(pipe, pair, _base())
+    per_clip = [10 * math.log10(4.0 / float((c - d).pow(2).mean())) for c, d in zip(carved, dense, strict=True)]
+    assert row["psnr_db_per_clip"] == pytest.approx(per_clip, abs=1e-3)
+    assert row["psnr_db"] == pytest.approx(sum(per_clip) / 2, abs=1e-3) and row["meets_budget"]
+
+
 def test_a_pass_that_fails_leaves_the_pipeline_stock(toy):
-    pipe, call = toy
+    pipe, call, _ = toy
 
     def fail_when_patched(pipeline, step, timestep, kwargs):
         if jenga.is_patched(pipeline):
@@ -117,7 +133,7 @@ def test_a_pass_that_fails_leaves_the_pipeline_stock(toy):
     (dict(min_psnr=35, layers=(99,)), "layers"), (dict(min_psnr=35, steps=0), "steps"),
 ])
 def test_bad_output_budget_input_is_refused_by_name(toy, kwargs, name):
-    pipe, call = toy
+    pipe, call, _ = toy
     with pytest.raises(ValueError, match=name):
         calibrate(pipe, base=_base(), **kwargs, **call)
     assert not jenga.is_patched(pipe)

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         picks[name] = report.config
         calibration[name] = dict(
             config=report.config.to_dict(), meets_budget=report.meets_budget, notes=report.notes,
-            passes=[{k: v for k, v in row.items() if k != "mse"} for row in report.passes],
+            passes=report.passes,
             seconds=round(seconds, 1), dense_pass_s=round(t["dense_pass_s"], 2),
             dense_generation_s=round(t["generation_dense_s"], 2),
             share_of_one_generation=round(seconds / t["generation_dense_s"], 2),
