@@ -529,8 +529,9 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
         fresh: dict[int, dict[str, Any]] = {}  # layer -> its move measured against ``current``
         if not base["meets_budget"]:
             rung = {}
-            notes.append(f"the base config misses the budget on this clip ({base['psnr_db']:.2f} dB < {min_psnr} dB): "
-                         "min_psnr only lowers p, so base is returned; loosen the budget or start from a denser base")
+            notes.append(f"the base config misses the budget on the calibration clips ({base['psnr_db']:.2f} dB < "
+                         f"{min_psnr} dB): min_psnr only lowers p, so base is returned; loosen the budget or start "
+                         "from a denser base")
 
         def open_layers() -> list[int]:
             return [x for x in rung if x not in closed and rung[x] < len(ladder)]
@@ -578,7 +579,7 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
                   note="share of a dense num_inference_steps run predicted from the measured dense pass (its time "
                        "scales with the steps); one pass per move of the search, each a whole short generation")
     budget = dict(min_psnr=min_psnr, psnr_peak=peak, cdf_ladder=list(ladder), max_passes=max_passes)
-    notes.append("judged on the calibration call's clip and seed only: check the pick on other prompts")
+    notes.append("judged on the calibration call's clips and seed only: check the pick on other prompts")
     return CalibrationReport(picked, budget, [], stage_rows, layer_rows, timing, grid, cfg.block_size,
                              bool(current["meets_budget"]), notes, passes)
 
