@@ -1,5 +1,5 @@
-"""benchmarks/quality/calibrate_layers.py runs end to end at the toy's small size and writes every figure the
-RESULTS table quotes (calibration densities against the preset's, and the generation check)."""
+"""benchmarks/quality/calibrate_layers.py, layer_probe.py and calibrate_output.py run end to end at the toy's small
+size and write every figure the RESULTS tables quote (calibration against the preset, and the generation check)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,26 @@ def test_layer_probe_script_lowers_one_layer_and_measures_the_clips(tmp_path):
     assert lowered["5"] < preset["5"]
     for row in rows.values():
         assert row["psnr_db"]["mean"] > 0 and 0 < row["ssim"]["mean"] <= 1
+
+
+@pytest.mark.long(20)
+def test_calibrate_output_script_judges_the_pick_on_held_out_clips(tmp_path):
+    """benchmarks/quality/calibrate_output.py: the min_psnr pick on one clip, then the preset and the pick on held-out
+    clips of another seed; the pick keeps no more blocks than the preset on the calibration clip."""
+    out = tmp_path / "output.json"
+    args = ["--size", "small", "--clips", "1", "--min-psnr", "40", "--max-passes", "2", "--calibration-steps", "2",
+            "--cdf-thresholds", "0.5", "--threads", "1", "--out", str(out)]
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "calibrate_output.py"), *args],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["held_out_seed"] != data["calibration_seed"]
+    assert not set(data["calibration_prompts"]) & set(data["held_out_clips"])
+    calibration = data["calibration"]["calibrated-40dB"]
+    passes = calibration["passes"]
+    assert len(passes) == 2 and calibration["meets_budget"] and calibration["share_of_one_generation"] > 0
+    kept = [row for row in passes if row["accepted"]]
+    assert kept[-1]["density"] <= passes[0]["density"] and all(row["psnr_db"] >= 40 for row in kept)
+    assert set(data["held_out"]) == {"preset", "calibrated-40dB"}
+    for entry in data["held_out"].values():
+        assert 0 < entry["kept_density"] < 1 and entry["psnr_db"]["mean"] > 0 and 0 < entry["ssim"]["mean"] <= 1

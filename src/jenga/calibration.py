@@ -29,6 +29,13 @@ budget a fixed preset is judged by: layers whose attention is concentrated reach
 diffuse ones need many, so spending the kept blocks where they buy the most recall can meet the same mean
 recall with fewer blocks than one ``p`` for all (:func:`_allocate`).
 
+``min_psnr=DB`` judges the model's output instead of its attention (:func:`_search_output`): after the dense pass,
+a greedy search lowers one layer's ``p`` at a time, each move a short patched pass whose final latents must stay
+within ``DB`` of PSNR of the dense ones (same noise). On the toy model the per-layer attention metrics rank the layers
+the wrong way round (``benchmarks/quality/layer_probe.py``); the output does not. It costs one pass per move, so
+many generations' time, and the pick is as good as the calibration clips are representative (RESULTS.md: one clip
+is not).
+
 Predicted time: the dense pass measures, per layer, the stock self-attention time and the rest of the
 transformer call. A carved layer's attention is predicted from the kernel's per-block rate: on an H200 the
 measured TFLOP/s of ``benchmarks/RESULTS.md`` (:data:`KERNEL_TFLOPS`, per head dim); elsewhere the measured
@@ -74,9 +81,21 @@ KERNEL_TFLOPS: dict[str, dict[int, float]] = {"H200": {128: 490.0, 64: 401.0}}
 KERNEL_VS_DENSE = 0.87
 DEFAULT_DROP_RATES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 DEFAULT_THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.9)
+DEFAULT_HEADS, DEFAULT_QUERY_BLOCKS = 2, 8
 # the candidates of ``layer_thresholds=True``: values above the presets' p too, so that a layer whose attention is
 # concentrated can buy recall cheaply for a diffuse one that gives some up
 LAYER_THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99)
+
+
+class _DefaultRecall(float):
+    """``min_recall``'s default, 0.95, told apart from a stated 0.95: ``min_psnr`` replaces the default
+    attention budget but refuses a stated one (one criterion per calibration)."""
+
+    def __repr__(self) -> str:
+        return float.__repr__(self)
+
+
+_DEFAULT_RECALL = _DefaultRecall(0.95)
 
 
 @dataclass(frozen=True)
@@ -108,16 +127,22 @@ class CalibrationReport:
     block_size: int
     meets_budget: bool = True
     notes: list[str] = field(default_factory=list)
+    # ``min_psnr``: every patched pass of the search in order (the base config's first): the per-layer p tried,
+    # kept density, PSNR against dense, whether it met the budget and was kept
+    passes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data; ``config`` as :meth:`JengaConfig.to_dict` gives it."""
         return dict(config=self.config.to_dict(), budget=self.budget, stages=self.stages, layers=self.layers,
                     timing=self.timing, grid=list(self.grid), block_size=self.block_size,
                     meets_budget=self.meets_budget, notes=self.notes,
-                    measurements=[dataclasses.asdict(m) for m in self.measurements])
+                    measurements=[dataclasses.asdict(m) for m in self.measurements], passes=self.passes)
 
     def table(self) -> str:
-        """A plain-text table: per measured layer and stage, density / recall / error of the picked config."""
+        """A plain-text table: per measured layer and stage, density / recall / error of the picked config
+        (``min_psnr``: per pass of the search, what it tried, kept and scored)."""
+        if self.budget.get("min_psnr") is not None:
+            return self._output_table()
         cfg = self.config
         lines = [f"grid {self.grid[0]}x{self.grid[1]}x{self.grid[2]} tokens, block {self.block_size}; "
                  f"budget {_budget_text(self.budget)}; picked curve {cfg.curve}, p = {cfg.cdf_threshold}, "
@@ -151,8 +176,35 @@ class CalibrationReport:
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
+    def _output_table(self) -> str:
+        """The ``min_psnr`` search, one line per patched pass, then the pick against the base config."""
+        b, t, cfg = self.budget, self.timing, self.config
+        picked = {x: p[0] for x, p in cfg.layer_cdf_thresholds}
+        lines = [f"grid {self.grid[0]}x{self.grid[1]}x{self.grid[2]} tokens, block {self.block_size}; budget PSNR >= "
+                 f"{b['min_psnr']} dB of the final latents against dense (peak {b['psnr_peak']}, {t['steps']} steps, "
+                 f"one seed); ladder of p {b['cdf_ladder']}; picked p {cfg.cdf_threshold} with per-layer "
+                 f"{picked or 'none'}",
+                 f"{'pass':>4} {'layer':>5} {'p':>5} {'density':>8} {'PSNR dB':>8}  result"]
+        for row in self.passes:
+            layer = "base" if row["layer"] is None else str(row["layer"])
+            p = "-" if row["cdf_threshold"] is None else f"{row['cdf_threshold']:.2f}"
+            verdict = ("start" if row["layer"] is None else "kept" if row["accepted"] else "out of budget"
+                       if not row["meets_budget"] else "saves no blocks" if not row["saves_blocks"] else
+                       "in budget, not taken")
+            lines.append(f"{row['pass']:>4} {layer:>5} {p:>5} {row['density']:>8.4f} {row['psnr_db']:>8.2f}  {verdict}")
+        chosen = next(row for row in reversed(self.passes) if row["accepted"])
+        base = self.passes[0]
+        lines.append(f"picked: kept density {chosen['density']:.4f} (base {base['density']:.4f}), PSNR "
+                     f"{chosen['psnr_db']:.2f} dB (base {base['psnr_db']:.2f})")
+        lines.append(f"calibration took {t['calibration_s']:.3g} s (1 dense + {len(self.passes)} patched passes of "
+                     f"{t['steps']} steps) = {t['calibration_share']:.2f} x one dense {t['num_inference_steps']}-step "
+                     f"generation (measured dense pass, predicted full run)")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
     def save_plot(self, path: Path | str) -> Path:
-        """A small PNG (Pillow): per measured layer, the picked config's kept-block density and recall."""
+        """A small PNG (Pillow): per measured layer, the picked config's kept-block density and recall
+        (``min_psnr``: its density and the base config's)."""
         from PIL import Image, ImageDraw
 
         path = Path(path)
@@ -168,9 +220,13 @@ class CalibrationReport:
         layers = self.layers
         n = max(len(layers), 1)
         bar = plot_w / n
+        output = self.budget.get("min_psnr") is not None
         for i, row in enumerate(layers):
-            density = sum(s["density"] for s in row["stages"]) / max(len(row["stages"]), 1)
-            recall = sum(s["recall"] for s in row["stages"]) / max(len(row["stages"]), 1)
+            if output:  # no recall measured: the base config's density in the second bar
+                density, recall = row["density"], row["base_density"]
+            else:
+                density = sum(s["density"] for s in row["stages"]) / max(len(row["stages"]), 1)
+                recall = sum(s["recall"] for s in row["stages"]) / max(len(row["stages"]), 1)
             x0 = left + i * bar + bar * 0.15
             draw.rectangle([x0, top + plot_h * (1 - density), x0 + bar * 0.35, top + plot_h], fill=(70, 110, 200))
             draw.rectangle([x0 + bar * 0.35, top + plot_h * (1 - recall), x0 + bar * 0.7, top + plot_h],
@@ -181,7 +237,8 @@ class CalibrationReport:
             y = top + plot_h * (1 - budget)
             for x in range(left, left + plot_w, 8):
                 draw.line([x, y, x + 4, y], fill=(200, 30, 30))
-        draw.text((left, 4), "per layer: density (blue), recall (orange), recall budget (red)", fill="black")
+        draw.text((left, 4), "per layer: density (blue), base config's density (orange)" if output else
+                  "per layer: density (blue), recall (orange), recall budget (red)", fill="black")
         draw.text((left + plot_w - 40, height - 14), "layer", fill="black")
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)
@@ -192,13 +249,16 @@ def calibrate(
     pipe: Any,
     *,
     base: JengaConfig | str | None = None,
-    min_recall: float | str | None = 0.95,
+    min_recall: float | str | None = _DEFAULT_RECALL,
     max_error: float | str | None = None,
+    min_psnr: float | None = None,
+    psnr_peak: float = 2.0,
+    max_passes: int = 24,
     steps: int = 6,
     num_inference_steps: int = 50,
     layers: Sequence[int] | None = None,
-    heads: int = 2,
-    query_blocks: int = 8,
+    heads: int = DEFAULT_HEADS,
+    query_blocks: int = DEFAULT_QUERY_BLOCKS,
     drop_rates: Sequence[float] = DEFAULT_DROP_RATES,
     cdf_thresholds: Sequence[float] | None = None,
     curves: Sequence[str] | None = None,
@@ -219,13 +279,28 @@ def calibrate(
             ``per_layer=False``): the config that keeps fewest blocks at the base config's quality.
         max_error: budget on the mean relative output error per layer and stage (``None``: none); ``"base"``:
             each stage's mean error under ``base`` on the same captures (implies ``per_layer=False``).
+        min_psnr: budget on the model's *output* instead of the attention metrics (dB): the PSNR of a patched
+            pass's final latents against the dense pass's (same noise, ``steps`` steps; a batch of clips: the mean of
+            each clip's PSNR; several prompts judge a move better than one), found by a search over
+            per-layer ``p`` (:func:`_search_output`: each layer's ``p`` lowered down the ``cdf_thresholds`` ladder,
+            one rung at a time, the change saving most kept blocks per dB first, kept only
+            while the output meets the budget). Per-layer attention metrics rank the layers' carving wrongly on
+            the toy model (benchmarks/RESULTS.md, issue 20): what the output loses is what the budget is about.
+            Excludes ``min_recall`` / ``max_error`` and the attention candidates' arguments; costs one pass per
+            step of the search (``max_passes``), so several generations' time, not a fraction of one.
+        psnr_peak: the peak of ``min_psnr``'s PSNR: 2.0, the span of latents in ``[-1, 1]`` (pixel-space models such
+            as the toy, where it is the image PSNR on the ``[0, 1]`` scale); for VAE latents (about unit variance)
+            the dB are a convention: read the base config's own PSNR in ``report.passes[0]`` and state the budget
+            below it.
+        max_passes: with ``min_psnr``, the most patched passes (the base config's included; the dense one not).
         steps: denoising steps of the calibration pass (spread over the whole schedule).
         num_inference_steps: steps of the run you plan, for the predicted times.
         layers: transformer layers to measure (default: all).
         heads: heads sampled per layer (evenly spread); query_blocks: query blocks per head for recall/error.
         drop_rates, cdf_thresholds, curves: the candidates (``cdf_thresholds`` default
             :data:`DEFAULT_THRESHOLDS`, with ``layer_thresholds`` :data:`LAYER_THRESHOLDS`; curves default:
-            ``base``'s).
+            ``base``'s). With ``min_psnr`` only ``cdf_thresholds`` counts: its values below ``base``'s ``p`` are
+            the ladder (default 0.7, 0.5, 0.3, 0 below the presets' 0.9).
         per_layer: the budget holds for every measured layer (layers that cannot meet it run dense); ``False``:
             for the mean over the layers of each stage (no dense layers), the way a fixed preset is judged.
         layer_thresholds: give every measured layer its own ``p`` per stage
@@ -242,8 +317,14 @@ def calibrate(
     """
     from .patching import _targets, is_patched
 
-    if min_recall is None and max_error is None:
-        raise ValueError("give a quality budget: min_recall (e.g. 0.95) and/or max_error (e.g. 0.1)")
+    if min_psnr is not None:
+        _check_output_arguments(min_psnr, psnr_peak, max_passes, min_recall, max_error, drop_rates, curves, per_layer,
+                                layer_thresholds, heads, query_blocks)
+    if isinstance(min_recall, _DefaultRecall):
+        min_recall = None if min_psnr is not None else float(min_recall)
+    if min_recall is None and max_error is None and min_psnr is None:
+        raise ValueError("give a quality budget: min_recall (e.g. 0.95) and/or max_error (e.g. 0.1), or min_psnr "
+                         "(e.g. 35, on the output)")
     if not isinstance(layer_thresholds, bool):
         raise ValueError(f"layer_thresholds must be True or False, got {layer_thresholds!r}")
     if min_recall == "base" or max_error == "base" or layer_thresholds:
@@ -270,6 +351,14 @@ def calibrate(
     if cfg.layer_cdf_thresholds:
         raise ValueError("base has layer_cdf_thresholds: calibrate measures and picks p itself (per layer with "
                          "layer_thresholds=True); pass a base without them")
+    num_layers = len(transformer.blocks)
+    layers = tuple(range(num_layers)) if layers is None else tuple(sorted({int(x) for x in layers}))
+    if not layers or any(not 0 <= x < num_layers for x in layers):
+        raise ValueError(f"layers must be ids in [0, {num_layers}), got {layers!r}")
+    if min_psnr is not None:
+        ladder = _ladder(cfg, DEFAULT_THRESHOLDS if cdf_thresholds is None else cdf_thresholds)
+        return _search_output(pipe, transformer, cfg, float(min_psnr), float(psnr_peak), max_passes, ladder, layers,
+                              steps, num_inference_steps, seed, call_kwargs)
     curves = tuple(curves) if curves is not None else (cfg.curve,)
     bad = [c for c in curves if c not in CURVES]
     if bad or not curves:
@@ -290,10 +379,6 @@ def calibrate(
     thresholds = tuple(sorted(thresholds | {cfg.cdf_threshold}))
     if min_recall == "base" and cfg.curve not in curves:
         curves = (cfg.curve, *curves)
-    num_layers = len(transformer.blocks)
-    layers = tuple(range(num_layers)) if layers is None else tuple(sorted({int(x) for x in layers}))
-    if not layers or any(not 0 <= x < num_layers for x in layers):
-        raise ValueError(f"layers must be ids in [0, {num_layers}), got {layers!r}")
 
     started = time.perf_counter()
     probe = _Probe(transformer, layers, cfg, curves, rates, thresholds, heads, query_blocks, steps, seed)
@@ -319,6 +404,184 @@ def _base_config(base: JengaConfig | str | None) -> JengaConfig:
     if not isinstance(base, JengaConfig):
         raise ValueError(f"base must be a JengaConfig, a preset name or None, got {type(base).__name__}")
     return base
+
+
+def _check_output_arguments(min_psnr, psnr_peak, max_passes, min_recall, max_error, drop_rates, curves, per_layer,
+                            layer_thresholds, heads, query_blocks) -> None:
+    """``min_psnr``'s own arguments, and none of the attention budget's (they would be silently unused)."""
+    def real(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not real(min_psnr):
+        raise ValueError(f"min_psnr must be a finite number of dB (e.g. 35), got {min_psnr!r}")
+    if not real(psnr_peak) or psnr_peak <= 0:
+        raise ValueError(f"psnr_peak must be a finite number > 0 (2.0: latents in [-1, 1]), got {psnr_peak!r}")
+    if not isinstance(max_passes, int) or isinstance(max_passes, bool) or max_passes < 1:
+        raise ValueError(f"max_passes must be an int >= 1 (patched passes, the base config's included), got "
+                         f"{max_passes!r}")
+    stated = [name for name, given in (
+        ("min_recall", min_recall is not None and not isinstance(min_recall, _DefaultRecall)),
+        ("max_error", max_error is not None), ("curves", curves is not None),
+        ("drop_rates", tuple(drop_rates) != DEFAULT_DROP_RATES), ("per_layer", per_layer is not True),
+        ("layer_thresholds", layer_thresholds is not False), ("heads", heads != DEFAULT_HEADS),
+        ("query_blocks", query_blocks != DEFAULT_QUERY_BLOCKS)) if given]
+    if stated:
+        raise ValueError(f"min_psnr budgets the output and searches per-layer p itself: drop {', '.join(stated)} "
+                         "(arguments of the attention-metric calibration)")
+
+
+def _ladder(cfg: JengaConfig, values: Sequence[float]) -> tuple[float, ...]:
+    """The ``p`` values a ``min_psnr`` search lowers a layer through: those below ``cfg``'s, highest first."""
+    thresholds = {float(p) for p in values}
+    if not thresholds or any(not 0.0 <= p <= 1.0 for p in thresholds):
+        raise ValueError(f"cdf_thresholds must be floats in [0, 1], got {values!r}")
+    ladder = tuple(sorted((p for p in thresholds if p < cfg.cdf_threshold), reverse=True))
+    if not ladder:
+        raise ValueError(f"cdf_thresholds: min_psnr only lowers p from base's {cfg.cdf_threshold}; give values below "
+                         f"it, got {values!r}")
+    return ladder
+
+
+def _latents(out: Any) -> torch.Tensor:
+    """The final latents of a pipeline call with ``output_type="latent"`` (an output object or a tuple)."""
+    latents = out.frames if hasattr(out, "frames") else out[0]
+    return latents.detach().float()
+
+
+def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, min_psnr: float, peak: float,
+                   max_passes: int, ladder: tuple[float, ...], layers: tuple[int, ...], steps: int, num_steps: int,
+                   seed: int, call_kwargs: dict[str, Any]) -> CalibrationReport:
+    """``calibrate(min_psnr=...)``: a dense pass, then a lazy greedy search over per-layer ``p``.
+
+    A move lowers one layer's ``p`` by one rung of ``ladder``; it is judged by a patched pass (same noise) and
+    scored by the kept density it saves per dB of the budget it spends (a floor of 0.01 dB keeps near-free moves
+    comparable, and a move that gains PSNR counts as near-free). The PSNR is each clip's (batch element's) against
+    its dense twin, averaged over the batch: the mean over clips is what a preset is judged by, and a PSNR of the
+    pooled error would be set by the worst clip alone.
+    Every searched layer's first move is measured against the base config; then the layer of best score is
+    re-measured against the config as it stands and taken if it still scores best (lazy greedy, Minoux 1978: an
+    earlier score is an estimate, so a move costs one pass, not one per layer, while scores keep their order). A
+    move that leaves the budget or saves no blocks closes its layer (lower rungs carve more). Stops when no layer
+    is open or after ``max_passes`` patched passes (then the best move measured against the config as it stands
+    is taken, if any). The pick never keeps more blocks than base on this clip: a move is taken only when the
+    pass's measured density is lower.
+    """
+    from .patching import patch, selection_stats, unpatch
+
+    device = transformer.device
+    started = time.perf_counter()
+
+    def run(config: JengaConfig | None) -> tuple[torch.Tensor, list]:
+        if config is not None:
+            patch(pipe, dataclasses.replace(config, collect_stats=True))
+        try:
+            with torch.no_grad():
+                out = pipe(**call_kwargs, num_inference_steps=steps, output_type="latent",
+                           generator=torch.Generator(device).manual_seed(seed))
+            return _latents(out), selection_stats(pipe) if config is not None else []
+        finally:
+            if config is not None:
+                unpatch(pipe)
+
+    reference, _ = run(None)
+    dense_s = time.perf_counter() - started
+    patch_size = tuple(transformer.config.patch_size)
+    grid = tuple(int(n) // int(q) for n, q in zip(reference.shape[-3:], patch_size, strict=True))
+    passes: list[dict[str, Any]] = []
+
+    def judge(thresholds: dict[int, float], layer: int | None, current: dict[str, Any] | None) -> dict[str, Any]:
+        begun = time.perf_counter()
+        latents, stats = run(dataclasses.replace(cfg, layer_cdf_thresholds=thresholds))
+        if not stats:
+            raise RuntimeError(f"the calibration pass ran no sparse layer (its {steps} steps all dense?): raise steps")
+        mse = (latents - reference).pow(2).flatten(1).mean(1)  # per clip
+        per_clip = (10 * torch.log10(peak**2 / mse.double().clamp_min(1e-30))).tolist()
+        psnr = sum(per_clip) / len(per_clip)
+        per_layer: dict[int, list[float]] = {}
+        per_stage: dict[int, list[float]] = {}
+        for st in stats:
+            density = st.density
+            per_layer.setdefault(st.layer, []).append(density)
+            per_stage.setdefault(cfg.stage_at(st.step / steps), []).append(density)
+        row = {"pass": len(passes), "layer": layer, "cdf_threshold": None if layer is None else thresholds[layer],
+               "layer_cdf_thresholds": dict(sorted(thresholds.items())),
+               "density": round(sum(map(sum, per_layer.values())) / len(stats), 6),
+               "psnr_db": round(psnr, 3), "psnr_db_per_clip": [round(x, 3) for x in per_clip],
+               "meets_budget": psnr >= min_psnr, "accepted": False, "seconds": round(time.perf_counter() - begun, 3),
+               "kept_density_per_layer": {x: round(sum(v) / len(v), 4) for x, v in sorted(per_layer.items())},
+               "kept_density_per_stage": {s: round(sum(v) / len(v), 4) for s, v in sorted(per_stage.items())}}
+        row["saves_blocks"] = current is None or row["density"] < current["density"]
+        passes.append(row)
+        what = "base config" if layer is None else f"layer {layer} p -> {thresholds[layer]}"
+        logger.info("calibrate min_psnr=%s: pass %d/%d, %s: kept density %.4f, PSNR %.2f dB (%s)", min_psnr,
+                    len(passes), max_passes, what, row["density"], row["psnr_db"],
+                    "in budget" if row["meets_budget"] else "out of budget")
+        return row
+
+    notes: list[str] = []
+    try:
+        current = judge({}, None, None)
+        current["accepted"] = True
+        base = current
+        rung = {x: 0 for x in layers if x not in cfg.dense_layers}  # the ladder index each layer tries next
+        closed: set[int] = set()
+        scores: dict[int, float] = {}  # layer -> score of its last measured move (an estimate once stale)
+        fresh: dict[int, dict[str, Any]] = {}  # layer -> its move measured against ``current``
+        if not base["meets_budget"]:
+            rung = {}
+            notes.append(f"the base config misses the budget on the calibration clips ({base['psnr_db']:.2f} dB < "
+                         f"{min_psnr} dB): min_psnr only lowers p, so base is returned; loosen the budget or start "
+                         "from a denser base")
+
+        def open_layers() -> list[int]:
+            return [x for x in rung if x not in closed and rung[x] < len(ladder)]
+
+        while open_layers():
+            candidates = open_layers()
+            pending = [x for x in candidates if x not in scores]
+            layer = pending[0] if pending else max(candidates, key=lambda x: scores[x])
+            if not pending and layer in fresh:  # measured against the config as it stands, still the best: take it
+                current = fresh[layer]
+                current["accepted"] = True
+                rung[layer] += 1
+                fresh.clear()  # every other move was measured against the config before this one
+                continue
+            if len(passes) >= max_passes:
+                notes.append(f"the search stopped at max_passes={max_passes} with layers {candidates} still open: "
+                             "raise max_passes for a config that may keep fewer blocks")
+                if fresh:  # moves measured against the config as it stands are sound: the best of them is taken
+                    current = fresh[max(fresh, key=lambda x: scores[x])]
+                    current["accepted"] = True
+                break
+            thresholds = {**current["layer_cdf_thresholds"], layer: ladder[rung[layer]]}
+            row = judge(thresholds, layer, current)
+            if not (row["meets_budget"] and row["saves_blocks"]):
+                closed.add(layer)
+                continue
+            scores[layer] = (current["density"] - row["density"]) / max(current["psnr_db"] - row["psnr_db"], 0.01)
+            fresh[layer] = row
+    finally:
+        unpatch(pipe)  # each pass unpatches; this covers an interrupt between patch and its try
+    calibration_s = time.perf_counter() - started
+    thresholds = current["layer_cdf_thresholds"]
+    picked = dataclasses.replace(cfg, layer_cdf_thresholds=thresholds)
+    layer_rows = [dict(layer=x, cdf_threshold=thresholds.get(x, cfg.cdf_threshold), searched=x in layers,
+                       dense=x in cfg.dense_layers, density=current["kept_density_per_layer"].get(x, 1.0),
+                       base_density=base["kept_density_per_layer"].get(x, 1.0))
+                  for x in range(len(transformer.blocks))]
+    stage_rows = [dict(stage=s, density=d, base_density=base["kept_density_per_stage"].get(s))
+                  for s, d in current["kept_density_per_stage"].items()]
+    generation_dense_s = dense_s * num_steps / steps
+    timing = dict(steps=steps, num_inference_steps=num_steps, dense_pass_s=dense_s, patched_passes=len(passes),
+                  patched_pass_s=sum(r["seconds"] for r in passes) / len(passes), calibration_s=calibration_s,
+                  generation_dense_s=generation_dense_s,
+                  calibration_share=calibration_s / max(generation_dense_s, 1e-12),
+                  note="share of a dense num_inference_steps run predicted from the measured dense pass (its time "
+                       "scales with the steps); one pass per move of the search, each a whole short generation")
+    budget = dict(min_psnr=min_psnr, psnr_peak=peak, cdf_ladder=list(ladder), max_passes=max_passes)
+    notes.append("judged on the calibration call's clips and seed only: check the pick on other prompts")
+    return CalibrationReport(picked, budget, [], stage_rows, layer_rows, timing, grid, cfg.block_size,
+                             bool(current["meets_budget"]), notes, passes)
 
 
 class _Probe:

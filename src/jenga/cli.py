@@ -562,7 +562,10 @@ def _add_calibrate_parser(sub: Any, common: argparse.ArgumentParser, formatter: 
             "each candidate drop rate and p the kept-block density, attention-mass recall and output error per "
             "layer and stage, pick the fastest config meeting the budget, print a table, and write "
             "calibrated.json (a JengaConfig: JengaConfig.from_dict(json.load(...))), calibration.json (every "
-            "measurement) and calibration.png (density and recall per layer) to --out-dir."
+            "measurement) and calibration.png (density and recall per layer) to --out-dir. --min-psnr DB judges the "
+            "output instead: a dense pass, then a search over each layer's p, one short patched pass per step, each "
+            "kept only while the final latents stay within DB of PSNR of the dense ones (calibration.json lists the "
+            "passes; -v logs them as they run)."
         ),
     )
     source = cal.add_mutually_exclusive_group(required=True)
@@ -584,6 +587,15 @@ def _add_calibrate_parser(sub: Any, common: argparse.ArgumentParser, formatter: 
     cal.add_argument("--max-error", type=_error_budget, default=None,
                      help="budget: mean relative output error of attention per layer and stage; 'base': each stage's "
                           "mean error under the preset itself")
+    cal.add_argument("--min-psnr", type=float, default=None, metavar="DB",
+                     help="budget on the output instead: PSNR (dB) of the final latents against a dense pass (same "
+                          "noise); searches a p per layer with one short patched pass per step of the search "
+                          "(several generations' time); excludes --min-recall, --max-error, --stage-mean, "
+                          "--layer-thresholds, --curves; --cdf-thresholds: the ladder of p (default 0.7 0.5 0.3 0)")
+    cal.add_argument("--psnr-peak", type=float, default=None,
+                     help="--min-psnr: the PSNR's peak (default 2.0, latents in [-1, 1] such as the toy's pixels)")
+    cal.add_argument("--max-passes", type=_positive_int, default=None,
+                     help="--min-psnr: the most patched passes of the search, the preset's included (default 24)")
     cal.add_argument("--stage-mean", action="store_true",
                      help="hold the budget for each stage's mean over the layers (as a preset is judged) instead of "
                           "every layer (layers that cannot meet it run dense)")
@@ -636,7 +648,20 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     import torch
 
-    if args.min_recall is None and args.max_error is None:
+    output = {}  # the --min-psnr search's arguments
+    if args.min_psnr is not None:
+        clash = [flag for flag, given in (("--min-recall", args.min_recall is not None),
+                                          ("--max-error", args.max_error is not None),
+                                          ("--stage-mean", args.stage_mean),
+                                          ("--layer-thresholds", args.layer_thresholds),
+                                          ("--curves", args.curves is not None)) if given]
+        if clash:
+            raise UsageError(f"--min-psnr budgets the output; drop {', '.join(clash)} (attention-metric budget)")
+        output = dict(min_psnr=args.min_psnr, min_recall=None, psnr_peak=2.0 if args.psnr_peak is None else
+                      args.psnr_peak, max_passes=24 if args.max_passes is None else args.max_passes)
+    elif args.psnr_peak is not None or args.max_passes is not None:
+        raise UsageError("--psnr-peak and --max-passes belong to --min-psnr")
+    elif args.min_recall is None and args.max_error is None:
         args.min_recall = 0.95
     device = _device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else
@@ -688,11 +713,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         pipe.set_progress_bar_config(disable=True)
         try:
             with quiet:
-                report = calibrate(pipe, base=base, min_recall=args.min_recall, max_error=args.max_error,
-                                   steps=args.steps, num_inference_steps=args.run_steps, heads=args.heads,
-                                   query_blocks=args.query_blocks, curves=args.curves, per_layer=not args.stage_mean,
-                                   layer_thresholds=args.layer_thresholds, cdf_thresholds=args.cdf_thresholds,
-                                   seed=args.seed, **call)
+                budget = output or dict(min_recall=args.min_recall, max_error=args.max_error, curves=args.curves,
+                                        per_layer=not args.stage_mean, layer_thresholds=args.layer_thresholds)
+                report = calibrate(pipe, base=base, steps=args.steps, num_inference_steps=args.run_steps,
+                                   heads=args.heads, query_blocks=args.query_blocks,
+                                   cdf_thresholds=args.cdf_thresholds, seed=args.seed, **budget, **call)
         except ValueError as err:
             raise UsageError(str(err)) from None
     except (RuntimeError, OSError) as err:
