@@ -8,12 +8,12 @@ import math
 
 import pytest
 import torch
+from _toy import toy_pipeline_and_call
 
 import jenga
 from jenga import cli
 from jenga.calibration import _candidate_masks, _mass_and_error, calibrate
-from jenga.toy.data import Prompt
-from jenga.toy.model import build_pipeline, load_pretrained, quiet_frame_rounding
+from jenga.toy.model import quiet_frame_rounding
 
 GRID = (4, 16, 16)  # the demo's "small" size: 4 frames of 32x32 pixels, 1,024 tokens
 BLOCK = 32
@@ -58,13 +58,7 @@ def test_recall_and_error_match_a_direct_masked_softmax():
 
 @pytest.fixture(scope="module")
 def toy():
-    transformer, encoder = load_pretrained()
-    pipe = build_pipeline(transformer)
-    pipe.set_progress_bar_config(disable=True)
-    with torch.no_grad():
-        call = dict(prompt_embeds=encoder([Prompt.parse("red disc right")]), negative_prompt_embeds=encoder([None]),
-                    height=32, width=32, num_frames=GRID[0] - 1, guidance_scale=4.0)
-    return pipe, call
+    return toy_pipeline_and_call(GRID[0])[:2]
 
 
 def test_calibrate_picks_a_config_within_its_budget_that_patch_accepts(toy):

@@ -9,12 +9,12 @@ import random
 
 import pytest
 import torch
+from _toy import toy_pipeline_and_call
 
 import jenga
 from jenga import cli
 from jenga.calibration import _allocate, calibrate
-from jenga.toy.data import Prompt
-from jenga.toy.model import build_pipeline, load_pretrained, quiet_frame_rounding
+from jenga.toy.model import quiet_frame_rounding
 
 BLOCK = 32
 
@@ -66,13 +66,7 @@ def test_allocation_meets_the_budget_and_is_near_the_brute_force_optimum(budgets
 
 @pytest.fixture(scope="module")
 def toy():
-    transformer, encoder = load_pretrained()
-    pipe = build_pipeline(transformer)
-    pipe.set_progress_bar_config(disable=True)
-    with torch.no_grad():
-        call = dict(prompt_embeds=encoder([Prompt.parse("red disc right")]), negative_prompt_embeds=encoder([None]),
-                    height=32, width=32, num_frames=3, guidance_scale=4.0)
-    return pipe, call
+    return toy_pipeline_and_call(4)[:2]
 
 
 @pytest.mark.parametrize("max_error", [None, "base"])

@@ -13,12 +13,13 @@ import math
 
 import pytest
 import torch
+from _toy import toy_pipeline_and_call
 
 import jenga
 from jenga import cli
 from jenga.calibration import calibrate
 from jenga.toy.data import Prompt
-from jenga.toy.model import build_pipeline, load_pretrained, quiet_frame_rounding
+from jenga.toy.model import quiet_frame_rounding
 
 BLOCK = 32  # the demo's "small" size: 4 frames of 32x32 pixels, blocks of 32
 STEPS = 2  # step 0 runs dense (dense_steps 0.1), step 1 carves
@@ -26,13 +27,7 @@ STEPS = 2  # step 0 runs dense (dense_steps 0.1), step 1 carves
 
 @pytest.fixture(scope="module")
 def toy():
-    transformer, encoder = load_pretrained()
-    pipe = build_pipeline(transformer)
-    pipe.set_progress_bar_config(disable=True)
-    with torch.no_grad():
-        call = dict(prompt_embeds=encoder([Prompt.parse("red disc right")]), negative_prompt_embeds=encoder([None]),
-                    height=32, width=32, num_frames=3, guidance_scale=4.0)
-    return pipe, call, encoder
+    return toy_pipeline_and_call(4)
 
 
 def _base() -> jenga.JengaConfig:

@@ -136,15 +136,21 @@ def main(argv: list[str] | None = None) -> int:
         g = generation[name]
         print(f"{name:18s} kept density {g['kept_density']:.4f}  PSNR {g['psnr_db']['mean']:.2f} dB "
               f"(min {g['psnr_db']['min']:.2f})  SSIM {g['ssim']['mean']:.4f} (min {g['ssim']['min']:.4f})", flush=True)
+    write_result(args.out, argv, size, calibration_prompt=str(prompt), seed=args.seed,
+                 clips=[str(p) for p in prompts], calibration=calibration, generation=generation)
+    return 0
+
+
+def write_result(out: Path, argv: list[str] | None, size: Any, **fields: Any) -> None:
+    """The JSON record of a CPU quality script: date, commit, command and size, then ``fields``."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), commit=commit, device="cpu",
+                  threads=torch.get_num_threads(),
                   command=" ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-                  size=dataclasses.asdict(size), calibration_prompt=str(prompt), seed=args.seed,
-                  clips=[str(p) for p in prompts], calibration=calibration, generation=generation)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
-    return 0
+                  size=dataclasses.asdict(size), **fields)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -21,19 +21,15 @@ both clips first, which can only raise it (clamping is 1-Lipschitz), so the two 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from calibrate_layers import generate, measured, spread_prompts  # noqa: E402
+from calibrate_layers import generate, measured, spread_prompts, write_result  # noqa: E402
 
 import jenga  # noqa: E402
 from jenga.calibration import DEFAULT_THRESHOLDS, calibrate  # noqa: E402
@@ -108,17 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         g = generation[name]
         print(f"{name:18s} kept density {g['kept_density']:.4f}  PSNR {g['psnr_db']['mean']:.2f} dB "
               f"(min {g['psnr_db']['min']:.2f})  SSIM {g['ssim']['mean']:.4f} (min {g['ssim']['min']:.4f})", flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    result = dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), commit=commit, device="cpu",
-                  threads=torch.get_num_threads(),
-                  command=" ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-                  size=dataclasses.asdict(size), calibration_prompts=[str(p) for p in prompts],
-                  calibration_seed=args.calibration_seed,
-                  calibration_steps=steps, held_out_seed=args.seed, held_out_clips=[str(p) for p in held_out],
-                  held_out_dense_s=round(dense_s, 1), calibration=calibration, held_out=generation)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, argv, size, calibration_prompts=[str(p) for p in prompts],
+                 calibration_seed=args.calibration_seed, calibration_steps=steps, held_out_seed=args.seed,
+                 held_out_clips=[str(p) for p in held_out], held_out_dense_s=round(dense_s, 1),
+                 calibration=calibration, held_out=generation)
     return 0
 
 
