@@ -72,3 +72,21 @@ def test_calibrate_output_script_judges_the_pick_on_held_out_clips(tmp_path):
     assert set(data["held_out"]) == {"preset", "calibrated-40dB"}
     for entry in data["held_out"].values():
         assert 0 < entry["kept_density"] < 1 and entry["psnr_db"]["mean"] > 0 and 0 < entry["ssim"]["mean"] <= 1
+
+
+@pytest.mark.parametrize("clips", [4, 10, 12, 24, 48])
+def test_spread_prompts_cover_every_direction_shape_and_colour_evenly(clips):
+    """The held-out clips of the calibration scripts: distinct, and each direction, shape and colour as often as
+    the count allows (evenly spaced picks of the 48 alone all moved up at 12 clips)."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "quality"))
+    from calibrate_layers import spread_prompts
+
+    from jenga.toy.data import COLOURS, DIRECTIONS, SHAPES
+
+    objects = [prompt.objects[0] for prompt in spread_prompts(clips)]
+    assert len(set(objects)) == clips
+    for values, factor in ((DIRECTIONS, "direction"), (SHAPES, "shape")):
+        counts = [sum(getattr(o, factor) == v for o in objects) for v in values]
+        assert max(counts) - min(counts) <= 1, (factor, counts)
+    colours = [sum(o.colour == c for o in objects) for c in COLOURS]  # 4 clips: two colours twice, at most
+    assert max(colours) <= -(-clips // len(COLOURS)) + 1, colours

@@ -33,7 +33,7 @@ import torch
 import jenga
 from jenga.calibration import calibrate
 from jenga.demo import SIZES
-from jenga.toy.data import Prompt, all_single_prompts
+from jenga.toy.data import DIRECTIONS, Prompt, all_single_prompts
 from jenga.toy.model import build_pipeline, load_pretrained, quiet_frame_rounding
 from jenga.toy.score import psnr, ssim
 
@@ -49,9 +49,15 @@ def generate(pipe: Any, encoder: torch.nn.Module, prompts: list, size: Any, seed
 
 
 def spread_prompts(clips: int) -> list:
-    """``clips`` one-object prompts spread evenly over the 48 (the clips every generation check judges on)."""
+    """``clips`` one-object prompts spread evenly over the 48 (the clips every generation check judges on).
+
+    The 48 run shape-major, then colour, then direction (four in a row), so evenly spaced picks alone (every
+    4th for 12 clips) would all move the same way: each pick keeps its shape and colour and takes direction
+    ``i mod 4`` (picks of one shape and colour are consecutive, at most four, so they stay distinct)."""
     every = all_single_prompts()
-    return [every[round(i * len(every) / clips) % len(every)] for i in range(clips)]
+    directions = len(DIRECTIONS)
+    picks = [round(i * len(every) / clips) % len(every) for i in range(clips)]
+    return [every[pick - pick % directions + i % directions] for i, pick in enumerate(picks)]
 
 
 def measured(pipe: Any, encoder: torch.nn.Module, prompts: list, size: Any, seed: int, cfg: jenga.JengaConfig,
