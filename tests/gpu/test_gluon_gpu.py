@@ -137,7 +137,7 @@ def test_key_bias_routes_to_gluon(monkeypatch):
     assert torch.equal(routed, direct)
 
 
-@pytest.mark.parametrize("schedule", ["pingpong", "pingpong-named"])
+@pytest.mark.parametrize("schedule", ["pingpong", "pingpong-named", "pingpong-persistent"])
 @pytest.mark.parametrize("seq_q", [1_000, 1_050])  # last query block: 104 rows (bottom half partial), 26 (top too)
 @pytest.mark.parametrize("tma_out", ["1", "0"])
 def test_tma_store_of_the_output_matches_float64(monkeypatch, schedule, seq_q, tma_out):
@@ -158,3 +158,40 @@ def test_tma_store_of_the_output_matches_float64(monkeypatch, schedule, seq_q, t
     ref = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch")
     assert not torch.isnan(out).any() and _rel(out, ref) < 2e-2
     assert torch.equal(out[0, :128, 1], torch.zeros_like(out[0, :128, 1]))
+
+
+@pytest.mark.parametrize("programs", [1, 3, 7])
+@pytest.mark.parametrize("tma_out", ["1", "0"])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_persistent_programs_walk_many_tiles_correctly(monkeypatch, programs, tma_out, with_bias):
+    """The persistent schedule with fewer programs than tiles (here 1-7 programs for 2 x 5 x 8 tiles): the ring,
+    the turns and the query buffer run on across tiles of uneven lists (empty ones too), key lengths, LSE, a
+    partial last query block and key bias; against float64."""
+    import jenga.kernels.gluon_block_sparse as gluon_module
+
+    monkeypatch.setattr(gluon_module, "_multiprocessors", lambda device: programs)
+    monkeypatch.setenv("JENGA_GLUON_TMA_OUT", tma_out)
+    torch.manual_seed(torch.seed() % 2**31)
+    batch, heads, seq_q, seq_k, dim = 2, 5, 1_000, 1_300, 128
+    q = torch.randn(batch, seq_q, heads, dim, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(batch, seq_k, heads, dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    qb, kb = math.ceil(seq_q / 128), math.ceil(seq_k / 128)
+    density = torch.rand(batch, heads, qb, 1, device="cuda")  # lists from empty-ish to full
+    mask = torch.rand(batch, heads, qb, kb, device="cuda") < density
+    mask[0, 2, 3] = False  # an empty list mid-walk
+    mask[1, 4, -1] = False  # and the last tile's
+    kv_index, kv_count = dense_to_lists(mask)
+    key_lengths = torch.tensor([seq_k - 40, seq_k - 333], device="cuda", dtype=torch.int32)
+    bias = (seq_k - 200, 0.7) if with_bias else None
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((batch, heads, seq_q), float("nan"), device="cuda")
+    block_sparse_attention_gluon(q, k, v, kv_index, kv_count, 128, key_lengths, True, out=out, lse=lse,
+                                 schedule="pingpong-persistent", key_bias=bias)
+    ref, ref_lse = block_sparse_attention(q.double(), k.double(), v.double(), kv_index, kv_count, backend="torch",
+                                          key_lengths=key_lengths, return_lse=True, key_bias=bias)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert _rel(out, ref) < 2e-2
+    assert torch.equal(out[0, 384:512, 2], torch.zeros_like(out[0, 384:512, 2]))
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert torch.allclose(lse.double()[finite], ref_lse.double()[finite], atol=2e-2)

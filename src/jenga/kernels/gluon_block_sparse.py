@@ -70,7 +70,7 @@ except ImportError as err:  # pragma: no cover - depends on the Triton build
 
 _LOG2E = 1.4426950408889634
 # the consumer's schedules (the launcher's ``schedule``)
-SCHEDULES = ("plain", "pipelined", "pingpong", "pingpong-plain", "pingpong-named")
+SCHEDULES = ("plain", "pipelined", "pingpong", "pingpong-plain", "pingpong-named", "pingpong-persistent")
 BLOCK = 128  # query and key block; one program per query block
 
 
@@ -334,6 +334,84 @@ if GLUON_IMPORT_ERROR is None:
         return acc, m_i, l_i
 
     @gluon.jit
+    def _overlapped_blocks(HALF: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr, q_half, k_smem, v_smem,
+                           k_ready, v_ready, kv_empty, turn, idx_base, n_valid, it0, mask_at, valid_keys, qk_scale,
+                           bias_from, bias_start, bias_log2, m_i, l_i, acc, s_zero, offs_block, p_layout: gl.constexpr,
+                           row_o: gl.constexpr):
+        """One warpgroup's pass over a block list, ping-pong turns and the intra-warpgroup overlap: block i+1's
+        Q·Kᵀ and block i's P·V are issued together, block i+1's softmax runs while that P·V is in flight.
+        ``it0``: how many blocks the ring (and the turns) went through before this list (a persistent
+        program's earlier tiles; 0 otherwise). Returns the running output, max and sums."""
+        NUM_STAGES: gl.constexpr = k_smem.shape[0]
+        if NAMED and HALF == 1:
+            _named_arrive(1, n_valid)  # the top half issues first
+        p_op = gl.zeros(s_zero.shape, q_half.dtype, layout=p_layout)  # the previous block's P, loop-carried
+        if n_valid > 0:  # turn 0: block 0's Q·Kᵀ alone
+            mbarrier.wait(k_ready.index(it0 % NUM_STAGES), (it0 // NUM_STAGES) & 1)
+            _turn_wait(turn, HALF, it0, NAMED)
+            s = warpgroup_mma(q_half, k_smem.index(it0 % NUM_STAGES).permute((1, 0)), s_zero, use_acc=False,
+                              is_async=True)
+            _turn_pass(turn, HALF, it0, NAMED)
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            p, m_i, l_i, alpha = _step(s, 0, mask_at, valid_keys, idx_base, bias_from, bias_start, bias_log2,
+                                        qk_scale, m_i, l_i, offs_block, HAS_BIAS)
+            p_op = gl.convert_layout(p.to(q_half.dtype), p_layout)
+        for i in range(1, n_valid):  # loop-carried values are plain tensors: every wgmma is waited for within
+            g = it0 + i
+            stage = g % NUM_STAGES
+            prev = (g - 1) % NUM_STAGES
+            mbarrier.wait(k_ready.index(stage), (g // NUM_STAGES) & 1)
+            mbarrier.wait(v_ready.index(prev), ((g - 1) // NUM_STAGES) & 1)
+            _turn_wait(turn, HALF, g, NAMED)
+            s = warpgroup_mma(q_half, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+            _turn_pass(turn, HALF, g, NAMED)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_i done; P·V of block i-1 may still run
+            p, m_i, l_i, alpha = _step(s, i, mask_at, valid_keys, idx_base, bias_from, bias_start, bias_log2,
+                                       qk_scale, m_i, l_i, offs_block, HAS_BIAS)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(kv_empty.index(prev), count=1)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            p_op = gl.convert_layout(p.to(q_half.dtype), p_layout)
+        if n_valid > 0:  # the last block's P·V
+            last = it0 + n_valid - 1
+            mbarrier.wait(v_ready.index(last % NUM_STAGES), (last // NUM_STAGES) & 1)
+            acc = warpgroup_mma(p_op, v_smem.index(last % NUM_STAGES), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(kv_empty.index(last % NUM_STAGES), count=1)
+        if NAMED and HALF == 0:
+            _named_sync(0, n_valid)  # the bottom half's last arrive (one more than the top's syncs)
+        return acc, m_i, l_i
+
+    @gluon.jit
+    def _store_half(HALF: gl.constexpr, WRITE_LSE: gl.constexpr, TMA_OUT: gl.constexpr, acc, m_i, l_i, q_half, Out,
+                    Lse, out_row0, lse_row0, stride_on, rows_left, out_desc, tma_row, col0, row_s: gl.constexpr):
+        """A ping-pong half's finished rows of O (and LSE): through its half of the Q buffer and a TMA store
+        (``TMA_OUT``, whole halves; its last Q·Kᵀ has completed, so the rows are free), else masked stores."""
+        ROWS: gl.constexpr = acc.shape[0]
+        HEAD_DIM: gl.constexpr = acc.shape[1]
+        o_layout: gl.constexpr = _wgmma_layout(4, HEAD_DIM)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        out, lse = _finished_rows(acc, m_i, l_i, row_o)
+        rows_o = HALF * ROWS + gl.arange(0, ROWS, layout=row_o)  # within the query block
+        offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+        o_ptrs = (Out + out_row0 + gl.expand_dims(rows_o.to(gl.int64) * stride_on, 1) + gl.expand_dims(offs_d, 0))
+        if TMA_OUT:
+            if rows_left >= (HALF + 1) * ROWS:  # a whole half: through this half's Q buffer and TMA
+                q_half.store(out.to(q_half.dtype))
+                fence_async_shared()
+                _tma_store(out_desc, [tma_row + HALF * ROWS, col0], q_half)
+                tma.store_wait(0)
+            else:  # a partial last block (rows past Nq would land in the next batch entry's rows)
+                gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(rows_o < rows_left, 1))
+        else:
+            gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(rows_o < rows_left, 1))
+        # without WRITE_LSE the store is masked off entirely (Lse is empty then), not left out: Triton 3.6 fails
+        # to lower a warp-specialised partition with an unused pointer argument
+        rows_s = HALF * ROWS + gl.arange(0, ROWS, layout=row_s)
+        gl.store(Lse + lse_row0 + rows_s, lse, mask=(rows_s < rows_left) & WRITE_LSE)
+
+    @gluon.jit
     def _pingpong_half(HALF: gl.constexpr, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr,
                        NAMED: gl.constexpr, TMA_OUT: gl.constexpr, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready,
                        kv_empty, turn, idx_base, n_valid, key_limit, qk_scale, bias_from, bias_start, bias_log2, Out,
@@ -362,43 +440,10 @@ if GLUON_IMPORT_ERROR is None:
         mask_at, valid_keys = _straddling_block(idx_base, n_valid, key_limit)
         mbarrier.wait(q_bar, 0)
         if OVERLAP:
-            if NAMED and HALF == 1:
-                _named_arrive(1, n_valid)  # the top half issues first
-            p_op = gl.zeros([ROWS, TILE], q_smem.dtype, layout=p_layout)  # the previous block's P, loop-carried
-            if n_valid > 0:  # turn 0: block 0's Q·Kᵀ alone
-                mbarrier.wait(k_ready.index(0), 0)
-                _turn_wait(turn, HALF, 0, NAMED)
-                s = warpgroup_mma(q_half, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-                _turn_pass(turn, HALF, 0, NAMED)
-                s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                p, m_i, l_i, alpha = _step(s, 0, mask_at, valid_keys, idx_base, bias_from, bias_start, bias_log2,
-                                            qk_scale, m_i, l_i, offs_block, HAS_BIAS)
-                p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
-            for i in range(1, n_valid):  # loop-carried values are plain tensors: every wgmma is waited for within
-                stage = i % NUM_STAGES
-                prev = (i - 1) % NUM_STAGES
-                mbarrier.wait(k_ready.index(stage), (i // NUM_STAGES) & 1)
-                mbarrier.wait(v_ready.index(prev), ((i - 1) // NUM_STAGES) & 1)
-                _turn_wait(turn, HALF, i, NAMED)
-                s = warpgroup_mma(q_half, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-                acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
-                _turn_pass(turn, HALF, i, NAMED)
-                s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_i done; P·V of block i-1 may still run
-                p, m_i, l_i, alpha = _step(s, i, mask_at, valid_keys, idx_base, bias_from, bias_start, bias_log2,
-                                           qk_scale, m_i, l_i, offs_block, HAS_BIAS)
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                mbarrier.arrive(kv_empty.index(prev), count=1)
-                acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
-                p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
-            if n_valid > 0:  # the last block's P·V
-                last = (n_valid - 1) % NUM_STAGES
-                mbarrier.wait(v_ready.index(last), ((n_valid - 1) // NUM_STAGES) & 1)
-                acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                mbarrier.arrive(kv_empty.index(last), count=1)
-            if NAMED and HALF == 0:
-                _named_sync(0, n_valid)  # the bottom half's last arrive (one more than the top's syncs)
-
+            acc, m_i, l_i = _overlapped_blocks(HALF, HAS_BIAS, NAMED, q_half, k_smem, v_smem, k_ready, v_ready,
+                                               kv_empty, turn, idx_base, n_valid, 0, mask_at, valid_keys, qk_scale,
+                                               bias_from, bias_start, bias_log2, m_i, l_i, acc, s_zero, offs_block,
+                                               p_layout, row_o)
         else:  # FlashAttention-3 without the intra-warpgroup overlap: only Q·Kᵀ takes turns
             for i in range(n_valid):
                 stage = i % NUM_STAGES
@@ -414,24 +459,8 @@ if GLUON_IMPORT_ERROR is None:
                 acc = _rescale_and_pv(acc, alpha, p, v_smem.index(stage), v_ready.index(stage), phase,
                                       kv_empty.index(stage), p_layout, row_o)
 
-        out, lse = _finished_rows(acc, m_i, l_i, row_o)
-        rows_o = HALF * ROWS + gl.arange(0, ROWS, layout=row_o)  # within the query block
-        offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-        o_ptrs = (Out + out_row0 + gl.expand_dims(rows_o.to(gl.int64) * stride_on, 1) + gl.expand_dims(offs_d, 0))
-        if TMA_OUT:
-            if rows_left >= (HALF + 1) * ROWS:  # a whole half: through this half's Q buffer and TMA
-                q_half.store(out.to(q_smem.dtype))  # its last Q·Kᵀ has completed: the rows are free
-                fence_async_shared()
-                _tma_store(out_desc, [tma_row + HALF * ROWS, col0], q_half)
-                tma.store_wait(0)
-            else:  # a partial last block (rows past Nq would land in the next batch entry's rows)
-                gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(rows_o < rows_left, 1))
-        else:
-            gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(rows_o < rows_left, 1))
-        # without WRITE_LSE the store is masked off entirely (Lse is empty then), not left out: Triton 3.6 fails
-        # to lower a warp-specialised partition with an unused pointer argument
-        rows_s = HALF * ROWS + gl.arange(0, ROWS, layout=row_s)
-        gl.store(Lse + lse_row0 + rows_s, lse, mask=(rows_s < rows_left) & WRITE_LSE)
+        _store_half(HALF, WRITE_LSE, TMA_OUT, acc, m_i, l_i, q_half, Out, Lse, out_row0, lse_row0, stride_on,
+                    rows_left, out_desc, tma_row, col0, row_s)
 
     @gluon.jit
     def _pingpong_half_masked_out(HALF: gl.constexpr, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr,
@@ -555,6 +584,165 @@ if GLUON_IMPORT_ERROR is None:
         for s in gl.static_range(2):
             mbarrier.invalidate(turn.index(s))
 
+    # -- the persistent ping-pong ("pingpong-persistent"): one program per SM walks query tiles in order, so the
+    # next tile's Q, key and value loads run under this tile's last blocks and epilogue (a fresh program per tile
+    # pays launch, barrier set-up and the first loads' latency with its tensor cores idle: about two blocks'
+    # time per tile, most felt where lists are short)
+
+    @gluon.jit
+    def _tile_of(t, KvIndex, KvCount, KeyLengths, stride_ib, stride_ih, stride_iq, stride_cb, stride_ch, num_heads,
+                 num_q_blocks, seq_k, bias_start, HAS_KEY_LENGTHS: gl.constexpr, HAS_BIAS: gl.constexpr):
+        """Tile ``t``'s query block, batch entry, head, list and the list's valid prefix, key limit and first
+        biased position (tiles run query-block fastest: programs side by side share a head's keys in L2)."""
+        qb = t % num_q_blocks
+        bh = t // num_q_blocks
+        b = bh // num_heads
+        h = bh % num_heads
+        b64 = b.to(gl.int64)
+        h64 = h.to(gl.int64)
+        idx_base = KvIndex + b64 * stride_ib + h64 * stride_ih + qb * stride_iq
+        count = gl.load(KvCount + b64 * stride_cb + h64 * stride_ch + qb)
+        key_limit = seq_k
+        n_valid = count
+        if HAS_KEY_LENGTHS:
+            key_limit = gl.minimum(seq_k, gl.load(KeyLengths + b))
+            n_valid = _count_below(idx_base, count, gl.cdiv(key_limit, TILE))
+        bias_from = n_valid
+        if HAS_BIAS:
+            bias_from = _count_below(idx_base, n_valid, bias_start // TILE)
+        return qb, b, h, idx_base, n_valid, key_limit, bias_from
+
+    @gluon.jit
+    def _persistent_producer(HAS_KEY_LENGTHS: gl.constexpr, HAS_BIAS: gl.constexpr, q_desc, k_desc, v_desc, q_smem,
+                             k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, kv_empty, KvIndex, KvCount,
+                             KeyLengths, stride_ib, stride_ih, stride_iq, stride_cb, stride_ch, num_heads,
+                             num_q_blocks, num_tiles, seq_q, seq_k, bias_start):
+        """One warp: per tile, the listed key and value blocks into the ring (which runs on across tiles) and the
+        query tile once both halves have finished with the last one (after the ring's first fills, so those
+        go ahead of the previous tile's epilogue)."""
+        HEAD_DIM: gl.constexpr = q_smem.shape[1]
+        NUM_STAGES: gl.constexpr = k_smem.shape[0]
+        it = 0  # blocks the ring went through before this tile
+        for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+            j = (t - gl.program_id(0)) // gl.num_programs(0)  # this program's tile count so far (barrier phases)
+            qb, b, h, idx_base, n_valid, key_limit, bias_from = _tile_of(
+                t, KvIndex, KvCount, KeyLengths, stride_ib, stride_ih, stride_iq, stride_cb, stride_ch, num_heads,
+                num_q_blocks, seq_k, bias_start, HAS_KEY_LENGTHS, HAS_BIAS)
+            col0 = h * HEAD_DIM
+            q_at = gl.minimum(n_valid, NUM_STAGES) - 1  # the Q load follows this list position's (-1: before all)
+            if q_at < 0:
+                mbarrier.wait(q_empty, (j & 1) ^ 1)  # a fresh barrier passes parity 1 at once
+                mbarrier.expect(q_ready, q_desc.block_type.nbytes)
+                _tma_load(q_desc, [b * seq_q + qb * TILE, col0], q_ready, q_smem)
+            for i in range(n_valid):
+                g = it + i
+                stage = g % NUM_STAGES
+                mbarrier.wait(kv_empty.index(stage), ((g // NUM_STAGES) & 1) ^ 1)
+                row = b * seq_k + gl.load(idx_base + i) * TILE
+                mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+                _tma_load(k_desc, [row, col0], k_ready.index(stage), k_smem.index(stage))
+                mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+                _tma_load(v_desc, [row, col0], v_ready.index(stage), v_smem.index(stage))
+                if i == q_at:
+                    mbarrier.wait(q_empty, (j & 1) ^ 1)
+                    mbarrier.expect(q_ready, q_desc.block_type.nbytes)
+                    _tma_load(q_desc, [b * seq_q + qb * TILE, col0], q_ready, q_smem)
+            it += n_valid
+
+    @gluon.jit
+    def _persistent_half(HALF: gl.constexpr, WRITE_LSE: gl.constexpr, HAS_KEY_LENGTHS: gl.constexpr,
+                         HAS_BIAS: gl.constexpr, TMA_OUT: gl.constexpr, q_smem, k_smem, v_smem, q_ready, q_empty,
+                         k_ready, v_ready, kv_empty, turn, KvIndex, KvCount, KeyLengths, stride_ib, stride_ih,
+                         stride_iq, stride_cb, stride_ch, num_heads, num_q_blocks, num_tiles, seq_q, seq_k,
+                         bias_start, qk_scale, bias_log2, Out, Lse, stride_ob, stride_on, stride_oh, stride_lb,
+                         stride_lh, out_desc):
+        """One warpgroup's rows of every tile of this program, as :func:`_pingpong_half` does one tile; the
+        ring's position and the turns run on across tiles. The query buffer is released once this half is done
+        with it: after its last Q·Kᵀ with masked stores, after its TMA store of O otherwise."""
+        HEAD_DIM: gl.constexpr = q_smem.shape[1]
+        ROWS: gl.constexpr = TILE // 2
+        s_layout: gl.constexpr = _wgmma_layout(4, TILE)
+        o_layout: gl.constexpr = _wgmma_layout(4, HEAD_DIM)
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+        q_half = q_smem.slice(HALF * ROWS, ROWS)
+        s_zero = gl.zeros([ROWS, TILE], gl.float32, layout=s_layout)
+        offs_block = gl.arange(0, TILE, layout=gl.SliceLayout(0, s_layout))
+        it = 0  # blocks the ring went through before this tile
+        for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+            j = (t - gl.program_id(0)) // gl.num_programs(0)  # this program's tile count so far (barrier phases)
+            qb, b, h, idx_base, n_valid, key_limit, bias_from = _tile_of(
+                t, KvIndex, KvCount, KeyLengths, stride_ib, stride_ih, stride_iq, stride_cb, stride_ch, num_heads,
+                num_q_blocks, seq_k, bias_start, HAS_KEY_LENGTHS, HAS_BIAS)
+            q_start = qb * TILE
+            mask_at, valid_keys = _straddling_block(idx_base, n_valid, key_limit)
+            m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
+            l_i = gl.zeros([ROWS], gl.float32, layout=row_s)
+            acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
+            mbarrier.wait(q_ready, j & 1)
+            acc, m_i, l_i = _overlapped_blocks(HALF, HAS_BIAS, False, q_half, k_smem, v_smem, k_ready, v_ready,
+                                               kv_empty, turn, idx_base, n_valid, it, mask_at, valid_keys, qk_scale,
+                                               bias_from, bias_start, bias_log2, m_i, l_i, acc, s_zero, offs_block,
+                                               p_layout, row_o)
+            if not TMA_OUT:
+                mbarrier.arrive(q_empty, count=1)
+            _store_half(HALF, WRITE_LSE, TMA_OUT, acc, m_i, l_i, q_half, Out, Lse,
+                        b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + q_start.to(gl.int64) * stride_on,
+                        b.to(gl.int64) * stride_lb + h.to(gl.int64) * stride_lh + q_start, stride_on, seq_q - q_start,
+                        out_desc, b * seq_q + q_start, h * HEAD_DIM, row_s)
+            if TMA_OUT:
+                mbarrier.arrive(q_empty, count=1)
+            it += n_valid
+
+    @gluon.jit(do_not_specialize=_SIZE_ARGUMENTS + ["num_q_blocks", "num_tiles"])
+    def _gluon_block_sparse_persistent(
+        q_desc, k_desc, v_desc, out_desc, Out, Lse, KvIndex, KvCount, KeyLengths,
+        stride_ob, stride_on, stride_oh, stride_lb, stride_lh, stride_ib, stride_ih, stride_iq, stride_cb, stride_ch,
+        num_heads, seq_q, seq_k, qk_scale, bias_start, bias_log2, num_q_blocks, num_tiles,
+        HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, HAS_KEY_LENGTHS: gl.constexpr, HAS_BIAS: gl.constexpr,
+        WRITE_LSE: gl.constexpr, TMA_OUT: gl.constexpr, num_warps: gl.constexpr,
+    ):
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
+        k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, TILE, HEAD_DIM], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(v_desc.dtype, [NUM_STAGES, TILE, HEAD_DIM], v_desc.layout)
+        q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        kv_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_ready, count=1)
+        mbarrier.init(q_empty, count=2)  # both halves release the query buffer
+        for s in gl.static_range(NUM_STAGES):
+            mbarrier.init(k_ready.index(s), count=1)
+            mbarrier.init(v_ready.index(s), count=1)
+            mbarrier.init(kv_empty.index(s), count=2)
+        for s in gl.static_range(2):
+            mbarrier.init(turn.index(s), count=1)
+        mbarrier.arrive(turn.index(0), count=1)  # the top half issues first
+
+        tiles = (KvIndex, KvCount, KeyLengths, stride_ib, stride_ih, stride_iq, stride_cb, stride_ch, num_heads,
+                 num_q_blocks, num_tiles, seq_q, seq_k, bias_start)
+        half_args = (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, kv_empty, turn) + tiles + (
+            qk_scale, bias_log2, Out, Lse, stride_ob, stride_on, stride_oh, stride_lb, stride_lh, out_desc)
+        producer_args = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready,
+                         kv_empty) + tiles
+        # flags lead each tuple as a literal (see the per-tile kernel)
+        gl.warp_specialize([
+            (_persistent_half, (0, WRITE_LSE, HAS_KEY_LENGTHS, HAS_BIAS, TMA_OUT) + half_args),
+            (_persistent_half, (1, WRITE_LSE, HAS_KEY_LENGTHS, HAS_BIAS, TMA_OUT) + half_args),
+            (_persistent_producer, (HAS_KEY_LENGTHS, HAS_BIAS) + producer_args)], [4, 1], [240, 24])
+
+        mbarrier.invalidate(q_ready)
+        mbarrier.invalidate(q_empty)
+        for s in gl.static_range(NUM_STAGES):
+            mbarrier.invalidate(k_ready.index(s))
+            mbarrier.invalidate(v_ready.index(s))
+            mbarrier.invalidate(kv_empty.index(s))
+        for s in gl.static_range(2):
+            mbarrier.invalidate(turn.index(s))
+
     @gluon.jit
     def _epilogue(acc, m_i, l_i, Out, Lse, b64, h64, q_start, stride_ob, stride_on, stride_oh, stride_lb, stride_lh,
                   seq_q, WRITE_LSE: gl.constexpr):
@@ -641,15 +829,27 @@ def launch_prechecked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_inde
     # constexpr may arrive as a value, and Triton 3.9 verifies the dead store against the descriptor's block)
     out_desc = TensorDescriptor.from_tensor((out if tma_out else q).view(batch * seq_q, heads * head_dim),
                                             [BLOCK // 2, head_dim], layout)
-    _gluon_block_sparse_fwd[(math.ceil(seq_q / BLOCK), batch * heads)](
-        q_desc, k_desc, v_desc, out_desc, out, lse, kv_index, kv_count, key_lengths_arg,
-        out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
-        kv_index.stride(0), kv_index.stride(1), kv_index.stride(2), kv_count.stride(0), kv_count.stride(1),
-        heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim), bias_start, bias_log2,
-        HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=return_lse, TMA_OUT=tma_out,
-        **_schedule_constants(schedule, head_dim, num_stages),
-    )
+    arguments = (q_desc, k_desc, v_desc, out_desc, out, lse, kv_index, kv_count, key_lengths_arg,
+                 out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
+                 kv_index.stride(0), kv_index.stride(1), kv_index.stride(2), kv_count.stride(0), kv_count.stride(1),
+                 heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim), bias_start, bias_log2)
+    flags = dict(HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=return_lse, TMA_OUT=tma_out)
+    constants = _schedule_constants(schedule, head_dim, num_stages)
+    q_blocks = math.ceil(seq_q / BLOCK)
+    if constants.pop("PERSISTENT"):
+        tiles = q_blocks * batch * heads
+        constants.pop("PIPELINE"), constants.pop("PINGPONG")
+        _gluon_block_sparse_persistent[(min(tiles, _multiprocessors(q.device)),)](
+            *arguments, q_blocks, tiles, **flags, **constants)
+    else:
+        _gluon_block_sparse_fwd[(q_blocks, batch * heads)](*arguments, **flags, **constants)
     return out, lse
+
+
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    """The persistent grid's size: one program per SM (each takes all but a few KB of an SM's shared memory)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @functools.cache
@@ -660,7 +860,7 @@ def _tile_layout(head_dim: int, dtype: torch.dtype):
 
 
 # the kernel's PINGPONG constexpr; 0 for the one-consumer ones
-_PINGPONG = {"pingpong": 1, "pingpong-plain": 2, "pingpong-named": 3}
+_PINGPONG = {"pingpong": 1, "pingpong-plain": 2, "pingpong-named": 3, "pingpong-persistent": 1}
 
 
 def _schedule_constants(schedule: str | None, head_dim: int, num_stages: int | None) -> dict:
@@ -671,7 +871,8 @@ def _schedule_constants(schedule: str | None, head_dim: int, num_stages: int | N
         raise ValueError(f"unknown Gluon schedule {schedule!r}; accepted: {', '.join(SCHEDULES)}")
     pingpong = _PINGPONG.get(schedule, 0)
     return dict(HEAD_DIM=head_dim, NUM_STAGES=num_stages or _default_stages(head_dim, schedule != "plain"),
-                PIPELINE=schedule == "pipelined", PINGPONG=pingpong, num_warps=_default_warps(bool(pingpong)))
+                PIPELINE=schedule == "pipelined", PINGPONG=pingpong, PERSISTENT=schedule == "pingpong-persistent",
+                num_warps=_default_warps(bool(pingpong)))
 
 
 def _default_stages(head_dim: int, refill_after_pv: bool) -> int:
@@ -697,10 +898,13 @@ def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_k
     layout = _tile_layout(head_dim, torch.bfloat16)
     constants = dict(HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=write_lse, TMA_OUT=tma_out,
                      **_schedule_constants(schedule, head_dim, num_stages))
+    kernel = _gluon_block_sparse_persistent if constants.pop("PERSISTENT") else _gluon_block_sparse_fwd
+    if kernel is _gluon_block_sparse_persistent:
+        constants.pop("PIPELINE"), constants.pop("PINGPONG")
     warps = constants["num_warps"]
     pointers = {"Out": "*bf16", "Lse": "*fp32", "KvIndex": "*i32", "KvCount": "*i32", "KeyLengths": "*i32"}
     signature = {}
-    for name in _gluon_block_sparse_fwd.arg_names:
+    for name in kernel.arg_names:
         if name in constants:
             signature[name] = "constexpr"
         elif name.endswith("_desc"):
@@ -708,5 +912,5 @@ def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_k
             signature[name] = f"tensordesc<bf16[{rows},{head_dim}],{layout!r}>"
         else:
             signature[name] = pointers.get(name, "fp32" if name in ("qk_scale", "bias_log2") else "i32")
-    return triton.compile(GluonASTSource(_gluon_block_sparse_fwd, signature, constants),
+    return triton.compile(GluonASTSource(kernel, signature, constants),
                           target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
