@@ -126,6 +126,11 @@ def test_a_pass_that_fails_leaves_the_pipeline_stock(toy):
     (dict(min_psnr=35, cdf_thresholds=(0.95,)), "cdf_thresholds"),
     (dict(min_psnr=35, cdf_thresholds=(1.5,)), "cdf_thresholds"),
     (dict(min_psnr=35, layers=(99,)), "layers"), (dict(min_psnr=35, steps=0), "steps"),
+    (dict(min_psnr=35, raise_thresholds=(0.8,)), "raise_thresholds"),
+    (dict(min_psnr=35, raise_thresholds=(1.2,)), "raise_thresholds"),
+    (dict(min_psnr=35, raise_thresholds="0.95"), "raise_thresholds"),
+    (dict(min_psnr="base"), "raise_thresholds"), (dict(min_psnr="best"), "min_psnr"),
+    (dict(raise_thresholds=(0.95,)), "min_psnr"),
 ])
 def test_bad_output_budget_input_is_refused_by_name(toy, kwargs, name):
     pipe, call, _ = toy
@@ -163,6 +168,8 @@ def test_cli_calibrate_min_psnr_writes_the_passes(tmp_path, capsys):
     (["--min-psnr", "35", "--min-recall", "0.9"], "--min-recall"),
     (["--min-psnr", "35", "--layer-thresholds"], "--layer-thresholds"),
     (["--max-passes", "3"], "--min-psnr"),
+    (["--raise-p", "0.95"], "--min-psnr"),
+    (["--min-psnr", "base"], "raise_thresholds"),
 ])
 def test_cli_min_psnr_usage_errors(argv, message, capsys):
     assert cli.main(["calibrate", "--toy", "--device", "cpu", *argv]) == cli.USAGE
@@ -173,5 +180,48 @@ def test_cli_calibrate_help_lists_the_output_budget(capsys):
     with pytest.raises(SystemExit):
         cli.main(["calibrate", "--help"])
     text = capsys.readouterr().out
-    for option in ("--min-psnr", "--psnr-peak", "--max-passes"):
+    for option in ("--min-psnr", "--psnr-peak", "--max-passes", "--raise-p"):
         assert option in text, option
+
+
+def test_the_base_budget_with_rises_keeps_at_most_base_blocks_at_base_psnr(toy):
+    """``min_psnr="base"``: the budget is the preset's own PSNR; lowering moves alone cannot keep it, so the search
+    raises the layer that gains most PSNR per added block, then tries the lowering moves again. A layer is only
+    lowered or only raised, the pick is the in-budget accepted config of fewest blocks, and it meets the budget
+    when re-run."""
+    pipe, call, _ = toy
+    torch.set_num_threads(1)
+    base = _base()
+    with quiet_frame_rounding():
+        report = calibrate(pipe, base=base, min_psnr="base", raise_thresholds=(0.97,), steps=STEPS, layers=(0, 3, 5),
+                           cdf_thresholds=(0.0,), max_passes=9, **call)
+    passes, budget = report.passes, report.budget
+    assert budget["min_psnr"] == passes[0]["psnr_db"] and budget["min_psnr_from"] == "base"
+    assert budget["raise_ladder"] == [0.97] and len(passes) <= 9 and report.meets_budget
+    assert all(row["cdf_threshold"] in (0.97, 0.0) for row in passes[1:])
+    assert any(row["cdf_threshold"] > 0.9 for row in passes[1:]), "no rise was measured"
+    moved = {}
+    for row in passes[1:]:
+        if row["accepted"]:  # a layer is only ever lowered or only ever raised
+            raised = row["cdf_threshold"] > 0.9
+            assert moved.setdefault(row["layer"], raised) == raised
+    accepted = [row for row in passes if row["accepted"] and row["meets_budget"]]
+    pick = min(accepted, key=lambda row: row["density"])
+    assert dict((x, p[0]) for x, p in report.config.layer_cdf_thresholds) == pick["layer_cdf_thresholds"]
+    assert pick["density"] <= passes[0]["density"]
+    dense, carved = _latents(pipe, call, None), _latents(pipe, call, report.config)
+    psnr = 10 * math.log10(2.0**2 / float((carved - dense).pow(2).mean()))
+    assert psnr == pytest.approx(pick["psnr_db"], abs=0.01) and psnr >= budget["min_psnr"] - 1e-3
+
+
+def test_a_budget_base_misses_is_sought_by_raising_first(toy):
+    """With rises, a budget the base config misses starts with an exchange round (every lowering would miss it
+    too); base is returned with a note when no accepted config reaches it."""
+    pipe, call, _ = toy
+    with quiet_frame_rounding():
+        report = calibrate(pipe, base=_base(), min_psnr=300.0, raise_thresholds=(0.95, 0.99), steps=STEPS,
+                           layers=(4, 5), max_passes=4, **call)
+    passes = report.passes
+    assert all(row["cdf_threshold"] in (0.95, 0.99) for row in passes[1:]) and len(passes) >= 3
+    assert report.config == _base() and not report.meets_budget
+    assert any("no config the search accepted meets" in note for note in report.notes)

@@ -45,10 +45,18 @@ def _summary(g: dict[str, Any]) -> dict[str, Any]:
                 layer_cdf_thresholds=g["config"]["layer_cdf_thresholds"])
 
 
+def _budget(text: str) -> float | str:
+    return text if text == "base" else float(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=tuple(SIZES), default="default", help="toy size (default: 8 x 32 x 32)")
-    parser.add_argument("--min-psnr", type=float, nargs="+", default=[35.0], help="budgets, dB (default 35)")
+    parser.add_argument("--min-psnr", type=_budget, nargs="+", default=[35.0],
+                        help="budgets, dB, or 'base' (the preset's own PSNR on the calibration clips; default 35)")
+    parser.add_argument("--raise-p", type=float, nargs="+", default=[],
+                        help="calibration: p values above the preset's a layer may be raised to (the exchange search; "
+                             "default: none)")
     parser.add_argument("--max-passes", type=int, default=24, help="calibration: most patched passes (default 24)")
     parser.add_argument("--cdf-thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS),
                         help="calibration: the ladder of p (values below the preset's 0.9; default 0.7 0.5 0.3 0)")
@@ -79,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         with quiet_frame_rounding():
             report = calibrate(pipe, base=base, min_psnr=budget, max_passes=args.max_passes,
-                               cdf_thresholds=args.cdf_thresholds, steps=steps, num_inference_steps=size.steps,
-                               seed=args.calibration_seed, **call)
+                               cdf_thresholds=args.cdf_thresholds, raise_thresholds=args.raise_p, steps=steps,
+                               num_inference_steps=size.steps, seed=args.calibration_seed, **call)
         seconds = time.perf_counter() - start
         print(report.table(), flush=True)
         t = report.timing
-        name = f"calibrated-{budget:g}dB"
+        name = f"calibrated-{budget}" if budget == "base" else f"calibrated-{budget:g}dB"
         picks[name] = report.config
         calibration[name] = dict(
             config=report.config.to_dict(), meets_budget=report.meets_budget, notes=report.notes,

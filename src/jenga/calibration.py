@@ -251,9 +251,10 @@ def calibrate(
     base: JengaConfig | str | None = None,
     min_recall: float | str | None = _DEFAULT_RECALL,
     max_error: float | str | None = None,
-    min_psnr: float | None = None,
+    min_psnr: float | str | None = None,
     psnr_peak: float = 2.0,
     max_passes: int = 24,
+    raise_thresholds: Sequence[float] = (),
     steps: int = 6,
     num_inference_steps: int = 50,
     layers: Sequence[int] | None = None,
@@ -288,11 +289,17 @@ def calibrate(
             the toy model (benchmarks/RESULTS.md, issue 20): what the output loses is what the budget is about.
             Excludes ``min_recall`` / ``max_error`` and the attention candidates' arguments; costs one pass per
             step of the search (``max_passes``), so several generations' time, not a fraction of one.
+            ``"base"``: the base config's own mean PSNR on the calibration clips: the config that keeps fewest blocks
+            at the preset's quality (needs ``raise_thresholds``: every lowering move costs some PSNR).
         psnr_peak: the peak of ``min_psnr``'s PSNR: 2.0, the span of latents in ``[-1, 1]`` (pixel-space models such
             as the toy, where it is the image PSNR on the ``[0, 1]`` scale); for VAE latents (about unit variance)
             the dB are a convention: read the base config's own PSNR in ``report.passes[0]`` and state the budget
             below it.
         max_passes: with ``min_psnr``, the most patched passes (the base config's included; the dense one not).
+        raise_thresholds: with ``min_psnr``, ``p`` values above base's that the search may *raise* a layer to when no
+            lowering move fits the budget: the layer whose output gains most PSNR per kept block added, which buys
+            budget for more lowering elsewhere (an exchange: on the toy model the first layers lose several dB for a
+            few blocks, the last one gives up many blocks for a fraction of one). Default: none.
         steps: denoising steps of the calibration pass (spread over the whole schedule).
         num_inference_steps: steps of the run you plan, for the predicted times.
         layers: transformer layers to measure (default: all).
@@ -319,7 +326,9 @@ def calibrate(
 
     if min_psnr is not None:
         _check_output_arguments(min_psnr, psnr_peak, max_passes, min_recall, max_error, drop_rates, curves, per_layer,
-                                layer_thresholds, heads, query_blocks)
+                                layer_thresholds, heads, query_blocks, raise_thresholds)
+    elif tuple(raise_thresholds):
+        raise ValueError("raise_thresholds belongs to the output search: give min_psnr too")
     if isinstance(min_recall, _DefaultRecall):
         min_recall = None if min_psnr is not None else float(min_recall)
     if min_recall is None and max_error is None and min_psnr is None:
@@ -357,7 +366,15 @@ def calibrate(
         raise ValueError(f"layers must be ids in [0, {num_layers}), got {layers!r}")
     if min_psnr is not None:
         ladder = _ladder(cfg, DEFAULT_THRESHOLDS if cdf_thresholds is None else cdf_thresholds)
-        return _search_output(pipe, transformer, cfg, float(min_psnr), float(psnr_peak), max_passes, ladder, layers,
+        rises = tuple(sorted({float(p) for p in raise_thresholds}))
+        if any(not cfg.cdf_threshold < p <= 1.0 for p in rises):
+            raise ValueError(f"raise_thresholds must be above base's p {cfg.cdf_threshold} and at most 1, got "
+                             f"{tuple(raise_thresholds)!r}")
+        if min_psnr == "base" and not rises:
+            raise ValueError("min_psnr='base' (the base config's own PSNR) needs raise_thresholds (e.g. (0.95, 0.98)): "
+                             "every lowering move alone costs PSNR")
+        budget_db = None if min_psnr == "base" else float(min_psnr)
+        return _search_output(pipe, transformer, cfg, budget_db, float(psnr_peak), max_passes, ladder, rises, layers,
                               steps, num_inference_steps, seed, call_kwargs)
     curves = tuple(curves) if curves is not None else (cfg.curve,)
     bad = [c for c in curves if c not in CURVES]
@@ -407,13 +424,15 @@ def _base_config(base: JengaConfig | str | None) -> JengaConfig:
 
 
 def _check_output_arguments(min_psnr, psnr_peak, max_passes, min_recall, max_error, drop_rates, curves, per_layer,
-                            layer_thresholds, heads, query_blocks) -> None:
+                            layer_thresholds, heads, query_blocks, raise_thresholds) -> None:
     """``min_psnr``'s own arguments, and none of the attention budget's (they would be silently unused)."""
     def real(value: object) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
-    if not real(min_psnr):
-        raise ValueError(f"min_psnr must be a finite number of dB (e.g. 35), got {min_psnr!r}")
+    if not real(min_psnr) and min_psnr != "base":
+        raise ValueError(f"min_psnr must be a finite number of dB (e.g. 35) or 'base', got {min_psnr!r}")
+    if isinstance(raise_thresholds, (str, bytes)) or not all(real(p) for p in raise_thresholds):
+        raise ValueError(f"raise_thresholds must be numbers in (base p, 1], got {raise_thresholds!r}")
     if not real(psnr_peak) or psnr_peak <= 0:
         raise ValueError(f"psnr_peak must be a finite number > 0 (2.0: latents in [-1, 1]), got {psnr_peak!r}")
     if not isinstance(max_passes, int) or isinstance(max_passes, bool) or max_passes < 1:
@@ -448,10 +467,11 @@ def _latents(out: Any) -> torch.Tensor:
     return latents.detach().float()
 
 
-def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, min_psnr: float, peak: float,
-                   max_passes: int, ladder: tuple[float, ...], layers: tuple[int, ...], steps: int, num_steps: int,
-                   seed: int, call_kwargs: dict[str, Any]) -> CalibrationReport:
-    """``calibrate(min_psnr=...)``: a dense pass, then a lazy greedy search over per-layer ``p``.
+def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, min_psnr: float | None, peak: float,
+                   max_passes: int, ladder: tuple[float, ...], rises: tuple[float, ...], layers: tuple[int, ...],
+                   steps: int, num_steps: int, seed: int, call_kwargs: dict[str, Any]) -> CalibrationReport:
+    """``calibrate(min_psnr=...)``: a dense pass, then a lazy greedy search over per-layer ``p``
+    (``min_psnr=None``: the budget is the base config's own PSNR, measured by the first patched pass).
 
     A move lowers one layer's ``p`` by one rung of ``ladder``; it is judged by a patched pass (same noise) and
     scored by the kept density it saves per dB of the budget it spends (a floor of 0.01 dB keeps near-free moves
@@ -461,10 +481,13 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
     Every searched layer's first move is measured against the base config; then the layer of best score is
     re-measured against the config as it stands and taken if it still scores best (lazy greedy, Minoux 1978: an
     earlier score is an estimate, so a move costs one pass, not one per layer, while scores keep their order). A
-    move that leaves the budget or saves no blocks closes its layer (lower rungs carve more). Stops when no layer
-    is open or after ``max_passes`` patched passes (then the best move measured against the config as it stands
-    is taken, if any). The pick never keeps more blocks than base on this clip: a move is taken only when the
-    pass's measured density is lower.
+    move that leaves the budget or saves no blocks closes its layer (lower rungs carve more).
+    With ``rises`` (``p`` values above base's), once no lowering move fits (or base misses the budget) an exchange
+    round measures each never-lowered layer one rung up and takes the one that gains most PSNR per kept block it
+    adds, then reopens the lowering moves; a layer is only ever lowered or only ever raised. Stops when nothing is
+    open or after ``max_passes`` patched passes (then the best move measured against the config as it stands is
+    taken, if any). The pick is the accepted config of fewest kept blocks that meets the budget (base if none does):
+    without ``rises`` it never keeps more blocks than base on these clips.
     """
     from .patching import patch, selection_stats, unpatch
 
@@ -488,6 +511,7 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
     patch_size = tuple(transformer.config.patch_size)
     grid = tuple(int(n) // int(q) for n, q in zip(reference.shape[-3:], patch_size, strict=True))
     passes: list[dict[str, Any]] = []
+    budget = {"db": min_psnr}  # min_psnr=None: set from the base pass
 
     def judge(thresholds: dict[int, float], layer: int | None, current: dict[str, Any] | None) -> dict[str, Any]:
         begun = time.perf_counter()
@@ -497,6 +521,8 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
         mse = (latents - reference).pow(2).flatten(1).mean(1)  # per clip
         per_clip = (10 * torch.log10(peak**2 / mse.double().clamp_min(1e-30))).tolist()
         psnr = sum(per_clip) / len(per_clip)
+        if budget["db"] is None:
+            budget["db"] = round(psnr, 3)
         per_layer: dict[int, list[float]] = {}
         per_stage: dict[int, list[float]] = {}
         for st in stats:
@@ -507,42 +533,74 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
                "layer_cdf_thresholds": dict(sorted(thresholds.items())),
                "density": round(sum(map(sum, per_layer.values())) / len(stats), 6),
                "psnr_db": round(psnr, 3), "psnr_db_per_clip": [round(x, 3) for x in per_clip],
-               "meets_budget": psnr >= min_psnr, "accepted": False, "seconds": round(time.perf_counter() - begun, 3),
+               "meets_budget": round(psnr, 3) >= budget["db"], "accepted": False,
+               "seconds": round(time.perf_counter() - begun, 3),
                "kept_density_per_layer": {x: round(sum(v) / len(v), 4) for x, v in sorted(per_layer.items())},
                "kept_density_per_stage": {s: round(sum(v) / len(v), 4) for s, v in sorted(per_stage.items())}}
         row["saves_blocks"] = current is None or row["density"] < current["density"]
         passes.append(row)
         what = "base config" if layer is None else f"layer {layer} p -> {thresholds[layer]}"
-        logger.info("calibrate min_psnr=%s: pass %d/%d, %s: kept density %.4f, PSNR %.2f dB (%s)", min_psnr,
+        logger.info("calibrate min_psnr=%s: pass %d/%d, %s: kept density %.4f, PSNR %.2f dB (%s)", budget["db"],
                     len(passes), max_passes, what, row["density"], row["psnr_db"],
                     "in budget" if row["meets_budget"] else "out of budget")
         return row
 
+    def accept(row: dict[str, Any]) -> dict[str, Any]:
+        row["accepted"] = True
+        return row
+
     notes: list[str] = []
     try:
-        current = judge({}, None, None)
-        current["accepted"] = True
-        base = current
-        rung = {x: 0 for x in layers if x not in cfg.dense_layers}  # the ladder index each layer tries next
+        current = base = accept(judge({}, None, None))
+        searched = [x for x in layers if x not in cfg.dense_layers]
+        rung = {x: 0 for x in searched}  # the ladder index each layer lowers to next
+        up = {x: 0 for x in searched}  # the rises index each layer is raised to next
         closed: set[int] = set()
         scores: dict[int, float] = {}  # layer -> score of its last measured move (an estimate once stale)
         fresh: dict[int, dict[str, Any]] = {}  # layer -> its move measured against ``current``
-        if not base["meets_budget"]:
+        if not base["meets_budget"] and not rises:
             rung = {}
             notes.append(f"the base config misses the budget on the calibration clips ({base['psnr_db']:.2f} dB < "
-                         f"{min_psnr} dB): min_psnr only lowers p, so base is returned; loosen the budget or start "
-                         "from a denser base")
+                         f"{budget['db']} dB): min_psnr only lowers p, so base is returned; loosen the budget, start "
+                         "from a denser base or give raise_thresholds")
+        elif not base["meets_budget"]:
+            closed.update(rung)  # every lowering move would miss it too: raise first
 
         def open_layers() -> list[int]:
-            return [x for x in rung if x not in closed and rung[x] < len(ladder)]
+            return [x for x in rung if x not in closed and rung[x] < len(ladder) and up.get(x, 0) == 0]
 
-        while open_layers():
+        def exchange() -> bool:
+            """One round of rises: the best PSNR per added block, taken if it gains any; False if none does."""
+            nonlocal current
+            gains: dict[int, tuple[float, dict[str, Any]]] = {}
+            for layer in [x for x in up if up[x] < len(rises) and rung.get(x, 0) == 0]:
+                if len(passes) >= max_passes:
+                    break
+                row = judge({**current["layer_cdf_thresholds"], layer: rises[up[layer]]}, layer, current)
+                gained = row["psnr_db"] - current["psnr_db"]
+                if gained > 0:
+                    gains[layer] = (gained / max(row["density"] - current["density"], 1e-4), row)
+            if not gains:
+                return False
+            layer = max(gains, key=lambda x: gains[x][0])
+            current = accept(gains[layer][1])
+            up[layer] += 1
+            scores.clear(), fresh.clear()  # lowering is measured against the config as it stands
+            closed.clear()
+            if not current["meets_budget"]:
+                closed.update(rung)  # still below the budget: keep raising
+            return True
+
+        while True:
+            if not open_layers():
+                if not rises or len(passes) >= max_passes or not exchange():
+                    break
+                continue
             candidates = open_layers()
             pending = [x for x in candidates if x not in scores]
             layer = pending[0] if pending else max(candidates, key=lambda x: scores[x])
             if not pending and layer in fresh:  # measured against the config as it stands, still the best: take it
-                current = fresh[layer]
-                current["accepted"] = True
+                current = accept(fresh[layer])
                 rung[layer] += 1
                 fresh.clear()  # every other move was measured against the config before this one
                 continue
@@ -550,8 +608,7 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
                 notes.append(f"the search stopped at max_passes={max_passes} with layers {candidates} still open: "
                              "raise max_passes for a config that may keep fewer blocks")
                 if fresh:  # moves measured against the config as it stands are sound: the best of them is taken
-                    current = fresh[max(fresh, key=lambda x: scores[x])]
-                    current["accepted"] = True
+                    current = accept(fresh[max(fresh, key=lambda x: scores[x])])
                 break
             thresholds = {**current["layer_cdf_thresholds"], layer: ladder[rung[layer]]}
             row = judge(thresholds, layer, current)
@@ -562,6 +619,11 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
             fresh[layer] = row
     finally:
         unpatch(pipe)  # each pass unpatches; this covers an interrupt between patch and its try
+    in_budget = [row for row in passes if row["accepted"] and row["meets_budget"]]
+    current = min(in_budget, key=lambda row: row["density"]) if in_budget else base
+    if rises and not in_budget:
+        notes.append(f"no config the search accepted meets {budget['db']} dB (base: {base['psnr_db']:.2f} dB): base "
+                     "is returned")
     calibration_s = time.perf_counter() - started
     thresholds = current["layer_cdf_thresholds"]
     picked = dataclasses.replace(cfg, layer_cdf_thresholds=thresholds)
@@ -578,9 +640,11 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
                   calibration_share=calibration_s / max(generation_dense_s, 1e-12),
                   note="share of a dense num_inference_steps run predicted from the measured dense pass (its time "
                        "scales with the steps); one pass per move of the search, each a whole short generation")
-    budget = dict(min_psnr=min_psnr, psnr_peak=peak, cdf_ladder=list(ladder), max_passes=max_passes)
+    report_budget = dict(min_psnr=budget["db"], psnr_peak=peak, cdf_ladder=list(ladder), max_passes=max_passes)
+    if rises:
+        report_budget.update(raise_ladder=list(rises), min_psnr_from="base" if min_psnr is None else "stated")
     notes.append("judged on the calibration call's clips and seed only: check the pick on other prompts")
-    return CalibrationReport(picked, budget, [], stage_rows, layer_rows, timing, grid, cfg.block_size,
+    return CalibrationReport(picked, report_budget, [], stage_rows, layer_rows, timing, grid, cfg.block_size,
                              bool(current["meets_budget"]), notes, passes)
 
 

@@ -587,11 +587,16 @@ def _add_calibrate_parser(sub: Any, common: argparse.ArgumentParser, formatter: 
     cal.add_argument("--max-error", type=_error_budget, default=None,
                      help="budget: mean relative output error of attention per layer and stage; 'base': each stage's "
                           "mean error under the preset itself")
-    cal.add_argument("--min-psnr", type=float, default=None, metavar="DB",
+    cal.add_argument("--min-psnr", type=_float_or_base("a number of dB"), default=None, metavar="DB",
                      help="budget on the output instead: PSNR (dB) of the final latents against a dense pass (same "
                           "noise); searches a p per layer with one short patched pass per step of the search "
                           "(several generations' time); excludes --min-recall, --max-error, --stage-mean, "
-                          "--layer-thresholds, --curves; --cdf-thresholds: the ladder of p (default 0.7 0.5 0.3 0)")
+                          "--layer-thresholds, --curves; --cdf-thresholds: the ladder of p (default 0.7 0.5 0.3 0); "
+                          "'base': the preset's own PSNR (needs --raise-p)")
+    cal.add_argument("--raise-p", type=float, nargs="+", default=None, metavar="P",
+                     help="--min-psnr: p values above the preset's a layer may be raised to when no lowering fits "
+                          "(an exchange: blocks spent where they buy most PSNR, saved where they cost least), "
+                          "e.g. 0.95 0.98")
     cal.add_argument("--psnr-peak", type=float, default=None,
                      help="--min-psnr: the PSNR's peak (default 2.0, latents in [-1, 1] such as the toy's pixels)")
     cal.add_argument("--max-passes", type=_positive_int, default=None,
@@ -658,9 +663,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         if clash:
             raise UsageError(f"--min-psnr budgets the output; drop {', '.join(clash)} (attention-metric budget)")
         output = dict(min_psnr=args.min_psnr, min_recall=None, psnr_peak=2.0 if args.psnr_peak is None else
-                      args.psnr_peak, max_passes=24 if args.max_passes is None else args.max_passes)
-    elif args.psnr_peak is not None or args.max_passes is not None:
-        raise UsageError("--psnr-peak and --max-passes belong to --min-psnr")
+                      args.psnr_peak, max_passes=24 if args.max_passes is None else args.max_passes,
+                      raise_thresholds=tuple(args.raise_p or ()))
+    elif args.psnr_peak is not None or args.max_passes is not None or args.raise_p is not None:
+        raise UsageError("--psnr-peak, --max-passes and --raise-p belong to --min-psnr")
     elif args.min_recall is None and args.max_error is None:
         args.min_recall = 0.95
     device = _device(args.device)
