@@ -3,6 +3,9 @@ on its own thread, before the first carved step, and changes nothing in the outp
 
 from __future__ import annotations
 
+import threading
+from types import SimpleNamespace
+
 import pytest
 import torch
 from _tiny import CARVING, hunyuan_inputs, hunyuan_pipeline, run, wan_inputs, wan_pipeline
@@ -72,6 +75,52 @@ def test_warm_up_runs_once_before_carving_and_changes_nothing(monkeypatch, famil
     assert torch.equal(warmed, plain)
 
 
+def test_early_warm_up_starts_at_the_rope_before_the_first_attention(monkeypatch):
+    """Wan, as on a GPU: the first forward's RoPE starts the selector and attention stand-ins (the same call the
+    first dense attention would make, which then finds them done) and the fused RMSNorm + RoPE, which the first
+    attention waits for instead of compiling it itself; the output is unchanged."""
+    from jenga import _warm_up
+    from jenga.adapters import wan as wan_adapter
+
+    forced = KernelWarmUp.start
+    monkeypatch.setattr(KernelWarmUp, "start",
+                        lambda self, *a, **kw: forced(self, *a, **{**kw, "force": True, "backend": "triton"}))
+    monkeypatch.setattr(_warm_up, "early_start_applies", lambda device: True)
+    monkeypatch.setenv("JENGA_FUSED_QK_PREP", "1")  # the fused prep in the interpreter, as on a GPU
+
+    class InlineThread(threading.Thread):  # Triton's interpreter is not thread-safe: each job runs at its start
+        def start(self) -> None:
+            self.run()
+
+        def join(self, timeout: float | None = None) -> None:
+            pass
+
+    monkeypatch.setattr(_warm_up, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
+    events = []
+    started, job = KernelWarmUp.start, KernelWarmUp.start_job
+    monkeypatch.setattr(KernelWarmUp, "start", lambda self, *a, **kw: (events.append("start"), started(self, *a, **kw)))
+    monkeypatch.setattr(KernelWarmUp, "start_job", lambda self, name, *a: (events.append(name), job(self, name, *a)))
+    waits = KernelWarmUp.wait_job
+    monkeypatch.setattr(KernelWarmUp, "wait_job", lambda self, name: (
+        events.append(f"wait {name}") if name in self._jobs else None, waits(self, name)))
+    call = wan_adapter.WanCarvingProcessor.__call__
+    monkeypatch.setattr(wan_adapter.WanCarvingProcessor, "__call__",
+                        lambda self, *a, **kw: (events.append("attention"), call(self, *a, **kw))[1])
+    pipe = wan_pipeline("t2v")
+    inputs = wan_inputs(pipe, steps=2)
+    jenga.patch(pipe, **CONFIG)
+    warmed = run(pipe, inputs)
+    warm_up = _runtime(pipe).kernel_warm_up
+    assert events[:4] == ["start", "qk-prep", "attention", "wait qk-prep"], events[:6]  # the wait opens the call
+    assert events.count("start") >= 2 and warm_up.runs == 1  # the dense forwards' own starts found the key done
+    assert warm_up.finished == 3  # selector, attention, fused prep
+    jenga.unpatch(pipe)
+    monkeypatch.setenv(WARM_UP_ENV, "0")
+    jenga.patch(pipe, **CONFIG)
+    plain = run(pipe, inputs)
+    assert _runtime(pipe).kernel_warm_up.runs == 0 and torch.equal(warmed, plain)
+
+
 def test_no_warm_up_off_gpu_or_for_other_backends():
     warm_up = KernelWarmUp()
     common = dict(drop_rate=0.7, cdf_threshold=0.3, block_size=16, num_video=192, adjacency=None, always_keep=None)
@@ -84,8 +133,6 @@ def test_no_warm_up_off_gpu_or_for_other_backends():
 def test_query_like_reads_what_the_projections_allow():
     """The warm-up's stand-in shape comes from the attention module; a module it cannot read skips the warm-up
     (never fails the dense step), and integer (quantised) weights give the activations' dtype."""
-    from types import SimpleNamespace
-
     from jenga.adapters.base import query_like
 
     hidden = torch.randn(2, 40, 96, dtype=torch.bfloat16)

@@ -18,6 +18,7 @@ unpatching do not fight over it. Nothing here touches weights.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 import torch
@@ -65,11 +66,14 @@ class JengaHook(ModelHook):
 class LayoutHook(JengaHook):
     """RoPE module: start the forward plan from the latent, reorder the RoPE tables."""
 
-    def __init__(self, runtime: CarvingRuntime, adapter: Any, arg_name: str) -> None:
+    def __init__(self, runtime: CarvingRuntime, adapter: Any, arg_name: str,
+                 transformer: torch.nn.Module | None = None) -> None:
         super().__init__()
         self.runtime = runtime
         self.adapter = adapter
         self.arg_name = arg_name
+        self._transformer = None if transformer is None else weakref.ref(transformer)  # for the early warm-up
+        self._batch = 1
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         parallel.check_attached(self.runtime)
@@ -77,13 +81,18 @@ class LayoutHook(JengaHook):
                                                                     self.arg_name))
         if layout is not None:
             parallel.check_grid(self.runtime, layout.num_tokens)
+            latent = kwargs.get(self.arg_name, args[0] if args else None)
+            self._batch = int(latent.shape[0]) if isinstance(latent, torch.Tensor) and latent.dim() else 1
         return args, kwargs
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
         perm = self.runtime.plan.perm
         if perm is None:
             return output
-        return self.adapter.reorder_rope(output, lambda x, dim: x.index_select(dim, perm))
+        output = self.adapter.reorder_rope(output, lambda x, dim: x.index_select(dim, perm))
+        transformer = None if self._transformer is None else self._transformer()
+        self.runtime.early_warm_up(self.adapter, transformer, self._batch, output)
+        return output
 
     def __repr__(self) -> str:
         return f"LayoutHook(curve={self.runtime.config.curve!r}, block_size={self.runtime.config.block_size})"

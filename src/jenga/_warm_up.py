@@ -37,6 +37,12 @@ def warm_up_enabled() -> bool:
     return os.environ.get(WARM_UP_ENV, "1") != "0"
 
 
+def early_start_applies(device: torch.device) -> bool:
+    """Whether a forward's RoPE starts the warm-up (:meth:`CarvingRuntime.early_warm_up`): on a GPU, not the
+    interpreter (the CPU tests force it)."""
+    return device.type == "cuda" and not interpreting()
+
+
 def _stand_in_count(n: int) -> int:
     """A count Triton specialises like ``n``: 1 stays 1, a multiple of 16 stays one, anything else is 2."""
     return 1 if n == 1 else 16 if n % 16 == 0 else 2
@@ -48,6 +54,7 @@ class KernelWarmUp:
     def __init__(self) -> None:
         self._done: set[tuple] = set()
         self._threads: list[threading.Thread] = []
+        self._jobs: dict[str, threading.Thread] = {}  # named single kernels (start_job), joined by wait_job
         self._count = threading.Lock()  # the threads count themselves in ``finished``
         self.runs = 0  # warm-ups started
         self.finished = 0  # of their threads, those that ran through (a failure is logged at debug level only)
@@ -68,7 +75,6 @@ class KernelWarmUp:
         if key in self._done:
             return
         self._done.add(key)
-        self.wait()
         stand_in = (_stand_in_count(batch), seq, _stand_in_count(heads), head_dim)
         main = torch.cuda.current_stream(device) if device.type == "cuda" else None
         selector = dict(drop_rate=drop_rate, cdf_threshold=cdf_threshold, block_size=block_size,
@@ -83,25 +89,49 @@ class KernelWarmUp:
             self._threads.append(thread)
             thread.start()
 
+    def start_job(self, name: str, key: tuple, job: Callable[[], Any], device: torch.device) -> None:
+        """Run ``job`` (a stand-in call that compiles a kernel) once per ``key`` on a thread of its own, on its
+        own CUDA stream; :meth:`wait_job` ``(name)`` joins it before the first real call of that kernel."""
+        if key in self._done:
+            return
+        self._done.add(key)
+        main = torch.cuda.current_stream(device) if device.type == "cuda" else None
+        thread = threading.Thread(target=self._warm, args=(name, job, (), None, device, main, {}),
+                                  name=f"jenga-kernel-warm-up-{name}", daemon=True)
+        self._jobs[name] = thread
+        thread.start()
+
+    def wait_job(self, name: str) -> None:
+        """Block until the job ``name`` (if any is under way) is done."""
+        thread = self._jobs.pop(name, None)
+        if thread is not None:
+            started = time.perf_counter()
+            thread.join()
+            self.waited_s += time.perf_counter() - started
+
     def wait(self) -> None:
         """Block until the warm-up under way (if any) is done: the carved forward then finds the binaries."""
-        threads, self._threads = self._threads, []
+        threads, self._threads = self._threads + list(self._jobs.values()), []
+        self._jobs.clear()
         if threads:
             started = time.perf_counter()
             for thread in threads:
                 thread.join()
             self.waited_s += time.perf_counter() - started
 
-    def _warm(self, name: str, job: Callable[..., Any], shape: tuple[int, ...], dtype: torch.dtype,
+    def _warm(self, name: str, job: Callable[..., Any], shape: tuple[int, ...], dtype: torch.dtype | None,
               device: torch.device, main: Any, kwargs: dict[str, Any]) -> None:
         try:
             stream = torch.cuda.Stream(device) if main is not None else None
             if stream is not None:
                 stream.wait_stream(main)  # adjacency / always_keep come from the main stream's work
             with torch.no_grad(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                g = torch.Generator(device=device).manual_seed(0)
-                q, k, v = (torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(3))
-                job(q, k, v, **kwargs)
+                if dtype is None:  # start_job: the job makes its own inputs
+                    job()
+                else:
+                    g = torch.Generator(device=device).manual_seed(0)
+                    q, k, v = (torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(3))
+                    job(q, k, v, **kwargs)
             if stream is not None:
                 stream.synchronize()
             with self._count:

@@ -264,7 +264,7 @@ def _install(transformer, adapter: ModelAdapter, cfg: JengaConfig, pipeline: Any
                 record.hooks.append((block, skipping.SKIP_HOOK, had_registry, had_forward))
         sites = adapter.hook_sites(transformer)
         for module, hook, name in (
-            (sites.rope, _hooks.LayoutHook(runtime, adapter, sites.rope_arg), _hooks.LAYOUT_HOOK),
+            (sites.rope, _hooks.LayoutHook(runtime, adapter, sites.rope_arg, transformer), _hooks.LAYOUT_HOOK),
             (sites.clock, _hooks.ClockHook(runtime, adapter, sites.clock_arg, first=sites.clock_first),
              _hooks.CLOCK_HOOK),
             (sites.enter, _hooks.EnterHook(runtime, sites.enter_on, sites.enter_arg), _hooks.ENTER_HOOK),

@@ -186,6 +186,12 @@ class ModelAdapter:
         pt, ph, pw = patch_size
         return TokenGrid((latent.shape[2] // pt, latent.shape[3] // ph, latent.shape[4] // pw), latent.device)
 
+    def early_warm_up(self, runtime: Any, transformer: torch.nn.Module, batch: int, rope_output: Any,
+                      stage: int) -> None:
+        """At the first forward's RoPE (:meth:`CarvingRuntime.early_warm_up`), start compiling what the first
+        attention and the carved steps of ``stage`` (the first that carves) will run, for ``batch`` latents;
+        default: nothing (the first dense attention starts the warm-up: ``CarvingProcessor.warm_up_on_dense_step``)."""
+
     def needs_first_frame_prefix(self, transformer: torch.nn.Module) -> bool:
         """Whether the model indexes the first frame as a token prefix (so the order must keep it)."""
         return False
@@ -251,15 +257,20 @@ def query_like(attn: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[tupl
     that cannot be read (no ``inner_dim`` or query projection). Quantised projections (integer weights) give the
     activations' dtype, and so do float8 weights (layerwise casting stores them so between forwards)."""
     batch, seq, _ = hidden_states.shape
+    return query_like_of(attn, batch, seq, hidden_states.dtype, hidden_states.device)
+
+
+def query_like_of(attn: torch.nn.Module, batch: int, seq: int, input_dtype: torch.dtype,
+                  device: torch.device) -> tuple[tuple[int, ...], torch.dtype, torch.device] | None:
+    """:func:`query_like` for ``batch`` x ``seq`` tokens of ``input_dtype`` on ``device``, without the tensor."""
     weight = getattr(getattr(attn, "to_q", None), "weight", None)
     inner = getattr(attn, "inner_dim", None) or (weight.shape[0] if weight is not None else None)
     if not inner or not getattr(attn, "heads", None):
         return None
-    device = hidden_states.device
     if torch.is_autocast_enabled(device.type):
         dtype = torch.get_autocast_dtype(device.type)
     else:
-        dtype = weight.dtype if weight is not None and weight.dtype in _COMPUTE_DTYPES else hidden_states.dtype
+        dtype = weight.dtype if weight is not None and weight.dtype in _COMPUTE_DTYPES else input_dtype
     return (batch, seq, attn.heads, inner // attn.heads), dtype, device
 
 

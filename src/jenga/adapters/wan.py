@@ -18,7 +18,7 @@ from diffusers import WanTransformer3DModel
 
 from .._parallel_state import video_tokens_seen
 from ..backends import interpreting
-from .base import AttentionSite, CarvingProcessor, HookSites, ModelAdapter, carve_attention
+from .base import AttentionSite, CarvingProcessor, HookSites, ModelAdapter, carve_attention, query_like_of
 from .ulysses import carve_attention_ulysses
 
 __all__ = ["WanAdapter", "WanCarvingProcessor"]
@@ -133,6 +133,7 @@ class WanCarvingProcessor(CarvingProcessor):
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        self.runtime.kernel_warm_up.wait_job("qk-prep")  # the fused RMSNorm + RoPE, if the early warm-up compiles it
         if (
             self.dense
             or encoder_hidden_states is not None
@@ -191,6 +192,35 @@ class WanAdapter(ModelAdapter):
     def hook_sites(self, transformer: torch.nn.Module) -> HookSites:
         return HookSites(rope=transformer.rope, clock=transformer.condition_embedder,
                          enter=transformer.blocks[0], enter_on="input", exit=transformer.norm_out, exit_arg="inputs")
+
+    def early_warm_up(self, runtime: Any, transformer: torch.nn.Module, batch: int, rope_output: Any,
+                      stage: int) -> None:
+        """The self-attention's stand-ins (video tokens only, no key lengths or bias, as the carved call) and the
+        fused RMSNorm + RoPE on the reordered RoPE tables, which the first dense attention would otherwise compile
+        on the main thread (0.6-0.8 s of a fresh process's first step on an H200)."""
+        owner = next((p for _, p in runtime.processors if not p.dense), None)
+        if owner is None or not isinstance(rope_output, tuple) or len(rope_output) != 2:
+            return
+        attn = transformer.blocks[owner.layer].attn1
+        cos, sin = rope_output
+        num = runtime.plan.num_tokens
+        like = query_like_of(attn, batch, num, cos.dtype, cos.device)
+        if like is None:
+            return
+        runtime.warm_up_kernels(like, owner, stage=stage)
+        (_, _, heads, head_dim), dtype, device = like
+        channels = heads * head_dim
+        norm = attn.norm_q
+        stand_in = torch.empty((1, num, channels), device=device, dtype=dtype)
+        if _fused_prep_applies(attn, stand_in, stand_in, rope_output):
+            from ..kernels.triton_qk_prep import rms_norm_rope_triton
+
+            def job() -> None:
+                x = torch.randn((1, num, channels), device=device, dtype=dtype)
+                rms_norm_rope_triton(x, norm.weight, _rms_eps(norm, x), cos, sin)
+
+            runtime.kernel_warm_up.start_job("qk-prep", ("qk-prep", num, channels, head_dim, dtype, device), job,
+                                             device)
 
     def make_processor(self, stock: Any, site: AttentionSite, runtime: Any, dense: bool) -> WanCarvingProcessor:
         return WanCarvingProcessor(stock, site.layer, runtime, dense)
