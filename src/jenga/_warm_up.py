@@ -11,6 +11,10 @@ carved forward waits for them. Results are never used, so a stand-in that misses
 compile the first carved step would have paid anyway.
 
 Two threads, so that the two kernels compile in parallel (Triton runs ``ptxas`` as a separate process).
+On Wan the first forward's RoPE starts them instead (:meth:`CarvingRuntime.early_warm_up`, before the patch
+embedding's and condition embedder's first calls), with a third for the fused RMSNorm + RoPE
+(:meth:`KernelWarmUp.start_job`), which the first attention joins instead of compiling it on the main thread:
+a fresh process's first Wan 1.3B turbo run went from 1.10-1.19x to 1.10-1.13x its warm time on an H200.
 ``JENGA_WARM_UP=0`` turns the warm-up off.
 """
 
