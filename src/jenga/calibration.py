@@ -188,11 +188,15 @@ class CalibrationReport:
         for row in self.passes:
             layer = "base" if row["layer"] is None else str(row["layer"])
             p = "-" if row["cdf_threshold"] is None else f"{row['cdf_threshold']:.2f}"
-            verdict = ("start" if row["layer"] is None else "kept" if row["accepted"] else "out of budget"
-                       if not row["meets_budget"] else "saves no blocks" if not row["saves_blocks"] else
-                       "in budget, not taken")
+            raised = row["cdf_threshold"] is not None and row["cdf_threshold"] > cfg.cdf_threshold
+            verdict = ("start" if row["layer"] is None else ("raised" if raised else "kept") if row["accepted"] else
+                       "out of budget" if not row["meets_budget"] else "saves no blocks" if not row["saves_blocks"]
+                       else "in budget, not taken")
+            if row.get("picked"):
+                verdict += " (picked)"
             lines.append(f"{row['pass']:>4} {layer:>5} {p:>5} {row['density']:>8.4f} {row['psnr_db']:>8.2f}  {verdict}")
-        chosen = next(row for row in reversed(self.passes) if row["accepted"])
+        chosen = next((row for row in self.passes if row.get("picked")),
+                      next(row for row in reversed(self.passes) if row["accepted"]))
         base = self.passes[0]
         lines.append(f"picked: kept density {chosen['density']:.4f} (base {base['density']:.4f}), PSNR "
                      f"{chosen['psnr_db']:.2f} dB (base {base['psnr_db']:.2f})")
@@ -297,9 +301,9 @@ def calibrate(
             below it.
         max_passes: with ``min_psnr``, the most patched passes (the base config's included; the dense one not).
         raise_thresholds: with ``min_psnr``, ``p`` values above base's that the search may *raise* a layer to when no
-            lowering move fits the budget: the layer whose output gains most PSNR per kept block added, which buys
-            budget for more lowering elsewhere (an exchange: on the toy model the first layers lose several dB for a
-            few blocks, the last one gives up many blocks for a fraction of one). Default: none.
+            lowering move fits the budget, paired with a lowering move whose missing dB the rise buys for fewer
+            blocks than the move saves (an exchange: on the toy model the first layers lose several dB for a few
+            blocks, the last one gives up many blocks for about one). Default: none.
         steps: denoising steps of the calibration pass (spread over the whole schedule).
         num_inference_steps: steps of the run you plan, for the predicted times.
         layers: transformer layers to measure (default: all).
@@ -482,9 +486,12 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
     re-measured against the config as it stands and taken if it still scores best (lazy greedy, Minoux 1978: an
     earlier score is an estimate, so a move costs one pass, not one per layer, while scores keep their order). A
     move that leaves the budget or saves no blocks closes its layer (lower rungs carve more).
-    With ``rises`` (``p`` values above base's), once no lowering move fits (or base misses the budget) an exchange
-    round measures each never-lowered layer one rung up and takes the one that gains most PSNR per kept block it
-    adds, then reopens the lowering moves; a layer is only ever lowered or only ever raised. Stops when nothing is
+    With ``rises`` (``p`` values above base's), once no lowering move fits, an exchange: each never-lowered layer's
+    rise is measured once (one pass each, an estimate from then on), and a rise is paired with a lowering move that
+    failed: the pair of largest estimated saving among those whose rise buys the dB the move lacked. The rise is
+    taken (re-measured first if the config changed since) and the move measured again against it. Below the budget
+    (base misses it) the rise of most dB per added block is taken, and once in budget every lowering move reopens.
+    A layer is only ever lowered or only ever raised. Stops when nothing is
     open or after ``max_passes`` patched passes (then the best move measured against the config as it stands is
     taken, if any). The pick is the accepted config of fewest kept blocks that meets the budget (base if none does):
     without ``rises`` it never keeps more blocks than base on these clips.
@@ -569,26 +576,53 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
         def open_layers() -> list[int]:
             return [x for x in rung if x not in closed and rung[x] < len(ladder) and up.get(x, 0) == 0]
 
+        lowering: dict[int, tuple[float, float]] = {}  # layer -> (blocks saved, dB lost) of its failed move
+        rising: dict[int, dict[str, Any]] = {}  # layer -> its rise, measured against the config in "against"
+
+        def measure_rise(layer: int) -> dict[str, Any]:
+            row = judge({**current["layer_cdf_thresholds"], layer: rises[up[layer]]}, layer, current)
+            row["against"] = dict(current["layer_cdf_thresholds"])
+            rising[layer] = row
+            return row
+
         def exchange() -> bool:
-            """One round of rises: the best PSNR per added block, taken if it gains any; False if none does."""
+            """Pair a rise with a lowering move that failed: the pair whose estimated saving (the move's blocks
+            less the rise's) is largest among those whose rise is estimated to buy the dB the move lacked
+            (gains add up, as the passes measure them). The rise is re-measured if the config changed since,
+            taken, then the move is measured again. Below the budget (base misses it), the rise of most dB per
+            added block is taken instead. False when no pair (or rise) is left."""
             nonlocal current
-            gains: dict[int, tuple[float, dict[str, Any]]] = {}
-            for layer in [x for x in up if up[x] < len(rises) and rung.get(x, 0) == 0]:
-                if len(passes) >= max_passes:
-                    break
-                row = judge({**current["layer_cdf_thresholds"], layer: rises[up[layer]]}, layer, current)
-                gained = row["psnr_db"] - current["psnr_db"]
-                if gained > 0:
-                    gains[layer] = (gained / max(row["density"] - current["density"], 1e-4), row)
-            if not gains:
-                return False
-            layer = max(gains, key=lambda x: gains[x][0])
-            current = accept(gains[layer][1])
-            up[layer] += 1
-            scores.clear(), fresh.clear()  # lowering is measured against the config as it stands
-            closed.clear()
+            raisable = [x for x in up if up[x] < len(rises) and rung.get(x, 0) == 0]
+            for layer in raisable:
+                if layer not in rising and len(passes) < max_passes:
+                    measure_rise(layer)
+            estimates = {x: (r["density"] - current["density"], r["psnr_db"] - current["psnr_db"])
+                         for x, r in rising.items() if x in raisable}
+            headroom = current["psnr_db"] - budget["db"]
             if not current["meets_budget"]:
-                closed.update(rung)  # still below the budget: keep raising
+                pairs = {(y, None): gain / max(added, 1e-4) for y, (added, gain) in estimates.items() if gain > 0}
+            else:
+                pairs = {(y, x): saved - estimates[y][0] for x, (saved, lost) in lowering.items()
+                         for y in estimates if y != x and up.get(x, 0) == 0 and rung[x] < len(ladder)
+                         and estimates[y][1] >= lost - headroom and saved > estimates[y][0]}
+            if not pairs or len(passes) >= max_passes:
+                return False
+            y, x = max(pairs, key=pairs.get)
+            row = rising[y]
+            if row["against"] != current["layer_cdf_thresholds"]:  # stale: measure it as the config stands
+                row = measure_rise(y)
+                gain, added = row["psnr_db"] - current["psnr_db"], row["density"] - current["density"]
+                if gain <= 0 or (x is not None and (gain < lowering[x][1] - headroom or lowering[x][0] <= added)):
+                    return True  # the estimate is updated: the next round pairs with it
+            del rising[y]
+            current = accept(row)
+            up[y] += 1
+            scores.clear(), fresh.clear()
+            if x is not None:
+                del lowering[x]
+                closed.discard(x)  # the lowering loop measures it next, against the raised config
+            elif current["meets_budget"]:
+                closed.clear()  # climbed into the budget: every lowering move is open again
             return True
 
         while True:
@@ -614,6 +648,8 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
             row = judge(thresholds, layer, current)
             if not (row["meets_budget"] and row["saves_blocks"]):
                 closed.add(layer)
+                if row["saves_blocks"]:  # what it would save and what it lacked: a pair for a rise (exchange)
+                    lowering[layer] = (current["density"] - row["density"], current["psnr_db"] - row["psnr_db"])
                 continue
             scores[layer] = (current["density"] - row["density"]) / max(current["psnr_db"] - row["psnr_db"], 0.01)
             fresh[layer] = row
@@ -621,6 +657,7 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
         unpatch(pipe)  # each pass unpatches; this covers an interrupt between patch and its try
     in_budget = [row for row in passes if row["accepted"] and row["meets_budget"]]
     current = min(in_budget, key=lambda row: row["density"]) if in_budget else base
+    current["picked"] = True
     if rises and not in_budget:
         notes.append(f"no config the search accepted meets {budget['db']} dB (base: {base['psnr_db']:.2f} dB): base "
                      "is returned")
