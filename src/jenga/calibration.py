@@ -581,7 +581,8 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
 
         def measure_rise(layer: int) -> dict[str, Any]:
             row = judge({**current["layer_cdf_thresholds"], layer: rises[up[layer]]}, layer, current)
-            row["against"] = dict(current["layer_cdf_thresholds"])
+            row["against"] = dict(current["layer_cdf_thresholds"])  # the estimate is the change from that config
+            row["rise"] = (row["density"] - current["density"], row["psnr_db"] - current["psnr_db"])
             rising[layer] = row
             return row
 
@@ -596,8 +597,7 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
             for layer in raisable:
                 if layer not in rising and len(passes) < max_passes:
                     measure_rise(layer)
-            estimates = {x: (r["density"] - current["density"], r["psnr_db"] - current["psnr_db"])
-                         for x, r in rising.items() if x in raisable}
+            estimates = {x: r["rise"] for x, r in rising.items() if x in raisable}  # (blocks added, dB gained)
             headroom = current["psnr_db"] - budget["db"]
             if not current["meets_budget"]:
                 pairs = {(y, None): gain / max(added, 1e-4) for y, (added, gain) in estimates.items() if gain > 0}
