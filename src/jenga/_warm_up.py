@@ -21,6 +21,7 @@ a fresh process's first Wan 1.3B turbo run went from 1.10-1.19x to 1.10-1.13x it
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -88,7 +89,8 @@ class KernelWarmUp:
         jobs = (("selector", _run_selector, selector), ("attention", _run_attention, attention))
         self.runs += 1
         for name, job, kwargs in jobs:  # two threads: the kernels compile in parallel
-            thread = threading.Thread(target=self._warm, args=(name, job, stand_in, dtype, device, main, kwargs),
+            run = functools.partial(_on_stand_ins, job, stand_in, dtype, device, kwargs)
+            thread = threading.Thread(target=self._warm, args=(name, run, device, main),
                                       name=f"jenga-kernel-warm-up-{name}", daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -100,7 +102,7 @@ class KernelWarmUp:
             return
         self._done.add(key)
         main = torch.cuda.current_stream(device) if device.type == "cuda" else None
-        thread = threading.Thread(target=self._warm, args=(name, job, (), None, device, main, {}),
+        thread = threading.Thread(target=self._warm, args=(name, job, device, main),
                                   name=f"jenga-kernel-warm-up-{name}", daemon=True)
         self._jobs[name] = thread
         thread.start()
@@ -123,25 +125,27 @@ class KernelWarmUp:
                 thread.join()
             self.waited_s += time.perf_counter() - started
 
-    def _warm(self, name: str, job: Callable[..., Any], shape: tuple[int, ...], dtype: torch.dtype | None,
-              device: torch.device, main: Any, kwargs: dict[str, Any]) -> None:
+    def _warm(self, name: str, job: Callable[[], Any], device: torch.device, main: Any) -> None:
         try:
             stream = torch.cuda.Stream(device) if main is not None else None
             if stream is not None:
                 stream.wait_stream(main)  # adjacency / always_keep come from the main stream's work
             with torch.no_grad(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                if dtype is None:  # start_job: the job makes its own inputs
-                    job()
-                else:
-                    g = torch.Generator(device=device).manual_seed(0)
-                    q, k, v = (torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(3))
-                    job(q, k, v, **kwargs)
+                job()
             if stream is not None:
                 stream.synchronize()
             with self._count:
                 self.finished += 1
         except Exception as err:  # never fails the user's run: the carved step compiles as it would have
             logger.debug("jenga: kernel warm-up (%s) failed (%s); the first carved step compiles instead", name, err)
+
+
+def _on_stand_ins(job: Callable[..., Any], shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                  kwargs: dict[str, Any]) -> None:
+    """``job(q, k, v, **kwargs)`` on random stand-ins of ``shape`` (made on the calling thread's stream)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(3))
+    job(q, k, v, **kwargs)
 
 
 def _run_selector(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> None:

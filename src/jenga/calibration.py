@@ -531,7 +531,7 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
         per_clip = (10 * torch.log10(peak**2 / mse.double().clamp_min(1e-30))).tolist()
         psnr = sum(per_clip) / len(per_clip)
         if budget["db"] is None:
-            budget["db"] = round(psnr, 3)
+            budget["db"] = psnr
         per_layer: dict[int, list[float]] = {}
         per_stage: dict[int, list[float]] = {}
         for st in stats:
@@ -542,14 +542,14 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
                "layer_cdf_thresholds": dict(sorted(thresholds.items())),
                "density": round(sum(map(sum, per_layer.values())) / len(stats), 6),
                "psnr_db": round(psnr, 3), "psnr_db_per_clip": [round(x, 3) for x in per_clip],
-               "meets_budget": round(psnr, 3) >= budget["db"], "accepted": False,
+               "meets_budget": psnr >= budget["db"], "accepted": False,
                "seconds": round(time.perf_counter() - begun, 3),
                "kept_density_per_layer": {x: round(sum(v) / len(v), 4) for x, v in sorted(per_layer.items())},
                "kept_density_per_stage": {s: round(sum(v) / len(v), 4) for s, v in sorted(per_stage.items())}}
         row["saves_blocks"] = current is None or row["density"] < current["density"]
         passes.append(row)
         what = "base config" if layer is None else f"layer {layer} p -> {thresholds[layer]}"
-        logger.info("calibrate min_psnr=%s: pass %d/%d, %s: kept density %.4f, PSNR %.2f dB (%s)", budget["db"],
+        logger.info("calibrate min_psnr=%.3f: pass %d/%d, %s: kept density %.4f, PSNR %.2f dB (%s)", budget["db"],
                     len(passes), max_passes, what, row["density"], row["psnr_db"],
                     "in budget" if row["meets_budget"] else "out of budget")
         return row
@@ -661,8 +661,8 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
     current = min(in_budget, key=lambda row: row["density"]) if in_budget else base
     current["picked"] = True
     if rises and not in_budget:
-        notes.append(f"no config the search accepted meets {budget['db']} dB (base: {base['psnr_db']:.2f} dB): base "
-                     "is returned")
+        notes.append(f"no config the search accepted meets {budget['db']:.3f} dB (base: {base['psnr_db']:.2f} dB): "
+                     "base is returned")
     calibration_s = time.perf_counter() - started
     thresholds = current["layer_cdf_thresholds"]
     picked = dataclasses.replace(cfg, layer_cdf_thresholds=thresholds)
@@ -679,7 +679,8 @@ def _search_output(pipe: Any, transformer: torch.nn.Module, cfg: JengaConfig, mi
                   calibration_share=calibration_s / max(generation_dense_s, 1e-12),
                   note="share of a dense num_inference_steps run predicted from the measured dense pass (its time "
                        "scales with the steps); one pass per move of the search, each a whole short generation")
-    report_budget = dict(min_psnr=budget["db"], psnr_peak=peak, cdf_ladder=list(ladder), max_passes=max_passes)
+    report_budget = dict(min_psnr=round(budget["db"], 3) if min_psnr is None else min_psnr, psnr_peak=peak,
+                         cdf_ladder=list(ladder), max_passes=max_passes)
     if rises:
         report_budget.update(raise_ladder=list(rises), min_psnr_from="base" if min_psnr is None else "stated")
     notes.append("judged on the calibration call's clips and seed only: check the pick on other prompts")

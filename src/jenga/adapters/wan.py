@@ -211,8 +211,8 @@ class WanAdapter(ModelAdapter):
         (_, _, heads, head_dim), dtype, device = like
         channels = heads * head_dim
         norm = attn.norm_q
-        stand_in = torch.empty((1, num, channels), device=device, dtype=dtype)
-        if _fused_prep_applies(attn, stand_in, stand_in, rope_output):
+        shaped = torch.empty((1, 1, channels), device=device, dtype=dtype).expand(1, num, channels)  # no storage
+        if _fused_prep_applies(attn, shaped, shaped, rope_output):
             from ..kernels.triton_qk_prep import rms_norm_rope_triton
 
             def job() -> None:

@@ -46,6 +46,7 @@ import functools
 import inspect
 import math
 import os
+from typing import Any
 
 import torch
 
@@ -835,15 +836,13 @@ def launch_prechecked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_inde
                  kv_index.stride(0), kv_index.stride(1), kv_index.stride(2), kv_count.stride(0), kv_count.stride(1),
                  heads, seq_q, seq_k, _LOG2E / math.sqrt(head_dim), bias_start, bias_log2)
     flags = dict(HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=return_lse, TMA_OUT=tma_out)
-    constants = _schedule_constants(schedule, head_dim, num_stages)
+    kernel, constants = _kernel_and_constants(schedule, head_dim, num_stages)
     q_blocks = math.ceil(seq_q / BLOCK)
-    if constants.pop("PERSISTENT"):
+    if kernel is _gluon_block_sparse_persistent:
         tiles = q_blocks * batch * heads
-        constants.pop("PIPELINE"), constants.pop("PINGPONG")
-        _gluon_block_sparse_persistent[(min(tiles, _multiprocessors(q.device)),)](
-            *arguments, q_blocks, tiles, **flags, **constants)
+        kernel[(min(tiles, _multiprocessors(q.device)),)](*arguments, q_blocks, tiles, **flags, **constants)
     else:
-        _gluon_block_sparse_fwd[(q_blocks, batch * heads)](*arguments, **flags, **constants)
+        kernel[(q_blocks, batch * heads)](*arguments, **flags, **constants)
     return out, lse
 
 
@@ -864,16 +863,19 @@ def _tile_layout(head_dim: int, dtype: torch.dtype):
 _PINGPONG = {"pingpong": 1, "pingpong-plain": 2, "pingpong-named": 3, "pingpong-persistent": 1}
 
 
-def _schedule_constants(schedule: str | None, head_dim: int, num_stages: int | None) -> dict:
-    """The kernel's schedule constexprs and warps for ``schedule`` (default ``JENGA_GLUON_SCHEDULE``, else
-    ``"pingpong"``); ``ValueError`` naming the accepted ones for another name."""
+def _kernel_and_constants(schedule: str | None, head_dim: int, num_stages: int | None) -> tuple[Any, dict]:
+    """The kernel for ``schedule`` (default ``JENGA_GLUON_SCHEDULE``, else ``"pingpong"``) and its schedule
+    constexprs and warps (the persistent kernel has one schedule: no ``PIPELINE`` / ``PINGPONG``); ``ValueError``
+    naming the accepted ones for another name."""
     schedule = schedule or os.environ.get("JENGA_GLUON_SCHEDULE") or "pingpong"
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown Gluon schedule {schedule!r}; accepted: {', '.join(SCHEDULES)}")
     pingpong = _PINGPONG.get(schedule, 0)
-    return dict(HEAD_DIM=head_dim, NUM_STAGES=num_stages or _default_stages(head_dim, schedule != "plain"),
-                PIPELINE=schedule == "pipelined", PINGPONG=pingpong, PERSISTENT=schedule == "pingpong-persistent",
-                num_warps=_default_warps(bool(pingpong)))
+    constants = dict(HEAD_DIM=head_dim, NUM_STAGES=num_stages or _default_stages(head_dim, schedule != "plain"),
+                     num_warps=_default_warps(bool(pingpong)))
+    if schedule == "pingpong-persistent":
+        return _gluon_block_sparse_persistent, constants
+    return _gluon_block_sparse_fwd, dict(constants, PIPELINE=schedule == "pipelined", PINGPONG=pingpong)
 
 
 def _default_stages(head_dim: int, refill_after_pv: bool) -> int:
@@ -897,11 +899,9 @@ def compile_for_hopper(head_dim: int = 128, num_stages: int | None = None, has_k
     from triton.experimental.gluon._runtime import GluonASTSource
 
     layout = _tile_layout(head_dim, torch.bfloat16)
+    kernel, schedule_constants = _kernel_and_constants(schedule, head_dim, num_stages)
     constants = dict(HAS_KEY_LENGTHS=has_key_lengths, HAS_BIAS=has_bias, WRITE_LSE=write_lse, TMA_OUT=tma_out,
-                     **_schedule_constants(schedule, head_dim, num_stages))
-    kernel = _gluon_block_sparse_persistent if constants.pop("PERSISTENT") else _gluon_block_sparse_fwd
-    if kernel is _gluon_block_sparse_persistent:
-        constants.pop("PIPELINE"), constants.pop("PINGPONG")
+                     **schedule_constants)
     warps = constants["num_warps"]
     pointers = {"Out": "*bf16", "Lse": "*fp32", "KvIndex": "*i32", "KvCount": "*i32", "KeyLengths": "*i32"}
     signature = {}
