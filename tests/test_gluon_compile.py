@@ -24,7 +24,8 @@ for schedule in SCHEDULES:  # the ping-pong ones without LSE: Triton 3.6 once fa
                            wgmma=len(re.findall(r"wgmma\\.mma_async", ptx)),
                                 tma=len(re.findall(r"cp\\.async\\.bulk\\.tensor", ptx)),
                                 setmaxnreg="setmaxnreg" in ptx,
-                                wait_one=bool(re.search(r"wgmma\\.wait_group\\.sync\\.aligned 1", ptx)))
+                                wait_one=bool(re.search(r"wgmma\\.wait_group\\.sync\\.aligned 1", ptx)),
+                                arrives=len(re.findall(r"mbarrier\\.arrive", ptx)))
 ptx = compile_for_hopper(head_dim=128, schedule="pingpong", write_lse=False, has_bias=True, tma_out=True).asm["ptx"]
 found["pingpong-key-bias"] = dict(wgmma=len(re.findall(r"wgmma\\.mma_async", ptx)), tma=1,
                                   setmaxnreg="setmaxnreg" in ptx)
@@ -59,4 +60,6 @@ def test_gluon_kernel_compiles_for_hopper():
     # arriving as a value builds both sides of every branch, which cost the first run ~2 s of compile)
     assert found["pingpong-named"]["named_in_ttgir"] > 0
     assert all(found[s]["named_in_ttgir"] == 0 for s in ("plain", "pipelined", "pingpong", "pingpong-plain"))
+    # the early-key schedule releases each key buffer on its own barrier: more arrives than the default's
+    assert found["pingpong-early-k"]["arrives"] > found["pingpong"]["arrives"]
     assert found["pingpong-tma-out"]["tma_store"] == 2 and found["pingpong-named-tma-out"]["tma_store"] == 2

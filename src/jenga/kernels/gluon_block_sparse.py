@@ -32,7 +32,10 @@ overall, 9-17 % at density 0.10, where the epilogue weighs more (two same-run A/
 Key bias (HunyuanVideo's text amplifier): the blocks that hold biased keys, a suffix of each ascending list
 found by one scan, take a biased softmax step. ``"pingpong-persistent"`` (an A/B option): one program per SM walks
 the query tiles, the ring, turns and query buffer running on across tiles; correct, but 0.96x the per-tile kernel on
-an H200 (geometric mean of 15 rows, bdbc2e5). Not done: per-thread partial row sums, K released before its P·V.
+an H200 (geometric mean of 15 rows, bdbc2e5). ``"pingpong-early-k"`` (an A/B option): each key buffer released
+through a barrier of its own once its Q·Kᵀ has completed, not with its value buffer after the P·V; 0.975x the
+default (15 rows, same run, 382d7e7): the refill was not the wait, and each extra arrive costs a warpgroup sync.
+Not done: per-thread partial row sums.
 
 Semantics kept: key lengths, LSE, partial blocks, Nq != Nk, per-batch and per-head lists. Inputs are
 viewed as ``[B*N, H*D]`` rows for the TMA descriptors (non-contiguous or misaligned ones are copied first):
@@ -72,7 +75,8 @@ except ImportError as err:  # pragma: no cover - depends on the Triton build
 
 _LOG2E = 1.4426950408889634
 # the consumer's schedules (the launcher's ``schedule``)
-SCHEDULES = ("plain", "pipelined", "pingpong", "pingpong-plain", "pingpong-named", "pingpong-persistent")
+SCHEDULES = ("plain", "pipelined", "pingpong", "pingpong-plain", "pingpong-named", "pingpong-persistent",
+             "pingpong-early-k")
 BLOCK = 128  # query and key block; one program per query block
 
 
@@ -129,17 +133,21 @@ if GLUON_IMPORT_ERROR is None:
                                          instr_shape=[16, int(n), 16])
 
     @gluon.jit
-    def _producer(k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, kv_empty, idx_base, n_valid, k_row0, col0):
-        """One warp: TMA loads of the listed key and value blocks into the ring, ``n_valid`` of them."""
+    def _producer(k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, k_empty, kv_empty, idx_base, n_valid, k_row0,
+                  col0):
+        """One warp: TMA loads of the listed key and value blocks into the ring, ``n_valid`` of them. A key
+        buffer is refilled once ``k_empty`` says so, a value buffer once ``kv_empty`` does: the same barrier unless
+        the consumers release keys early (``"pingpong-early-k"``)."""
         NUM_STAGES: gl.constexpr = k_smem.shape[0]
         for i in range(n_valid):
             stage = i % NUM_STAGES
             phase = (i // NUM_STAGES) & 1
-            mbarrier.wait(kv_empty.index(stage), phase ^ 1)  # a fresh barrier passes parity 1 at once
+            mbarrier.wait(k_empty.index(stage), phase ^ 1)  # a fresh barrier passes parity 1 at once
             kb = gl.load(idx_base + i)
             row = k_row0 + kb * TILE
             mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
             _tma_load(k_desc, [row, col0], k_ready.index(stage), k_smem.index(stage))
+            mbarrier.wait(kv_empty.index(stage), phase ^ 1)
             mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
             _tma_load(v_desc, [row, col0], v_ready.index(stage), v_smem.index(stage))
 
@@ -336,14 +344,15 @@ if GLUON_IMPORT_ERROR is None:
         return acc, m_i, l_i
 
     @gluon.jit
-    def _overlapped_blocks(HALF: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr, q_half, k_smem, v_smem,
-                           k_ready, v_ready, kv_empty, turn, idx_base, n_valid, it0, mask_at, valid_keys, qk_scale,
-                           bias_from, bias_start, bias_log2, m_i, l_i, acc, s_zero, offs_block, p_layout: gl.constexpr,
-                           row_o: gl.constexpr):
+    def _overlapped_blocks(HALF: gl.constexpr, HAS_BIAS: gl.constexpr, NAMED: gl.constexpr, EARLY_K: gl.constexpr,
+                           q_half, k_smem, v_smem, k_ready, v_ready, k_empty, kv_empty, turn, idx_base, n_valid, it0,
+                           mask_at, valid_keys, qk_scale, bias_from, bias_start, bias_log2, m_i, l_i, acc, s_zero,
+                           offs_block, p_layout: gl.constexpr, row_o: gl.constexpr):
         """One warpgroup's pass over a block list, ping-pong turns and the intra-warpgroup overlap: block i+1's
         Q·Kᵀ and block i's P·V are issued together, block i+1's softmax runs while that P·V is in flight.
         ``it0``: how many blocks the ring (and the turns) went through before this list (a persistent
-        program's earlier tiles; 0 otherwise). Returns the running output, max and sums."""
+        program's earlier tiles; 0 otherwise). ``EARLY_K``: a key buffer is released through ``k_empty`` as soon as
+        its Q·Kᵀ has completed, not with its value buffer after the P·V. Returns the running output, max and sums."""
         NUM_STAGES: gl.constexpr = k_smem.shape[0]
         if NAMED and HALF == 1:
             _named_arrive(1, n_valid)  # the top half issues first
@@ -355,6 +364,8 @@ if GLUON_IMPORT_ERROR is None:
                               is_async=True)
             _turn_pass(turn, HALF, it0, NAMED)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            if EARLY_K:
+                mbarrier.arrive(k_empty.index(it0 % NUM_STAGES), count=1)
             p, m_i, l_i, alpha = _step(s, 0, mask_at, valid_keys, idx_base, bias_from, bias_start, bias_log2,
                                         qk_scale, m_i, l_i, offs_block, HAS_BIAS)
             p_op = gl.convert_layout(p.to(q_half.dtype), p_layout)
@@ -369,6 +380,8 @@ if GLUON_IMPORT_ERROR is None:
             acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
             _turn_pass(turn, HALF, g, NAMED)
             s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_i done; P·V of block i-1 may still run
+            if EARLY_K:
+                mbarrier.arrive(k_empty.index(stage), count=1)
             p, m_i, l_i, alpha = _step(s, i, mask_at, valid_keys, idx_base, bias_from, bias_start, bias_log2,
                                        qk_scale, m_i, l_i, offs_block, HAS_BIAS)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
@@ -415,9 +428,10 @@ if GLUON_IMPORT_ERROR is None:
 
     @gluon.jit
     def _pingpong_half(HALF: gl.constexpr, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr, HAS_BIAS: gl.constexpr,
-                       NAMED: gl.constexpr, TMA_OUT: gl.constexpr, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready,
-                       kv_empty, turn, idx_base, n_valid, key_limit, qk_scale, bias_from, bias_start, bias_log2, Out,
-                       Lse, out_row0, lse_row0, stride_on, rows_left, out_desc, tma_row, col0):
+                       NAMED: gl.constexpr, EARLY_K: gl.constexpr, TMA_OUT: gl.constexpr, q_smem, k_smem, v_smem,
+                       q_bar, k_ready, v_ready, k_empty, kv_empty, turn, idx_base, n_valid, key_limit, qk_scale,
+                       bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on, rows_left, out_desc,
+                       tma_row, col0):
         """One warpgroup's 64 query rows of the block (``HALF`` 0: the top rows, 1: the bottom rows), as
         FlashAttention-3 schedules them: the two warpgroups take turns issuing their ``wgmma`` (``turn``
         mbarriers pass the token), so one's softmax runs while the other's products occupy the tensor cores;
@@ -442,9 +456,10 @@ if GLUON_IMPORT_ERROR is None:
         mask_at, valid_keys = _straddling_block(idx_base, n_valid, key_limit)
         mbarrier.wait(q_bar, 0)
         if OVERLAP:
-            acc, m_i, l_i = _overlapped_blocks(HALF, HAS_BIAS, NAMED, q_half, k_smem, v_smem, k_ready, v_ready,
-                                               kv_empty, turn, idx_base, n_valid, 0, mask_at, valid_keys, qk_scale,
-                                               bias_from, bias_start, bias_log2, m_i, l_i, acc, s_zero, offs_block,
+            acc, m_i, l_i = _overlapped_blocks(HALF, HAS_BIAS, NAMED, EARLY_K, q_half, k_smem, v_smem, k_ready,
+                                               v_ready, k_empty, kv_empty, turn, idx_base, n_valid, 0, mask_at,
+                                               valid_keys, qk_scale, bias_from, bias_start, bias_log2, m_i, l_i, acc,
+                                               s_zero, offs_block,
                                                p_layout, row_o)
         else:  # FlashAttention-3 without the intra-warpgroup overlap: only Q·Kᵀ takes turns
             for i in range(n_valid):
@@ -466,14 +481,15 @@ if GLUON_IMPORT_ERROR is None:
 
     @gluon.jit
     def _pingpong_half_masked_out(HALF: gl.constexpr, WRITE_LSE: gl.constexpr, OVERLAP: gl.constexpr,
-                                  HAS_BIAS: gl.constexpr, NAMED: gl.constexpr, q_smem, k_smem, v_smem, q_bar, k_ready,
-                                  v_ready, kv_empty, turn, idx_base, n_valid, key_limit, qk_scale, bias_from,
-                                  bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on, rows_left):
+                                  HAS_BIAS: gl.constexpr, NAMED: gl.constexpr, EARLY_K: gl.constexpr, q_smem, k_smem,
+                                  v_smem, q_bar, k_ready, v_ready, k_empty, kv_empty, turn, idx_base, n_valid,
+                                  key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse, out_row0, lse_row0,
+                                  stride_on, rows_left):
         """:func:`_pingpong_half` with masked stores of O: the partition takes no descriptor for it (Triton 3.6
         cannot lower a partition with an unused pointer or descriptor argument)."""
-        _pingpong_half(HALF, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, False, q_smem, k_smem, v_smem, q_bar, k_ready,
-                       v_ready, kv_empty, turn, idx_base, n_valid, key_limit, qk_scale, bias_from, bias_start,
-                       bias_log2, Out, Lse, out_row0, lse_row0, stride_on, rows_left, Out, 0, 0)
+        _pingpong_half(HALF, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, EARLY_K, False, q_smem, k_smem, v_smem, q_bar,
+                       k_ready, v_ready, k_empty, kv_empty, turn, idx_base, n_valid, key_limit, qk_scale, bias_from,
+                       bias_start, bias_log2, Out, Lse, out_row0, lse_row0, stride_on, rows_left, Out, 0, 0)
 
     @gluon.jit
     def _count_below(idx_base, count, limit):
@@ -498,7 +514,8 @@ if GLUON_IMPORT_ERROR is None:
         num_heads, seq_q, seq_k, qk_scale, bias_start, bias_log2,
         HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, HAS_KEY_LENGTHS: gl.constexpr, HAS_BIAS: gl.constexpr,
         WRITE_LSE: gl.constexpr, PIPELINE: gl.constexpr, TMA_OUT: gl.constexpr,
-        PINGPONG: gl.constexpr,  # 0: off, 1: with the intra-warpgroup overlap, 2: without, 3: 1, named-barrier turns
+        PINGPONG: gl.constexpr,  # 0: off, 1: with the intra-warpgroup overlap, 2: without, 3: 1, named-barrier turns,
+        # 4: 1, keys released after their Q·Kᵀ
         num_warps: gl.constexpr,
     ):
         qb = gl.program_id(0)
@@ -530,6 +547,12 @@ if GLUON_IMPORT_ERROR is None:
         v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
         kv_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
         turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # ping-pong's token
+        if PINGPONG == 4:  # keys released on their own, before their values
+            k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+            for s in gl.static_range(NUM_STAGES):
+                mbarrier.init(k_empty.index(s), count=2)
+        else:
+            k_empty = kv_empty
         mbarrier.init(q_bar, count=1)
         for s in gl.static_range(NUM_STAGES):
             mbarrier.init(k_ready.index(s), count=1)
@@ -546,26 +569,31 @@ if GLUON_IMPORT_ERROR is None:
 
         consumer_args = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, idx_base, n_valid, key_limit,
                          qk_scale, bias_from, bias_start, bias_log2)
-        producer_args = (k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, kv_empty, idx_base, n_valid, b * seq_k,
-                         col0)
+        producer_args = (k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, k_empty, kv_empty, idx_base, n_valid,
+                         b * seq_k, col0)
         if PINGPONG:  # two consumer partitions of one warpgroup each; each writes its own rows
-            half_args = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, idx_base, n_valid,
+            half_args = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, kv_empty, turn, idx_base, n_valid,
                          key_limit, qk_scale, bias_from, bias_start, bias_log2, Out, Lse,
                          b64 * stride_ob + h64 * stride_oh + q_start.to(gl.int64) * stride_on,
                          b64 * stride_lb + h64 * stride_lh + q_start, stride_on, seq_q - q_start)
-            # the partitions' flags (HALF, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED[, TMA_OUT]) lead their argument tuples,
-            # as a literal: a tuple held in a local is made of values, and constexprs on the right of a tuple + are
-            # unwrapped to plain Python objects; either way a partition would build both sides of each flag
+            # the partitions' flags (HALF, WRITE_LSE, OVERLAP, HAS_BIAS, NAMED, EARLY_K[, TMA_OUT]) lead their
+            # argument tuples, as a literal: a tuple held in a local is made of values, and constexprs on the right
+            # of a tuple + are unwrapped to plain Python objects; either way a partition would build both sides of
+            # each flag
             if TMA_OUT:
                 tma_args = half_args + (out_desc, b * seq_q + q_start, col0)
                 gl.warp_specialize([
-                    (_pingpong_half, (0, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3, True) + tma_args),
-                    (_pingpong_half, (1, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3, True) + tma_args),
+                    (_pingpong_half, (0, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3, PINGPONG == 4, True)
+                     + tma_args),
+                    (_pingpong_half, (1, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3, PINGPONG == 4, True)
+                     + tma_args),
                     (_producer, producer_args)], [4, 1], [240, 24])
             else:
                 gl.warp_specialize([
-                    (_pingpong_half_masked_out, (0, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3) + half_args),
-                    (_pingpong_half_masked_out, (1, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3) + half_args),
+                    (_pingpong_half_masked_out, (0, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3,
+                                                 PINGPONG == 4) + half_args),
+                    (_pingpong_half_masked_out, (1, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3,
+                                                 PINGPONG == 4) + half_args),
                     (_producer, producer_args)], [4, 1], [240, 24])
         elif PIPELINE:
             acc, m_i, l_i = gl.warp_specialize([(_consumer_pipelined, (HAS_BIAS,) + consumer_args),
@@ -583,6 +611,8 @@ if GLUON_IMPORT_ERROR is None:
             mbarrier.invalidate(k_ready.index(s))
             mbarrier.invalidate(v_ready.index(s))
             mbarrier.invalidate(kv_empty.index(s))
+            if PINGPONG == 4:
+                mbarrier.invalidate(k_empty.index(s))
         for s in gl.static_range(2):
             mbarrier.invalidate(turn.index(s))
 
@@ -683,9 +713,10 @@ if GLUON_IMPORT_ERROR is None:
             l_i = gl.zeros([ROWS], gl.float32, layout=row_s)
             acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
             mbarrier.wait(q_ready, j & 1)
-            acc, m_i, l_i = _overlapped_blocks(HALF, HAS_BIAS, False, q_half, k_smem, v_smem, k_ready, v_ready,
-                                               kv_empty, turn, idx_base, n_valid, it, mask_at, valid_keys, qk_scale,
-                                               bias_from, bias_start, bias_log2, m_i, l_i, acc, s_zero, offs_block,
+            acc, m_i, l_i = _overlapped_blocks(HALF, HAS_BIAS, False, False, q_half, k_smem, v_smem, k_ready,
+                                               v_ready, kv_empty, kv_empty, turn, idx_base, n_valid, it, mask_at,
+                                               valid_keys, qk_scale, bias_from, bias_start, bias_log2, m_i, l_i, acc,
+                                               s_zero, offs_block,
                                                p_layout, row_o)
             if not TMA_OUT:
                 mbarrier.arrive(q_empty, count=1)
@@ -860,7 +891,7 @@ def _tile_layout(head_dim: int, dtype: torch.dtype):
 
 
 # the kernel's PINGPONG constexpr; 0 for the one-consumer ones
-_PINGPONG = {"pingpong": 1, "pingpong-plain": 2, "pingpong-named": 3, "pingpong-persistent": 1}
+_PINGPONG = {"pingpong": 1, "pingpong-plain": 2, "pingpong-named": 3, "pingpong-persistent": 1, "pingpong-early-k": 4}
 
 
 def _kernel_and_constants(schedule: str | None, head_dim: int, num_stages: int | None) -> tuple[Any, dict]:
