@@ -233,7 +233,27 @@ def _recolour(prompt: Prompt) -> Prompt:
 
 
 def test_task_score_is_perfect_on_rendered_clips_64(clips64, singles):
-    assert task_score(clips64, singles) == {"task": 100.0, "colour": 100.0, "direction": 100.0, "shape": 100.0}
+    assert task_score(clips64, singles) == {"task": 100.0, "colour": 100.0, "direction": 100.0, "shape": 100.0,
+                                            "single": 100.0}
+
+
+@pytest.mark.parametrize("shape", ["disc", "square"])
+def test_shape_is_read_off_the_largest_blob_and_copies_are_counted(shape):
+    """A copy of the object elsewhere in the frame (a generated clip's failure) must not turn a square into an
+    "empty box" nor a disc into a square; it shows in ``blobs`` and in the ``single`` score instead."""
+    prompt = Prompt((ObjectSpec(shape, "red", "right"),))
+    clip = render([prompt], 16, 64, 64, _gen(21))[0]
+    shifted = clip.roll(shifts=(32, 32), dims=(2, 3))  # the same object again, half a frame away
+    colour = torch.tensor(COLOURS["red"]).view(3, 1, 1) * 2 - 1
+    doubled = clip.clone()
+    on_copy = (shifted[:, 0] - colour).norm(dim=0) < 0.1
+    doubled[:, 0] = torch.where(on_copy, shifted[:, 0], clip[:, 0])  # the copy in the first frame only
+    single, twice = read_object(clip, prompt), read_object(doubled, prompt)
+    assert single.blobs == 1 and twice.blobs == 2
+    assert single.shape_ok and twice.shape_ok
+    assert twice.fill == pytest.approx(single.fill, abs=0.02)
+    scores = task_score(torch.stack([clip, doubled]), [prompt, prompt])
+    assert scores["shape"] == 100 and scores["single"] == 50
 
 
 def test_task_score_is_perfect_on_rendered_clips_32(singles):

@@ -4,7 +4,8 @@
     python benchmarks/quality/diagnose.py --tiny --out /tmp/d.json             # CPU check
 
 The task score says only right or wrong. This says why (issue 20): per prompted shape, the distribution of
-the blob's bounding-box fill (disc pi/4, square 1; the score reads "square" above 0.89) and how well fill
+the largest blob's bounding-box fill in the first frame (disc pi/4, square 1; the score reads "square"
+above 0.89), how many clips show the object once (no copies), and how well fill
 separates the two shapes at all (AUROC: 0.5 = the model ignores the shape word, 1 = perfectly separable at
 some threshold); per prompted direction, how often the clip moves along the right axis and how often the sign
 is wrong on that axis. The same statistics of rendered ground-truth clips come first, as the yardstick.
@@ -52,6 +53,8 @@ def summarise(videos: torch.Tensor, prompts: list) -> dict:
     out: dict = {"clips": n}
     for key in ("present", "axis_ok", "direction_ok", "shape_ok"):
         out[key] = round(100 * sum(getattr(r, key) for r in found) / n, 2)
+    out["single"] = round(100 * sum(r.blobs == 1 for r in found) / n, 2)  # no copies of the object
+    out["blobs"] = {str(k): sum(r.blobs == k for r in found) for k in sorted({r.blobs for r in found})}
     fills = {shape: [r.fill for r, p in zip(found, prompts, strict=True)
                      if r.present and r.fill == r.fill and p.objects[0].shape == shape] for shape in ("disc", "square")}
     out["fill"] = {shape: dict(n=len(v), mean=round(statistics.fmean(v), 3) if v else None, quartiles=quartiles(v))

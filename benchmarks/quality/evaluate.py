@@ -110,10 +110,12 @@ def paired_difference(variant: list[bool], dense: list[bool]) -> dict[str, float
 
 
 def readings(videos: torch.Tensor, prompts: list) -> dict[str, list[bool]]:
-    """Per clip: task (colour present and moving the prompted way), colour, direction, shape."""
+    """Per clip: task (colour present and moving the prompted way), colour, direction, shape, single (one blob of
+    the colour in the first frame: no copies)."""
     found = [read_object(clip, prompt) for clip, prompt in zip(videos, prompts, strict=True)]
     return dict(task=[r.correct for r in found], colour=[r.present for r in found],
-                direction=[r.direction_ok for r in found], shape=[r.shape_ok for r in found])
+                direction=[r.direction_ok for r in found], shape=[r.shape_ok for r in found],
+                single=[r.blobs == 1 for r in found])
 
 
 def score_entry(clips: dict[str, list[bool]], dense: dict[str, list[bool]] | None) -> dict[str, Any]:
