@@ -133,21 +133,25 @@ if GLUON_IMPORT_ERROR is None:
                                          instr_shape=[16, int(n), 16])
 
     @gluon.jit
-    def _producer(k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, k_empty, kv_empty, idx_base, n_valid, k_row0,
-                  col0):
-        """One warp: TMA loads of the listed key and value blocks into the ring, ``n_valid`` of them. A key
-        buffer is refilled once ``k_empty`` says so, a value buffer once ``kv_empty`` does: the same barrier unless
-        the consumers release keys early (``"pingpong-early-k"``)."""
+    def _producer(EARLY_K: gl.constexpr, k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, k_empty, kv_empty,
+                  idx_base, n_valid, k_row0, col0):
+        """One warp: TMA loads of the listed key and value blocks into the ring, ``n_valid`` of them. A stage is
+        refilled once ``kv_empty`` says so; with ``EARLY_K`` (``"pingpong-early-k"``) its key buffer already once
+        ``k_empty`` does, its value buffer after ``kv_empty``."""
         NUM_STAGES: gl.constexpr = k_smem.shape[0]
         for i in range(n_valid):
             stage = i % NUM_STAGES
             phase = (i // NUM_STAGES) & 1
-            mbarrier.wait(k_empty.index(stage), phase ^ 1)  # a fresh barrier passes parity 1 at once
+            if EARLY_K:  # a fresh barrier passes parity 1 at once
+                mbarrier.wait(k_empty.index(stage), phase ^ 1)
+            else:
+                mbarrier.wait(kv_empty.index(stage), phase ^ 1)
             kb = gl.load(idx_base + i)
             row = k_row0 + kb * TILE
             mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
             _tma_load(k_desc, [row, col0], k_ready.index(stage), k_smem.index(stage))
-            mbarrier.wait(kv_empty.index(stage), phase ^ 1)
+            if EARLY_K:
+                mbarrier.wait(kv_empty.index(stage), phase ^ 1)
             mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
             _tma_load(v_desc, [row, col0], v_ready.index(stage), v_smem.index(stage))
 
@@ -587,20 +591,20 @@ if GLUON_IMPORT_ERROR is None:
                      + tma_args),
                     (_pingpong_half, (1, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3, PINGPONG == 4, True)
                      + tma_args),
-                    (_producer, producer_args)], [4, 1], [240, 24])
+                    (_producer, (PINGPONG == 4,) + producer_args)], [4, 1], [240, 24])
             else:
                 gl.warp_specialize([
                     (_pingpong_half_masked_out, (0, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3,
                                                  PINGPONG == 4) + half_args),
                     (_pingpong_half_masked_out, (1, WRITE_LSE, PINGPONG != 2, HAS_BIAS, PINGPONG == 3,
                                                  PINGPONG == 4) + half_args),
-                    (_producer, producer_args)], [4, 1], [240, 24])
+                    (_producer, (PINGPONG == 4,) + producer_args)], [4, 1], [240, 24])
         elif PIPELINE:
             acc, m_i, l_i = gl.warp_specialize([(_consumer_pipelined, (HAS_BIAS,) + consumer_args),
-                                                (_producer, producer_args)], [1], [24])
+                                                (_producer, (False,) + producer_args)], [1], [24])
         else:
-            acc, m_i, l_i = gl.warp_specialize([(_consumer, (HAS_BIAS,) + consumer_args), (_producer, producer_args)],
-                                               [1], [24])
+            acc, m_i, l_i = gl.warp_specialize([(_consumer, (HAS_BIAS,) + consumer_args),
+                                                (_producer, (False,) + producer_args)], [1], [24])
 
         if not PINGPONG:
             _epilogue(acc, m_i, l_i, Out, Lse, b64, h64, q_start, stride_ob, stride_on, stride_oh, stride_lb,
